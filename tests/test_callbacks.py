@@ -1,0 +1,228 @@
+"""IterativePruning inside model.fit: masks hold, rewinds are exact, state resumes."""
+
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import compile_model
+from conftest import data
+from conftest import mlp
+
+import tf_lottery as tl
+
+
+def wrapped_mlp():
+    return compile_model(tl.wrap(mlp()))
+
+
+def test_pruned_weights_stay_exactly_zero_while_adam_trains():
+    model = wrapped_mlp()
+    tl.prune(model, tl.PruneFraction(0.7))
+    masks = {id(m.variable): m.mask.numpy() for w in tl.find_wrappers(model) for m in w.masked_weights}
+
+    class CheckEveryBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for wrapper in tl.find_wrappers(self.model):
+                for masked in wrapper.masked_weights:
+                    weight = masked.variable.numpy()
+                    assert np.all(weight[masks[id(masked.variable)] == 0] == 0)
+
+    x, y = data()
+    before = [m.variable.numpy().copy() for w in tl.find_wrappers(model) for m in w.masked_weights]
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[CheckEveryBatch()])
+    after = [m.variable.numpy() for w in tl.find_wrappers(model) for m in w.masked_weights]
+    # The survivors did train.
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_rewind_init_resets_survivors_to_initial_weights_exactly():
+    model = wrapped_mlp()
+    initial = {id(s.variable): s.initial.numpy().copy() for w in tl.find_wrappers(model) for s in w.saved_weights}
+    x, y = data()
+    callback = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rounds=1, verbose=0)
+
+    class AfterRound(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                for wrapper in tl.find_wrappers(self.model):
+                    for saved in wrapper.saved_weights:
+                        mask = 1 if saved.mask is None else saved.mask.numpy()
+                        np.testing.assert_array_equal(saved.variable.numpy(), initial[id(saved.variable)] * mask)
+                self.checked = True
+
+    after_round = AfterRound()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[callback, after_round])
+    assert after_round.checked
+
+
+def test_rewind_to_epoch_k_uses_the_weights_after_k_epochs():
+    model = wrapped_mlp()
+    x, y = data()
+    snapshots = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots[epoch + 1] = [s.variable.numpy().copy() for w in tl.find_wrappers(self.model) for s in w.saved_weights]
+
+    # Snapshot runs before IterativePruning so it sees the trained, unpruned weights.
+    callback = tl.IterativePruning(tl.PruneFraction(0.5), every=3, rounds=1, rewind=1, verbose=0)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[Snapshot(), callback])
+    saved = [s for w in tl.find_wrappers(model) for s in w.saved_weights]
+    for s, after_one in zip(saved, snapshots[1]):
+        mask = 1 if s.mask is None else s.mask.numpy()
+        np.testing.assert_array_equal(s.variable.numpy(), after_one * mask)
+        np.testing.assert_array_equal(s.rewind_point.numpy(), after_one)
+
+
+def test_rewind_none_keeps_training_from_the_trained_weights():
+    model = wrapped_mlp()
+    x, y = data()
+    trained = {}
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            trained.update({id(m.variable): m.variable.numpy().copy() for w in tl.find_wrappers(self.model) for m in w.masked_weights})
+
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[Keep(), tl.IterativePruning(tl.StdThreshold(1.0), rewind=None, verbose=0)])
+    for wrapper in tl.find_wrappers(model):
+        for m in wrapper.masked_weights:
+            np.testing.assert_array_equal(m.variable.numpy(), trained[id(m.variable)] * m.mask.numpy())
+
+
+def test_schedule_rounds_and_target_sparsity():
+    model = wrapped_mlp()
+    x, y = data()
+    history = model.fit(
+        x, y, epochs=9, verbose=0,
+        callbacks=[tl.IterativePruning(tl.PruneFraction(0.5, output_rate=0.5), every=2, start=1, rounds=3)],
+    )
+    # Rounds after epochs 3, 5 and 7; the logs show the sparsity each epoch trained with.
+    expected = [0, 0, 0, 0.5, 0.5, 0.75, 0.75, 0.875, 0.875]
+    np.testing.assert_allclose(history.history["sparsity"], expected, atol=0.01)
+    assert len(history.history["threshold/fc1/kernel"]) == 9
+    model = wrapped_mlp()
+    model.fit(x, y, epochs=10, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5, output_rate=0.5), target_sparsity=0.7, verbose=0)])
+    assert tl.sparsity(model).sparsity == pytest.approx(0.75, abs=0.01)
+
+
+def test_reset_optimizer_zeroes_slots_and_iterations():
+    model = wrapped_mlp()
+    x, y = data()
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)])
+    optimizer = model.optimizer
+    assert int(optimizer.iterations.numpy()) == 0
+    for variable in optimizer.variables:
+        if variable is not optimizer._learning_rate:
+            assert not np.any(variable.numpy())
+    assert optimizer.learning_rate.numpy() == pytest.approx(1e-2)
+
+
+def test_round_line_and_logs_in_csv(tmp_path, capsys):
+    model = wrapped_mlp()
+    x, y = data()
+    path = os.path.join(tmp_path, "log.csv")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.2)), keras.callbacks.CSVLogger(path)])
+    out = capsys.readouterr().out
+    assert "Pruning round 1 after epoch 1" in out and "Pruning round 2 after epoch 2" in out
+    rows = list(csv.DictReader(open(path)))
+    assert "sparsity/fc1" in rows[0] and float(rows[1]["sparsity/fc1"]) == pytest.approx(0.2, abs=0.01)
+
+
+def test_resume_after_save_and_load_equals_an_uninterrupted_run(tmp_path):
+    x, y = data()
+
+    def callback():
+        return tl.IterativePruning(tl.PruneFraction(0.3), every=2, rewind=1, verbose=0)
+
+    keras.utils.set_random_seed(1)
+    whole = wrapped_mlp()
+    whole.fit(x, y, epochs=6, batch_size=128, shuffle=False, verbose=0, callbacks=[callback()])
+
+    keras.utils.set_random_seed(1)
+    first = wrapped_mlp()
+    first.fit(x, y, epochs=3, batch_size=128, shuffle=False, verbose=0, callbacks=[callback()])
+    path = os.path.join(tmp_path, "half.keras")
+    first.save(path)
+    second = keras.models.load_model(path)
+    second.fit(x, y, epochs=6, initial_epoch=3, batch_size=128, shuffle=False, verbose=0, callbacks=[callback()])
+    for a, b in zip(whole.weights, second.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    for w in tl.find_wrappers(second):
+        assert int(w.pruning_round.numpy()) == 3
+
+
+def test_callback_bad_input():
+    with pytest.raises(ValueError, match="criterion"):
+        tl.IterativePruning("magnitude")
+    with pytest.raises(ValueError, match="every"):
+        tl.IterativePruning(tl.PruneFraction(), every=0)
+    with pytest.raises(ValueError, match="start"):
+        tl.IterativePruning(tl.PruneFraction(), start=-1)
+    with pytest.raises(ValueError, match="rounds"):
+        tl.IterativePruning(tl.PruneFraction(), rounds=0)
+    with pytest.raises(ValueError, match="target_sparsity"):
+        tl.IterativePruning(tl.PruneFraction(), target_sparsity=1.5)
+    with pytest.raises(ValueError, match="rewind=5"):
+        tl.IterativePruning(tl.PruneFraction(), every=2, start=1, rewind=5)
+    with pytest.raises(ValueError, match="rewind"):
+        tl.IterativePruning(tl.PruneFraction(), rewind="late")
+    with pytest.raises(ValueError, match="verbose"):
+        tl.IterativePruning(tl.PruneFraction(), verbose=3)
+
+
+def test_callback_on_a_model_without_wrappers_fails_before_training():
+    model = compile_model(mlp())
+    x, y = data()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="needs a model with PruneWrapper"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction())])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_per_layer_name_fails_before_training():
+    model = wrapped_mlp()
+    x, y = data()
+    with pytest.raises(ValueError, match="per_layer.*fc9"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.StdThreshold(per_layer={"fc9": 1.0}))])
+
+
+def test_deterministic_masks_with_set_random_seed():
+    x, y = data()
+    runs = []
+    for _ in range(2):
+        keras.utils.set_random_seed(7)
+        model = wrapped_mlp()
+        model.fit(x, y, epochs=4, verbose=0, callbacks=[tl.IterativePruning(tl.RandomPrune(0.3), verbose=0)])
+        runs.append([m.mask.numpy() for w in tl.find_wrappers(model) for m in w.masked_weights])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_custom_training_loop_keeps_masks():
+    import tensorflow as tf
+
+    model = tl.wrap(mlp())
+    tl.prune(model, tl.PruneFraction(0.6))
+    optimizer = keras.optimizers.SGD(0.1)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x, y = data()
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    for wrapper in tl.find_wrappers(model):
+        for m in wrapper.masked_weights:
+            assert np.all(m.variable.numpy()[m.mask.numpy() == 0] == 0)
+    # After a manual edit, apply_masks restores the zeros.
+    masked = [m for w in tl.find_wrappers(model) for m in w.masked_weights]
+    for m in masked:
+        m.variable.assign(m.variable.numpy() + 1)
+        assert np.all(m.variable.numpy() != 0)
+    tl.apply_masks(model)
+    for m in masked:
+        pruned = m.mask.numpy() == 0
+        assert pruned.any() and np.all(m.variable.numpy()[pruned] == 0)

@@ -1,0 +1,259 @@
+"""PruneWrapper, wrap and strip on every supported layer and kind of model."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import compile_model
+from conftest import data
+from conftest import mlp
+
+import tf_lottery as tl
+
+L = keras.layers
+
+
+def _model(input_shape, *layers, dtype="float32"):
+    inputs = keras.Input(input_shape, dtype=dtype)
+    x = inputs
+    for layer in layers:
+        x = layer(x, x) if isinstance(layer, L.MultiHeadAttention) else layer(x)
+    return keras.Model(inputs, L.Flatten()(x) if len(x.shape) > 2 else x)
+
+
+LAYER_CASES = {
+    "Dense": lambda: _model((6,), L.Dense(8)),
+    "EinsumDense": lambda: _model((6,), L.EinsumDense("ab,bc->ac", output_shape=8)),
+    "Conv1D": lambda: _model((8, 3), L.Conv1D(4, 3)),
+    "Conv2D": lambda: _model((6, 6, 2), L.Conv2D(4, 3)),
+    "Conv3D": lambda: _model((4, 4, 4, 2), L.Conv3D(4, 2)),
+    "Conv1DTranspose": lambda: _model((5, 3), L.Conv1DTranspose(4, 3)),
+    "Conv2DTranspose": lambda: _model((4, 4, 2), L.Conv2DTranspose(4, 3)),
+    "Conv3DTranspose": lambda: _model((3, 3, 3, 2), L.Conv3DTranspose(4, 2)),
+    "DepthwiseConv1D": lambda: _model((8, 4), L.DepthwiseConv1D(3, depth_multiplier=2)),
+    "DepthwiseConv2D": lambda: _model((6, 6, 4), L.DepthwiseConv2D(3, depth_multiplier=2)),
+    "SeparableConv1D": lambda: _model((8, 4), L.SeparableConv1D(6, 3, depth_multiplier=2)),
+    "SeparableConv2D": lambda: _model((6, 6, 4), L.SeparableConv2D(6, 3, depth_multiplier=2)),
+    "Embedding": lambda: _model((5,), L.Embedding(20, 8), dtype="int32"),
+    "MultiHeadAttention": lambda: _model((5, 8), L.MultiHeadAttention(2, 4)),
+    "SimpleRNN": lambda: _model((5, 4), L.SimpleRNN(6)),
+    "LSTM": lambda: _model((5, 4), L.LSTM(6)),
+    "GRU": lambda: _model((5, 4), L.GRU(6)),
+}
+
+EXPECTED_WEIGHTS = {
+    "SeparableConv1D": {"depthwise_kernel", "pointwise_kernel"},
+    "SeparableConv2D": {"depthwise_kernel", "pointwise_kernel"},
+    "Embedding": {"embeddings"},
+    "MultiHeadAttention": {"query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"},
+    "SimpleRNN": {"simple_rnn_cell/kernel", "simple_rnn_cell/recurrent_kernel"},
+    "LSTM": {"lstm_cell/kernel", "lstm_cell/recurrent_kernel"},
+    "GRU": {"gru_cell/kernel", "gru_cell/recurrent_kernel"},
+}
+
+
+def _inputs(model, n=4):
+    shape = (n,) + tuple(model.input_shape[1:])
+    if model.inputs[0].dtype.startswith("int"):
+        return np.random.default_rng(0).integers(0, 20, size=shape).astype("int32")
+    return np.random.default_rng(0).normal(size=shape).astype("float32")
+
+
+@pytest.mark.parametrize("kind", sorted(LAYER_CASES))
+def test_every_layer_type_reaches_the_asked_sparsity(kind):
+    model = tl.wrap(LAYER_CASES[kind]())
+    (wrapper,) = tl.find_wrappers(model)
+    assert type(wrapper.layer).__name__ == kind
+    assert set(wrapper.masks) == EXPECTED_WEIGHTS.get(kind, {"kernel"})
+    tl.prune(model, tl.PruneFraction(0.5, output_rate=0.5))
+    for masked in wrapper.masked_weights:
+        size = masked.mask.numpy().size
+        assert masked.mask.numpy().sum() == size - round(0.5 * size)
+        kernel = masked.variable.numpy()
+        assert np.all(kernel[masked.mask.numpy() == 0] == 0)
+    report = tl.sparsity(model)
+    assert report.sparsity == pytest.approx(0.5, abs=0.02)
+    # It still trains, and what was pruned stays pruned.
+    x = _inputs(model, 16)
+    y = np.random.default_rng(1).normal(size=(16,) + tuple(model.output_shape[1:]))
+    model.compile("adam", "mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    for masked in wrapper.masked_weights:
+        assert np.all(masked.variable.numpy()[masked.mask.numpy() == 0] == 0)
+
+
+def test_wrap_keeps_the_weights_and_predictions():
+    model = mlp()
+    x, _ = data()
+    wrapped = tl.wrap(model)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), wrapped.predict(x, verbose=0))
+    for wrapper in tl.find_wrappers(wrapped):
+        for saved in wrapper.saved_weights:
+            np.testing.assert_array_equal(saved.initial.numpy(), saved.variable.numpy())
+    # The original is untouched by pruning the copy.
+    before = model.get_weights()
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wrap_exclude_and_nested_models():
+    inner = keras.Sequential([keras.Input((8,)), L.Dense(8, name="inner_fc")], name="block")
+    inputs = keras.Input((6,))
+    x = L.Dense(8, name="fc1")(inputs)
+    x = inner(x)
+    outputs = L.Dense(2, name="out")(x)
+    model = keras.Model(inputs, outputs)
+    wrapped = tl.wrap(model, exclude=["out"])
+    names = [w.layer.name for w in tl.find_wrappers(wrapped)]
+    assert names == ["fc1", "inner_fc"]
+    x = np.ones((3, 6), "float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6)
+    report = tl.sparsity(wrapped)
+    assert not report["out"].wrapped
+
+
+def test_a_shared_layer_gets_one_mask():
+    shared = L.Dense(4, name="shared")
+    inputs = keras.Input((4,))
+    outputs = L.Dense(2, name="out")(shared(shared(inputs)))
+    wrapped = tl.wrap(keras.Model(inputs, outputs))
+    assert [w.layer.name for w in tl.find_wrappers(wrapped)] == ["shared", "out"]
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    x = np.ones((2, 4), "float32")
+    assert np.isfinite(wrapped.predict(x, verbose=0)).all()
+
+
+def test_embedding_mask_reaches_the_lstm():
+    inputs = keras.Input((None,), dtype="int32")
+    x = L.Embedding(10, 4, mask_zero=True, name="emb")(inputs)
+    outputs = L.LSTM(3, name="lstm")(x)
+    model = keras.Model(inputs, outputs)
+    wrapped = tl.wrap(model)
+    padded = np.array([[1, 2, 0, 0, 0]], "int32")
+    np.testing.assert_allclose(model.predict(padded, verbose=0), wrapped.predict(padded, verbose=0), rtol=1e-6)
+    # The padding is masked, not read: the output equals that of the unpadded input.
+    unpadded = np.array([[1, 2]], "int32")
+    np.testing.assert_allclose(
+        wrapped.predict(padded, verbose=0), wrapped.predict(unpadded, verbose=0), rtol=1e-5
+    )
+
+
+class SubclassedMLP(keras.Model):
+    def __init__(self, hidden=8, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+        self.fc1 = tl.PruneWrapper(L.Dense(hidden, activation="relu", name="fc1"))
+        self.out = tl.PruneWrapper(L.Dense(3, name="out"))
+
+    def call(self, x):
+        return self.out(self.fc1(x))
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden}
+
+
+keras.saving.register_keras_serializable(package="tests")(SubclassedMLP)
+
+
+def test_subclassed_model_prunes_trains_and_strips():
+    model = compile_model(SubclassedMLP())
+    x, y = data()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)])
+    assert tl.sparsity(model)["fc1"].sparsity == 0.75
+    plain = tl.strip(model)
+    assert not tl.find_wrappers(plain)
+    assert [type(layer).__name__ for layer in plain._flatten_layers(include_self=False)] == ["Dense", "Dense"]
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_strip_gives_a_plain_model_with_the_same_predictions(tmp_path):
+    wrapped = compile_model(tl.wrap(mlp()))
+    x, y = data()
+    wrapped.fit(x, y, epochs=2, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.6), rewind=None, verbose=0)])
+    plain = tl.strip(wrapped)
+    assert [type(layer).__name__ for layer in plain.layers] == ["Dense", "Dense"]
+    np.testing.assert_allclose(plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6)
+    assert tl.sparsity(plain).surviving == tl.sparsity(wrapped).surviving
+    path = os.path.join(tmp_path, "plain.keras")
+    plain.save(path)
+    config = open(path, "rb").read()
+    assert b"tf_lottery" not in config
+
+
+def test_keras_round_trip_keeps_masks_initial_weights_and_rewind_point(tmp_path):
+    wrapped = compile_model(tl.wrap(mlp()))
+    x, y = data()
+    callback = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rewind=1, verbose=0)
+    wrapped.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    path = os.path.join(tmp_path, "m.keras")
+    wrapped.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(tl.find_wrappers(wrapped), tl.find_wrappers(loaded)):
+        for va, vb in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(va.numpy(), vb.numpy())
+        assert int(b.pruning_round.numpy()) == 1 and int(b.rewind_epoch.numpy()) == 1
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), wrapped.predict(x, verbose=0))
+
+
+def test_weights_h5_round_trip(tmp_path):
+    wrapped = tl.wrap(mlp())
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    path = os.path.join(tmp_path, "m.weights.h5")
+    wrapped.save_weights(path)
+    other = tl.wrap(mlp())
+    other.load_weights(path)
+    for a, b in zip(wrapped.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_wrapper_get_config_round_trip():
+    wrapper = tl.PruneWrapper(L.Dense(4, name="fc"), name="pw")
+    clone = tl.PruneWrapper.from_config(wrapper.get_config())
+    assert clone.name == "pw" and clone.layer.name == "fc"
+    assert clone.get_config() == wrapper.get_config()
+
+
+def test_bad_input_to_wrap_and_wrapper():
+    model = mlp()
+    with pytest.raises(ValueError, match="exclude.*nope"):
+        tl.wrap(model, exclude=["nope"])
+    with pytest.raises(ValueError, match="nothing to prune"):
+        tl.wrap(model, exclude=["fc1", "out"])
+    with pytest.raises(ValueError, match="nothing to prune"):
+        tl.wrap(keras.Sequential([keras.Input((4,)), L.BatchNormalization(), L.Dropout(0.1)]))
+    wrapped = tl.wrap(model)
+    with pytest.raises(ValueError, match="already contains PruneWrapper"):
+        tl.wrap(wrapped)
+    with pytest.raises(ValueError, match="no prunable weights"):
+        tl.PruneWrapper(L.BatchNormalization())
+    with pytest.raises(ValueError, match="already wrapped"):
+        tl.PruneWrapper(tl.find_wrappers(wrapped)[0])
+    with pytest.raises(ValueError, match="subclassed"):
+        tl.wrap(SubclassedMLP())
+    with pytest.raises(ValueError, match="no PruneWrapper"):
+        tl.strip(model)
+    with pytest.raises(ValueError, match="needs a model with PruneWrapper layers"):
+        tl.prune(model, tl.PruneFraction(0.2))
+
+
+def test_prune_with_bad_settings_changes_nothing():
+    wrapped = tl.wrap(mlp())
+    before = [v.numpy().copy() for v in wrapped.weights]
+    with pytest.raises(ValueError, match="per_layer.*nope"):
+        tl.prune(wrapped, tl.PruneFraction(0.5, per_layer={"nope": 0.1}))
+    conv = tl.wrap(_model((6, 6, 2), L.Conv2D(4, 3)))
+    with pytest.raises(ValueError, match="2-D"):
+        tl.prune(conv, tl.PruneFraction(0.5, block=(4, 1)))
+    for a, b in zip(before, wrapped.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_sparsity_report_prints_a_table():
+    wrapped = tl.wrap(mlp())
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    text = str(tl.sparsity(wrapped))
+    assert "fc1" in text and "out" in text and "total" in text
+    report = tl.sparsity(wrapped).to_dict()
+    assert report["layers"][0]["sparsity"] == 0.5

@@ -1,0 +1,54 @@
+"""tf_lottery: lottery-ticket and magnitude pruning for Keras 3.
+
+Wrap a model, prune it during `fit` with a callback, strip the wrappers and
+export a sparse TFLite file:
+
+```python
+model = tf_lottery.wrap(model)
+model.compile(...)
+model.fit(x, y, epochs=20, callbacks=[
+    tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=4)])
+print(tf_lottery.sparsity(model))
+plain = tf_lottery.strip(model)
+```
+"""
+
+from tf_lottery.callbacks import IterativePruning
+from tf_lottery.criteria import Criterion
+from tf_lottery.criteria import PruneFraction
+from tf_lottery.criteria import PruneTarget
+from tf_lottery.criteria import RandomPrune
+from tf_lottery.criteria import StdThreshold
+from tf_lottery.pruning import apply_masks
+from tf_lottery.pruning import prune
+from tf_lottery.pruning import reset_optimizer
+from tf_lottery.pruning import rewind
+from tf_lottery.report import LayerSparsity
+from tf_lottery.report import SparsityReport
+from tf_lottery.report import sparsity
+from tf_lottery.wrapper import PruneWrapper
+from tf_lottery.wrapper import find_wrappers
+from tf_lottery.wrapper import strip
+from tf_lottery.wrapper import wrap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Criterion",
+    "IterativePruning",
+    "LayerSparsity",
+    "PruneFraction",
+    "PruneTarget",
+    "PruneWrapper",
+    "RandomPrune",
+    "SparsityReport",
+    "StdThreshold",
+    "apply_masks",
+    "find_wrappers",
+    "prune",
+    "reset_optimizer",
+    "rewind",
+    "sparsity",
+    "strip",
+    "wrap",
+]

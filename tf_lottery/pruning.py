@@ -1,0 +1,175 @@
+"""One pruning round, rewinding, and resetting the optimizer: the shared machinery.
+
+`IterativePruning` calls these at epoch boundaries; they are public so that a
+custom training loop or an experiment runner can do the same steps itself.
+"""
+
+import keras
+import numpy as np
+
+from tf_lottery.criteria import Criterion
+from tf_lottery.criteria import PruneTarget
+from tf_lottery.wrapper import find_wrappers
+
+
+def require_wrappers(model, caller):
+    """The model's `PruneWrapper`s; a ValueError naming `caller` if there are none."""
+    wrappers = find_wrappers(model)
+    if not wrappers:
+        raise ValueError(
+            f"{caller} needs a model with PruneWrapper layers, but model '{model.name}' has "
+            "none. Wrap it first: model = tf_lottery.wrap(model), or use "
+            "tf_lottery.PruneWrapper(layer) inside a subclassed model."
+        )
+    return wrappers
+
+
+def prune_targets(wrappers, read=True):
+    """The `PruneTarget`s of `wrappers`, in order; the last wrapper is the output.
+
+    With `read=False` the targets carry the variables instead of their values,
+    enough for `Criterion.check`, which only looks at names and shapes.
+    """
+    targets = []
+    for index, wrapper in enumerate(wrappers):
+        for masked in wrapper.masked_weights:
+            if read:
+                weight = keras.ops.convert_to_numpy(masked.variable.value)
+                mask = keras.ops.convert_to_numpy(masked.mask.value)
+                threshold = float(keras.ops.convert_to_numpy(masked.threshold.value))
+            else:
+                weight, mask, threshold = masked.variable, masked.mask, float("nan")
+            targets.append(
+                PruneTarget(
+                    layer=wrapper.layer.name,
+                    name=masked.name,
+                    layer_type=type(wrapper.layer).__name__,
+                    weight=weight,
+                    mask=mask,
+                    threshold=threshold,
+                    is_output=index == len(wrappers) - 1,
+                )
+            )
+    return targets
+
+
+def check_criterion(criterion, wrappers):
+    """Raises a ValueError if `criterion` does not fit the wrapped layers."""
+    if not isinstance(criterion, Criterion):
+        raise ValueError(
+            "Expected criterion to be a tf_lottery criterion such as "
+            "tf_lottery.PruneFraction(0.2) or tf_lottery.StdThreshold(0.5). "
+            f"Received: criterion={criterion!r}"
+        )
+    names = [w.layer.name for w in wrappers]
+    unknown = sorted(set(getattr(criterion, "per_layer", {})) - set(names))
+    if unknown:
+        raise ValueError(
+            f"per_layer names layers that are not wrapped in this model: {unknown}. "
+            f"Wrapped layers: {names}. Received: per_layer={criterion.per_layer}"
+        )
+    criterion.check(prune_targets(wrappers, read=False))
+
+
+def prune(model, criterion):
+    """Runs one pruning round on every `PruneWrapper` of `model`.
+
+    Computes the new masks with `criterion`, multiplies them into the old ones,
+    sets the newly pruned weights to zero and records each threshold. Weights
+    are not rewound: call `rewind` for that.
+
+    Args:
+        model: A Keras model with `PruneWrapper` layers.
+        criterion: A `tf_lottery` criterion, e.g. `PruneFraction(0.2)`.
+
+    Returns:
+        A dict from `"layer/weight"` to the threshold used.
+
+    Example:
+
+    ```python
+    tf_lottery.prune(model, tf_lottery.StdThreshold(quality=1.0))
+    print(tf_lottery.sparsity(model))
+    ```
+    """
+    wrappers = require_wrappers(model, "tf_lottery.prune()")
+    check_criterion(criterion, wrappers)
+    targets = prune_targets(wrappers)
+    results = criterion.compute_masks(targets)
+    masked = [m for w in wrappers for m in w.masked_weights]
+    thresholds = {}
+    for target, weight, (mask, threshold) in zip(targets, masked, results):
+        weight.mask.assign(mask)
+        weight.threshold.assign(np.float32(threshold))
+        weight.variable.assign(target.weight * mask)
+        thresholds[f"{target.layer}/{target.name}"] = threshold
+    for wrapper in wrappers:
+        wrapper.pruning_round.assign(wrapper.pruning_round + 1)
+    return thresholds
+
+
+def rewind(model, to="initial"):
+    """Resets the weights of every wrapped layer, pruned weights staying zero.
+
+    Args:
+        model: A Keras model with `PruneWrapper` layers.
+        to: `"initial"` for the initial weights θ0 (the lottery ticket), or
+            `"rewind_point"` for the copy saved during training (late rewinding).
+            Defaults to `"initial"`.
+    """
+    wrappers = require_wrappers(model, "tf_lottery.rewind()")
+    if to not in ("initial", "rewind_point"):
+        raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
+    missing = [w.layer.name for w in wrappers if to == "rewind_point" and int(w.rewind_epoch.numpy()) < 0]
+    if missing:
+        raise ValueError(
+            f"Layers {missing} have no rewind point saved yet. Save one with "
+            "wrapper.save_rewind_point(epoch) (IterativePruning does it at the epoch "
+            "given by rewind=k), or rewind to='initial'."
+        )
+    for wrapper in wrappers:
+        wrapper.rewind(to)
+
+
+def apply_masks(model):
+    """Sets every pruned weight of `model` to zero.
+
+    Keras optimizers already do this after each step (the mask is the weight's
+    constraint), so `fit` and loops that call `optimizer.apply_gradients` or
+    `optimizer.apply` need nothing more. Call it after changing weights some other
+    way, e.g. `model.set_weights(...)` or a hand-written update.
+
+    Example:
+
+    ```python
+    for x, y in dataset:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))  # masks hold
+    tf_lottery.apply_masks(model)  # only needed after manual weight edits
+    ```
+    """
+    for wrapper in require_wrappers(model, "tf_lottery.apply_masks()"):
+        wrapper.apply_masks()
+
+
+def reset_optimizer(optimizer):
+    """Puts a built Keras optimizer back to its initial state.
+
+    Slots (momenta, second moments, accumulators) go back to the values a fresh
+    optimizer of the same config starts from, and the iteration count to zero,
+    so the next round trains like a fresh run with the same learning-rate
+    schedule. The learning rate itself is kept. A `LossScaleOptimizer` keeps its
+    loss scale; its inner optimizer is reset.
+    """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    if not optimizer.built:
+        return
+    fresh = optimizer.__class__.from_config(optimizer.get_config())
+    fresh.build(optimizer._trainable_variables)
+    learning_rate = getattr(optimizer, "_learning_rate", None)
+    for variable, initial in zip(optimizer.variables, fresh.variables):
+        if variable is learning_rate:
+            continue
+        variable.assign(initial)
