@@ -162,7 +162,10 @@ class Criterion:
             does not divide a dimension leaves a partial last block. The strings
             `"tflite-float"` and `"tflite-int8"` choose the blocks that TFLite's
             sparse kernels use for Dense layers ((4, 1) and (16, 1)) and prune every
-            other weight unstructured. Defaults to `(1, 1)`: single weights.
+            other weight unstructured. In these modes the last input rows of a
+            Dense kernel that do not fill a whole block are pruned at the first
+            round: LiteRT computes wrong int8 results when a partial block is
+            stored. Defaults to `(1, 1)`: single weights.
     """
 
     def __init__(self, block=(1, 1)):
@@ -211,6 +214,13 @@ class Criterion:
     def _with_units(self, target):
         block = self.block_for(target.layer_type, target.weight.shape)
         scores, alive = _units(target.weight, target.mask, block)
+        rows = target.weight.shape[0]
+        if isinstance(self.block, str) and block != (1, 1) and rows % block[0] and rows > block[0]:
+            # LiteRT's sparse int8 kernel computes wrong results when a partial
+            # block is stored (measured with ai-edge-litert 2.3), so the TFLite
+            # modes prune the input rows that do not fill a whole block.
+            alive = alive.copy()
+            alive[-1, :] = False
         return dataclasses.replace(target, block=block, scores=scores, alive=alive)
 
     def _finish(self, target, keep, threshold):

@@ -1,0 +1,33 @@
+"""Installs tf_lottery; `pip install .[test]` adds what the test suite needs."""
+
+import re
+
+from setuptools import find_packages
+from setuptools import setup
+
+version = re.search(r'__version__ = "([^"]+)"', open("tf_lottery/__init__.py").read()).group(1)
+
+EXPORT = ["ai-edge-litert>=2.0"]
+EXAMPLES = ["mlxtend>=0.23", "matplotlib>=3.7"] + EXPORT
+# tensorflow-model-optimization is the reference that tests and benchmarks compare
+# against; it runs on tf_keras and is never imported by tf_lottery itself.
+REFERENCE = ["tensorflow-model-optimization>=0.8", "tf_keras>=2.16"]
+
+setup(
+    name="tf_lottery",
+    version=version,
+    description="Lottery-ticket and magnitude pruning for Keras 3, with sparse TFLite export.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tf_lottery", "tf_lottery.*"]),
+    python_requires=">=3.10",
+    install_requires=["keras>=3.4", "tensorflow>=2.16", "absl-py", "numpy"],
+    extras_require={
+        "export": EXPORT,
+        "examples": EXAMPLES,
+        "reference": REFERENCE,
+        "test": EXAMPLES + REFERENCE + ["pytest>=7", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["tf-lottery=tf_lottery.cli:main"]},
+    license="Apache-2.0",
+)
