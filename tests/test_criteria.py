@@ -176,3 +176,11 @@ def test_block_on_a_non_2d_weight_is_refused():
 def test_config_round_trip(criterion):
     clone = type(criterion).from_config(criterion.get_config())
     assert clone.get_config() == criterion.get_config()
+
+
+def test_tflite_modes_prune_the_partial_last_block():
+    weight = np.ones((20, 2), dtype="float32")  # 16 + 4 input rows
+    (mask,) = masks(tl.StdThreshold(0.0, block="tflite-int8"), target(weight))
+    assert mask[:16].all() and not mask[16:].any()
+    (mask,) = masks(tl.StdThreshold(0.0, block=(16, 1)), target(weight))
+    assert mask.all()

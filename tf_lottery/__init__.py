@@ -26,6 +26,11 @@ from tf_lottery.pruning import rewind
 from tf_lottery.report import LayerSparsity
 from tf_lottery.report import SparsityReport
 from tf_lottery.report import sparsity
+from tf_lottery.tflite import ExportError
+from tf_lottery.tflite import ExportReport
+from tf_lottery.tflite import TFLiteReport
+from tf_lottery.tflite import export_tflite
+from tf_lottery.tflite import inspect_tflite
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import find_wrappers
 from tf_lottery.wrapper import strip
@@ -35,6 +40,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Criterion",
+    "ExportError",
+    "ExportReport",
     "IterativePruning",
     "LayerSparsity",
     "PruneFraction",
@@ -43,8 +50,11 @@ __all__ = [
     "RandomPrune",
     "SparsityReport",
     "StdThreshold",
+    "TFLiteReport",
     "apply_masks",
+    "export_tflite",
     "find_wrappers",
+    "inspect_tflite",
     "prune",
     "reset_optimizer",
     "rewind",

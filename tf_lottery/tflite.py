@@ -489,6 +489,8 @@ def export_tflite(
         )
     if tolerance is None:
         tolerance = _TOLERANCE[quantize]
+    elif isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+        raise ValueError(f"Expected tolerance to be a non-negative number. Received: tolerance={tolerance!r}")
     plain = strip(model) if find_wrappers(model) else model
     notes = []
     try:
