@@ -31,6 +31,7 @@ from tf_lottery.tflite import ExportReport
 from tf_lottery.tflite import TFLiteReport
 from tf_lottery.tflite import export_tflite
 from tf_lottery.tflite import inspect_tflite
+from tf_lottery.tflite import run_tflite
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import find_wrappers
 from tf_lottery.wrapper import strip
@@ -58,6 +59,7 @@ __all__ = [
     "prune",
     "reset_optimizer",
     "rewind",
+    "run_tflite",
     "sparsity",
     "strip",
     "wrap",

@@ -26,6 +26,7 @@ import tempfile
 
 import keras
 import numpy as np
+from absl import logging as absl_logging
 
 from tf_lottery.wrapper import find_wrappers
 from tf_lottery.wrapper import strip
@@ -311,9 +312,15 @@ def _convert(model, quantize, sparse, calibration):
         converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.optimizations = optimizations
-    # Keras 3 prints a description of the SavedModel it exports on the way.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    # Keras 3 prints a description of the SavedModel it exports on the way, and
+    # TensorFlow logs every step at INFO once absl logging is set up.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return converter.convert()
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def _load(content):
@@ -334,6 +341,32 @@ def _run(interpreter, x):
     interpreter.set_tensor(inputs["index"], x.astype(inputs["dtype"]))
     interpreter.invoke()
     return interpreter.get_tensor(outputs["index"])
+
+
+def run_tflite(path_or_bytes, x, *, num_threads=1):
+    """Runs a .tflite file in LiteRT with its default delegate on a batch.
+
+    Args:
+        path_or_bytes: A .tflite file path, or its bytes.
+        x: The input batch, a numpy array (one-input models).
+        num_threads: LiteRT threads. Defaults to `1`.
+
+    Returns:
+        The output batch as a numpy array.
+
+    Example:
+
+    ```python
+    logits = tf_lottery.run_tflite("lenet.tflite", x_test)
+    accuracy = (logits.argmax(1) == y_test).mean()
+    ```
+    """
+    interpreter_class = _litert_interpreter()
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        interpreter = interpreter_class(model_content=bytes(path_or_bytes), num_threads=num_threads)
+    else:
+        interpreter = interpreter_class(model_path=os.fspath(path_or_bytes), num_threads=num_threads)
+    return _run(interpreter, np.asarray(x))
 
 
 def _verification_batch(model, data):
