@@ -298,7 +298,7 @@ def _as_array(representative_data, argument="representative_data"):
     return array
 
 
-def _convert(model, quantize, sparse, calibration):
+def _convert(model, quantize, sparse, calibration, per_channel=True):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -311,6 +311,7 @@ def _convert(model, quantize, sparse, calibration):
         samples = calibration.astype(model.inputs[0].dtype)
         converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = not per_channel
     converter.optimizations = optimizations
     # Keras 3 prints a description of the SavedModel it exports on the way, and
     # TensorFlow logs every step at INFO once absl logging is set up.
@@ -455,6 +456,7 @@ def export_tflite(
     verify=True,
     tolerance=None,
     fallback="dense",
+    per_channel=True,
 ):
     """Converts a pruned model to a .tflite file with sparse encoding.
 
@@ -489,6 +491,12 @@ def export_tflite(
             (int8 or dynamic with weights not in 1x16 blocks): `"dense"` writes the
             dense encoding instead and says so in the report; `"error"` raises
             `ExportError` naming the layers and the fix. Defaults to `"dense"`.
+        per_channel: Quantize Dense kernels with one scale per output channel
+            (TensorFlow's default). `False` uses one scale per tensor, which saves
+            12 bytes per output channel of each kernel and its bias: about 9 KB of
+            LeNet-300-100's 35 KB int8 file at 93% sparsity, at no accuracy cost
+            there. Only matters with `quantize="int8"` or `"dynamic"`. Defaults
+            to `True`.
 
     Returns:
         An `ExportReport`; `print()` it for sizes and per-tensor encodings.
@@ -505,6 +513,8 @@ def export_tflite(
         raise ValueError(
             f"Expected quantize to be one of {QUANTIZE_MODES}. Received: quantize={quantize!r}"
         )
+    if not isinstance(per_channel, bool):
+        raise ValueError(f"Expected per_channel to be True or False. Received: per_channel={per_channel!r}")
     if fallback not in ("dense", "error"):
         raise ValueError(f"Expected fallback='dense' or 'error'. Received: fallback={fallback!r}")
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
@@ -527,8 +537,8 @@ def export_tflite(
     plain = strip(model) if find_wrappers(model) else model
     notes = []
     try:
-        content = _convert(plain, quantize, True, data)
-        dense = _convert(plain, quantize, False, data)
+        content = _convert(plain, quantize, True, data, per_channel)
+        dense = _convert(plain, quantize, False, data, per_channel)
     except Exception as error:
         raise ExportError(f"The TFLite converter failed on model '{model.name}': {error}") from error
     interpreter, problem = _load(content)
