@@ -19,6 +19,10 @@ def masks(criterion, *targets):
     return [m for m, _ in criterion.compute_masks(list(targets))]
 
 
+def results(criterion, *targets):
+    return list(criterion.compute_masks(list(targets)))
+
+
 W = np.array([[0.1, -0.5, 0.9], [-0.05, 0.3, -1.2]], dtype="float32")
 
 
@@ -31,7 +35,7 @@ def test_std_threshold_prunes_below_s_times_std():
 
 def test_std_is_taken_over_survivors_only():
     mask0 = np.array([[1, 1, 1], [0, 1, 1]], dtype="float32")
-    (result,) = tl.StdThreshold(quality=1.0).compute_masks([target(W, mask0)])
+    (result,) = results(tl.StdThreshold(quality=1.0), target(W, mask0))
     mask, threshold = result
     survivors = W[mask0 > 0]
     assert math.isclose(threshold, float(np.std(survivors)), rel_tol=1e-6)
@@ -48,9 +52,9 @@ def test_std_threshold_per_layer_quality():
 
 def test_fixed_std_keeps_the_first_threshold():
     criterion = tl.StdThreshold(quality=0.5, fixed_std=True)
-    ((mask, threshold),) = criterion.compute_masks([target(W)])
+    ((mask, threshold),) = results(criterion, target(W))
     assert math.isclose(threshold, 0.5 * float(np.std(W)), rel_tol=1e-6)
-    ((_, again),) = criterion.compute_masks([target(W, mask, threshold=threshold)])
+    ((_, again),) = results(criterion, target(W, mask, threshold=threshold))
     assert again == threshold
 
 
@@ -162,7 +166,7 @@ def test_bad_arguments_name_themselves(make, match):
 def test_block_on_a_non_2d_weight_is_refused():
     conv = target(np.ones((3, 3, 1, 4)), layer_type="Conv2D")
     with pytest.raises(ValueError, match="2-D"):
-        tl.PruneFraction(0.5, block=(4, 1)).compute_masks([conv])
+        results(tl.PruneFraction(0.5, block=(4, 1)), conv)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,11 @@ from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.criteria import RandomPrune
 from tf_lottery.criteria import StdThreshold
+from tf_lottery.lottery import LotteryHistory
+from tf_lottery.lottery import RoundResult
+from tf_lottery.lottery import find_winning_ticket
+from tf_lottery.lottery import load_round
+from tf_lottery.lottery import plot_history
 from tf_lottery.pruning import apply_masks
 from tf_lottery.pruning import prune
 from tf_lottery.pruning import reset_optimizer
@@ -45,17 +50,22 @@ __all__ = [
     "ExportReport",
     "IterativePruning",
     "LayerSparsity",
+    "LotteryHistory",
     "PruneFraction",
     "PruneTarget",
     "PruneWrapper",
     "RandomPrune",
+    "RoundResult",
     "SparsityReport",
     "StdThreshold",
     "TFLiteReport",
     "apply_masks",
     "export_tflite",
+    "find_winning_ticket",
     "find_wrappers",
     "inspect_tflite",
+    "load_round",
+    "plot_history",
     "prune",
     "reset_optimizer",
     "rewind",

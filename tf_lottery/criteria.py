@@ -33,8 +33,10 @@ class PruneTarget:
         layer: Name of the wrapped layer, e.g. `"fc1"`.
         name: Name of the weight inside the layer, e.g. `"kernel"`.
         layer_type: Class name of the wrapped layer, e.g. `"Dense"`.
-        weight: The trained weight values (numpy).
-        mask: The current 0/1 mask (numpy), same shape as `weight`.
+        weight: The trained weight values: a numpy array, or a Keras variable
+            that is read only when this tensor's turn comes, so that a round
+            holds one tensor at a time in host memory.
+        mask: The current 0/1 mask, same shape and kinds as `weight`.
         threshold: The threshold of the previous round, or NaN before the first.
         is_output: Whether this is the model's last prunable layer.
         block: The block shape used for this tensor, `(1, 1)` for single weights.
@@ -101,6 +103,13 @@ def _check_per_layer(per_layer, check_value, argument):
             f"Received: {argument}={per_layer!r}"
         )
     return {name: check_value(v, f"{argument}[{name!r}]") for name, v in per_layer.items()}
+
+
+def _read(value):
+    """A numpy array from a numpy array or a Keras variable."""
+    if isinstance(value, np.ndarray):
+        return value
+    return np.asarray(keras.ops.convert_to_numpy(value.value if hasattr(value, "value") else value))
 
 
 def _block_view(array, block, reduce):
@@ -206,12 +215,18 @@ class Criterion:
         raise NotImplementedError
 
     def compute_masks(self, targets):
-        """Returns a list of (new 0/1 mask, threshold), one per `PruneTarget`."""
+        """Yields (new 0/1 mask, threshold) for each `PruneTarget`, in order.
+
+        Tensors are read and processed one at a time: consume each result
+        before the next is computed to keep memory at about one tensor's worth.
+        """
         self.check(targets)
-        targets = [self._with_units(t) for t in targets]
-        return [self._finish(t, *self.compute_mask(t)) for t in targets]
+        for target in targets:
+            target = self._with_units(target)
+            yield self._finish(target, *self.compute_mask(target))
 
     def _with_units(self, target):
+        target = dataclasses.replace(target, weight=_read(target.weight), mask=_read(target.mask))
         block = self.block_for(target.layer_type, target.weight.shape)
         scores, alive = _units(target.weight, target.mask, block)
         rows = target.weight.shape[0]
@@ -360,28 +375,52 @@ class PruneFraction(Criterion):
             return self.rate / 2 if self.output_rate is None else self.output_rate
         return self.rate
 
-    def scores(self, target):
-        """The ranking score of each unit; magnitude here, random in `RandomPrune`."""
+    def scores(self, target, key):
+        """The ranking score of each unit; magnitude here, random in `RandomPrune`.
+
+        `key` identifies the tensor within a round, so a score can be computed
+        again (global scope reads each tensor twice).
+        """
         return target.scores
+
+    def _draw_seed(self):
+        return None
 
     def compute_mask(self, target):
         count = round(self.rate_for(target) * int(target.alive.sum()))
-        return _prune_smallest(self.scores(target), target.alive, count)
+        return _prune_smallest(self.scores(target, (self._draw_seed(),)), target.alive, count)
 
     def compute_masks(self, targets):
         if self.scope == "layer":
-            return super().compute_masks(targets)
+            yield from super().compute_masks(targets)
+            return
+        # Global scope: the same ranking over all tensors at once, in two passes
+        # that each hold one tensor plus the surviving scores, never every
+        # tensor's weights together.
         self.check(targets)
-        targets = [self._with_units(t) for t in targets]
-        scores = np.concatenate([self.scores(t).ravel() for t in targets])
-        alive = np.concatenate([t.alive.ravel() for t in targets])
-        keep, threshold = _prune_smallest(scores, alive, round(self.rate * int(alive.sum())))
-        results, start = [], 0
-        for t in targets:
-            part = keep[start : start + t.alive.size].reshape(t.alive.shape)
-            start += t.alive.size
-            results.append(self._finish(t, part, threshold))
-        return results
+        seed = self._draw_seed()
+        parts = []
+        for index, target in enumerate(targets):
+            unit = self._with_units(target)
+            parts.append(self.scores(unit, (seed, index))[unit.alive])
+        alive_scores = np.concatenate(parts)
+        del parts
+        count = round(self.rate * alive_scores.size)
+        if count > 0:
+            alive_scores.partition(count - 1)
+            cut = float(alive_scores[count - 1])
+            ties = count - int(np.count_nonzero(alive_scores < cut))
+        else:
+            cut, ties = -np.inf, 0
+        del alive_scores
+        for index, target in enumerate(targets):
+            unit = self._with_units(target)
+            scores = self.scores(unit, (seed, index))
+            keep = unit.alive & (scores > cut)
+            at_cut = np.flatnonzero(unit.alive & (scores == cut))
+            keep.flat[at_cut[ties:]] = True
+            ties = max(0, ties - at_cut.size)
+            yield self._finish(unit, keep, cut if count > 0 else math.nan)
 
     def get_config(self):
         return {
@@ -426,9 +465,15 @@ class RandomPrune(PruneFraction):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
-    def scores(self, target):
-        rng = self._rng if self.seed is not None else np.random
-        return rng.random(target.scores.shape).astype(np.float32)
+    def _draw_seed(self):
+        # From this criterion's own generator, or numpy's global one (which
+        # keras.utils.set_random_seed seeds) when no seed was given.
+        if self.seed is None:
+            return int(np.random.randint(2**31))
+        return int(self._rng.integers(2**31))
+
+    def scores(self, target, key):
+        return np.random.default_rng(key).random(target.scores.shape).astype(np.float32)
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}

