@@ -191,9 +191,9 @@ def test_cli_export_inspect_summary_and_errors(tmp_path):
     result = _cli("summary", keras_path)
     assert result.returncode == 0 and "fc1" in result.stdout and "total" in result.stdout
     for args, message in [
-        (("summary", os.path.join(tmp_path, "missing.keras")), "no such model file"),
+        (("summary", os.path.join(tmp_path, "missing.keras")), "No such model file"),
         (("inspect", os.path.join(tmp_path, "missing.tflite")), "No such .tflite file"),
-        (("export", os.path.join(tmp_path, "x.npz"), out), "cannot load"),
+        (("export", os.path.join(tmp_path, "x.npz"), out), "Could not load"),
     ]:
         result = _cli(*args)
         assert result.returncode == 2 and message in result.stderr

@@ -31,6 +31,9 @@ from tf_lottery.pruning import rewind
 from tf_lottery.report import LayerSparsity
 from tf_lottery.report import SparsityReport
 from tf_lottery.report import sparsity
+from tf_lottery.saving import load_model
+from tf_lottery.sensitivity import SensitivityReport
+from tf_lottery.sensitivity import sensitivity
 from tf_lottery.tflite import ExportError
 from tf_lottery.tflite import ExportReport
 from tf_lottery.tflite import TFLiteReport
@@ -56,6 +59,7 @@ __all__ = [
     "PruneWrapper",
     "RandomPrune",
     "RoundResult",
+    "SensitivityReport",
     "SparsityReport",
     "StdThreshold",
     "TFLiteReport",
@@ -64,12 +68,14 @@ __all__ = [
     "find_winning_ticket",
     "find_wrappers",
     "inspect_tflite",
+    "load_model",
     "load_round",
     "plot_history",
     "prune",
     "reset_optimizer",
     "rewind",
     "run_tflite",
+    "sensitivity",
     "sparsity",
     "strip",
     "wrap",

@@ -19,21 +19,12 @@ class CommandError(Exception):
 
 
 def _load_model(path):
-    if not os.path.isfile(path):
-        raise CommandError(f"no such model file: {path}")
-    import zipfile
-
-    if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise CommandError(f"{path} is not a .keras file: it is not a zip archive (truncated or corrupt?)")
-    import keras
-
-    import tf_lottery  # noqa: F401  (registers the wrapper and criteria)
+    from tf_lottery.saving import load_model
 
     try:
-        return keras.models.load_model(path)
-    except Exception as error:  # Keras raises many kinds for a bad file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CommandError(f"cannot load {path} as a Keras model: {reason}") from error
+        return load_model(path)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
 
 
 def _load_samples(path):

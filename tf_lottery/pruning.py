@@ -24,11 +24,11 @@ def require_wrappers(model, caller):
     return wrappers
 
 
-def prune_targets(wrappers):
+def prune_targets(wrappers, layers=None):
     """The `PruneTarget`s of `wrappers`, in order; the last wrapper is the output.
 
     The targets carry the variables, not their values: a criterion reads each
-    tensor when its turn comes.
+    tensor when its turn comes. With `layers` (names), only those layers' targets.
     """
     return [
         PruneTarget(
@@ -41,6 +41,7 @@ def prune_targets(wrappers):
             is_output=index == len(wrappers) - 1,
         )
         for index, wrapper in enumerate(wrappers)
+        if layers is None or wrapper.layer.name in layers
         for masked in wrapper.masked_weights
     ]
 
@@ -63,8 +64,23 @@ def check_criterion(criterion, wrappers):
     criterion.check(prune_targets(wrappers))
 
 
-def prune(model, criterion):
-    """Runs one pruning round on every `PruneWrapper` of `model`.
+def _check_layers(layers, wrappers, caller):
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    names = [w.layer.name for w in wrappers]
+    unknown = sorted(set(layers) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{caller}: layers names layers that are not wrapped: {unknown}. Wrapped layers: "
+            f"{names}. Received: layers={list(layers)}"
+        )
+    return set(layers)
+
+
+def prune(model, criterion, *, layers=None):
+    """Runs one pruning round on the `PruneWrapper`s of `model`.
 
     Computes the new masks with `criterion`, multiplies them into the old ones,
     sets the newly pruned weights to zero and records each threshold. Weights
@@ -73,6 +89,9 @@ def prune(model, criterion):
     Args:
         model: A Keras model with `PruneWrapper` layers.
         criterion: A `tf_lottery` criterion, e.g. `PruneFraction(0.2)`.
+        layers: Names of the wrapped layers to prune; `None` prunes all. With
+            `scope="global"` the ranking covers these layers only. Defaults to
+            `None`.
 
     Returns:
         A dict from `"layer/weight"` to the threshold used.
@@ -85,9 +104,10 @@ def prune(model, criterion):
     ```
     """
     wrappers = require_wrappers(model, "tf_lottery.prune()")
+    layers = _check_layers(layers, wrappers, "tf_lottery.prune()")
     check_criterion(criterion, wrappers)
-    targets = prune_targets(wrappers)
-    masked = [m for w in wrappers for m in w.masked_weights]
+    targets = prune_targets(wrappers, layers)
+    masked = [m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights]
     thresholds = {}
     # compute_masks is a generator: each tensor is read, masked and written
     # before the next is read, so a round holds about one tensor in memory.
@@ -97,11 +117,12 @@ def prune(model, criterion):
         weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
     for wrapper in wrappers:
-        wrapper.pruning_round.assign(wrapper.pruning_round + 1)
+        if layers is None or wrapper.layer.name in layers:
+            wrapper.pruning_round.assign(wrapper.pruning_round + 1)
     return thresholds
 
 
-def rewind(model, to="initial"):
+def rewind(model, to="initial", *, layers=None):
     """Resets the weights of every wrapped layer, pruned weights staying zero.
 
     Args:
@@ -109,8 +130,12 @@ def rewind(model, to="initial"):
         to: `"initial"` for the initial weights θ0 (the lottery ticket), or
             `"rewind_point"` for the copy saved during training (late rewinding).
             Defaults to `"initial"`.
+        layers: Names of the wrapped layers to rewind; `None` rewinds all.
+            Defaults to `None`.
     """
     wrappers = require_wrappers(model, "tf_lottery.rewind()")
+    selected = _check_layers(layers, wrappers, "tf_lottery.rewind()")
+    wrappers = [w for w in wrappers if selected is None or w.layer.name in selected]
     if to not in ("initial", "rewind_point"):
         raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
     missing = [w.layer.name for w in wrappers if to == "rewind_point" and int(w.rewind_epoch.numpy()) < 0]
