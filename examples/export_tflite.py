@@ -60,10 +60,11 @@ def main(argv):
     _, accuracy = model.evaluate(data.test.x, data.test.y, verbose=0)
     print(f"Keras test accuracy: {accuracy:.2%}\n")
     os.makedirs(FLAGS.out_dir, exist_ok=True)
-    for quantize in (None, "float16", "dynamic", "int8"):
-        path = os.path.join(FLAGS.out_dir, f"lenet_{quantize or 'float32'}.tflite")
+    for quantize, per_channel in ((None, True), ("float16", True), ("dynamic", True), ("int8", True), ("int8", False)):
+        suffix = "" if per_channel else "_per_tensor"
+        path = os.path.join(FLAGS.out_dir, f"lenet_{quantize or 'float32'}{suffix}.tflite")
         report = tf_lottery.export_tflite(
-            model, path, quantize=quantize, representative_data=data.train.x[:300]
+            model, path, quantize=quantize, representative_data=data.train.x[:300], per_channel=per_channel
         )
         logits = tf_lottery.run_tflite(path, data.test.x)
         print(report)

