@@ -74,8 +74,12 @@ def model_with(million, width=1000):
 
 def main(argv):
     del argv
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; median of {FLAGS.repeats} rounds.\n")
-    print("| prunable weights | criterion | seconds | ns / weight | numpy peak (copies) | resident peak rise (copies) |")
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; median of {FLAGS.repeats} rounds.\n"
+    )
+    print(
+        "| prunable weights | criterion | seconds | ns / weight | numpy peak (copies) | resident peak rise (copies) |"
+    )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for million in (float(s) for s in FLAGS.sizes):
         keras.utils.set_random_seed(0)
@@ -85,7 +89,9 @@ def main(argv):
             seconds, numpy_peaks, resident_peaks = [], [], []
             for _ in range(FLAGS.repeats):
                 for wrapper in tf_lottery.find_wrappers(model):
-                    wrapper.masks["kernel"].assign(np.ones(wrapper.masks["kernel"].shape, "float32"))
+                    wrapper.masks["kernel"].assign(
+                        np.ones(wrapper.masks["kernel"].shape, "float32")
+                    )
                 tracemalloc.start()
                 with PeakResident() as resident:
                     start = time.perf_counter()

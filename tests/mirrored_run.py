@@ -28,12 +28,24 @@ def main(mode):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 12)).astype("float32")
     y = x[:, :3].argmax(axis=1).astype("int32")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if mode == "mirrored" else tf.distribute.get_strategy()
+    strategy = (
+        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        if mode == "mirrored"
+        else tf.distribute.get_strategy()
+    )
     with strategy.scope():
         model = tl.wrap(
-            keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu", name="fc1"), keras.layers.Dense(3, name="out")])
+            keras.Sequential(
+                [
+                    keras.Input((12,)),
+                    keras.layers.Dense(16, activation="relu", name="fc1"),
+                    keras.layers.Dense(3, name="out"),
+                ]
+            )
         )
-        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
     pruning = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rewind="init", verbose=0)
     model.fit(x, y, batch_size=64, epochs=4, shuffle=False, verbose=0, callbacks=[pruning])
     result = {"masks": {}, "initial": {}, "replicas_agree": True, "pruned_are_zero": True}

@@ -46,8 +46,16 @@ def test_drop_rule_restores_weights_exactly():
     model = compile_model(tl.wrap(mlp()))
     x, y = data()
     score = Score([0.90, 0.898, 0.80])
-    model.fit(x, y, epochs=3, verbose=0, callbacks=[
-        score, tl.IterativePruning(tl.PruneFraction(0.3), max_drop=0.005, monitor="score", verbose=0)])
+    model.fit(
+        x,
+        y,
+        epochs=3,
+        verbose=0,
+        callbacks=[
+            score,
+            tl.IterativePruning(tl.PruneFraction(0.3), max_drop=0.005, monitor="score", verbose=0),
+        ],
+    )
     for variable, value in zip(model.weights, score.snapshots[1]):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
 
@@ -56,7 +64,9 @@ def test_drop_rule_mode_min_watches_a_loss():
     model = compile_model(tl.wrap(mlp()))
     x, y = data()
     score = Score([1.0, 0.9, 1.002, 1.02, 1.0])  # lower is better
-    pruning = tl.IterativePruning(tl.PruneFraction(0.3), max_drop=0.005, monitor="score", mode="min", verbose=0)
+    pruning = tl.IterativePruning(
+        tl.PruneFraction(0.3), max_drop=0.005, monitor="score", mode="min", verbose=0
+    )
     model.fit(x, y, epochs=5, verbose=0, callbacks=[score, pruning])
     assert pruning.rounds_done == 2 and "epoch 4" in pruning._stopped
     assert "restored round 2" in pruning._stopped
@@ -66,8 +76,17 @@ def test_layer_targets_are_met_and_not_overshot_by_more_than_a_round():
     model = compile_model(tl.wrap(mlp()))
     x, y = data()
     targets = {"fc1": 0.5, "out": 0.3}
-    history = model.fit(x, y, epochs=10, verbose=0, callbacks=[
-        tl.IterativePruning(tl.PruneFraction(0.2, output_rate=0.2), layer_targets=targets, verbose=0)])
+    history = model.fit(
+        x,
+        y,
+        epochs=10,
+        verbose=0,
+        callbacks=[
+            tl.IterativePruning(
+                tl.PruneFraction(0.2, output_rate=0.2), layer_targets=targets, verbose=0
+            )
+        ],
+    )
     for layer, target in targets.items():
         trajectory = history.history[f"sparsity/{layer}"] + [tl.sparsity(model)[layer].sparsity]
         final = trajectory[-1]
@@ -81,7 +100,13 @@ def test_frozen_layers_keep_their_weights_exactly():
     x, y = data()
     frozen_before = [v.numpy().copy() for v in tl.find_wrappers(model)[0].layer.weights]
     out_before = tl.find_wrappers(model)[1].layer.kernel.numpy().copy()
-    model.fit(x, y, epochs=3, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.3), frozen=["fc*"], verbose=0)])
+    model.fit(
+        x,
+        y,
+        epochs=3,
+        verbose=0,
+        callbacks=[tl.IterativePruning(tl.PruneFraction(0.3), frozen=["fc*"], verbose=0)],
+    )
     for variable, value in zip(tl.find_wrappers(model)[0].layer.weights, frozen_before):
         np.testing.assert_array_equal(variable.numpy(), value)
     assert tl.sparsity(model)["fc1"].sparsity == 0 and tl.sparsity(model)["out"].sparsity > 0
@@ -108,7 +133,9 @@ def test_sensitivity_leaves_the_model_identical_and_matches_hand_pruning(tmp_pat
     qualities = tl.sensitivity(model, (x, y), qualities=(0.5, 1.0), verbose=0)
     copy.set_weights(model.get_weights())
     tl.prune(copy, tl.StdThreshold(1.0), layers=["out"])
-    assert qualities.results["out"][1] == pytest.approx(copy.evaluate(x, y, verbose=0, return_dict=True)["accuracy"])
+    assert qualities.results["out"][1] == pytest.approx(
+        copy.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+    )
     # Settings, files and plot.
     settings = report.settings(max_drop=1.0)
     assert settings == {"fc1": 0.9, "out": 0.9}
@@ -141,13 +168,25 @@ def test_budget_bad_input():
         (dict(frozen=["conv*"]), "conv\\*"),
     ]:
         with pytest.raises(ValueError, match=match):
-            model.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(), **kwargs)])
+            model.fit(
+                x,
+                y,
+                epochs=1,
+                verbose=0,
+                callbacks=[tl.IterativePruning(tl.PruneFraction(), **kwargs)],
+            )
     for a, b in zip(before, model.weights):
         np.testing.assert_array_equal(a, b.numpy())
     # A monitor key shows up (or not) only once an epoch has run: the error comes
     # at the first round boundary, before any pruning.
     with pytest.raises(ValueError, match="monitor='val_accuracy'"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(), max_drop=0.01)])
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[tl.IterativePruning(tl.PruneFraction(), max_drop=0.01)],
+        )
     assert tl.sparsity(model).sparsity == 0
     with pytest.raises(ValueError, match="sparsities"):
         tl.sensitivity(model, (x, y), sparsities=(0.5, 1.2))

@@ -20,7 +20,9 @@ def wrapped_mlp():
 def test_pruned_weights_stay_exactly_zero_while_adam_trains():
     model = wrapped_mlp()
     tl.prune(model, tl.PruneFraction(0.7))
-    masks = {id(m.variable): m.mask.numpy() for w in tl.find_wrappers(model) for m in w.masked_weights}
+    masks = {
+        id(m.variable): m.mask.numpy() for w in tl.find_wrappers(model) for m in w.masked_weights
+    }
 
     class CheckEveryBatch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -39,7 +41,11 @@ def test_pruned_weights_stay_exactly_zero_while_adam_trains():
 
 def test_rewind_init_resets_survivors_to_initial_weights_exactly():
     model = wrapped_mlp()
-    initial = {id(s.variable): s.initial.numpy().copy() for w in tl.find_wrappers(model) for s in w.saved_weights}
+    initial = {
+        id(s.variable): s.initial.numpy().copy()
+        for w in tl.find_wrappers(model)
+        for s in w.saved_weights
+    }
     x, y = data()
     callback = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rounds=1, verbose=0)
 
@@ -49,7 +55,9 @@ def test_rewind_init_resets_survivors_to_initial_weights_exactly():
                 for wrapper in tl.find_wrappers(self.model):
                     for saved in wrapper.saved_weights:
                         mask = 1 if saved.mask is None else saved.mask.numpy()
-                        np.testing.assert_array_equal(saved.variable.numpy(), initial[id(saved.variable)] * mask)
+                        np.testing.assert_array_equal(
+                            saved.variable.numpy(), initial[id(saved.variable)] * mask
+                        )
                 self.checked = True
 
     after_round = AfterRound()
@@ -64,7 +72,11 @@ def test_rewind_to_epoch_k_uses_the_weights_after_k_epochs():
 
     class Snapshot(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            snapshots[epoch + 1] = [s.variable.numpy().copy() for w in tl.find_wrappers(self.model) for s in w.saved_weights]
+            snapshots[epoch + 1] = [
+                s.variable.numpy().copy()
+                for w in tl.find_wrappers(self.model)
+                for s in w.saved_weights
+            ]
 
     # Snapshot runs before IterativePruning so it sees the trained, unpruned weights.
     callback = tl.IterativePruning(tl.PruneFraction(0.5), every=3, rounds=1, rewind=1, verbose=0)
@@ -83,34 +95,65 @@ def test_rewind_none_keeps_training_from_the_trained_weights():
 
     class Keep(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            trained.update({id(m.variable): m.variable.numpy().copy() for w in tl.find_wrappers(self.model) for m in w.masked_weights})
+            trained.update(
+                {
+                    id(m.variable): m.variable.numpy().copy()
+                    for w in tl.find_wrappers(self.model)
+                    for m in w.masked_weights
+                }
+            )
 
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[Keep(), tl.IterativePruning(tl.StdThreshold(1.0), rewind=None, verbose=0)])
+    model.fit(
+        x,
+        y,
+        epochs=1,
+        verbose=0,
+        callbacks=[Keep(), tl.IterativePruning(tl.StdThreshold(1.0), rewind=None, verbose=0)],
+    )
     for wrapper in tl.find_wrappers(model):
         for m in wrapper.masked_weights:
-            np.testing.assert_array_equal(m.variable.numpy(), trained[id(m.variable)] * m.mask.numpy())
+            np.testing.assert_array_equal(
+                m.variable.numpy(), trained[id(m.variable)] * m.mask.numpy()
+            )
 
 
 def test_schedule_rounds_and_target_sparsity():
     model = wrapped_mlp()
     x, y = data()
     history = model.fit(
-        x, y, epochs=9, verbose=0,
-        callbacks=[tl.IterativePruning(tl.PruneFraction(0.5, output_rate=0.5), every=2, start=1, rounds=3)],
+        x,
+        y,
+        epochs=9,
+        verbose=0,
+        callbacks=[
+            tl.IterativePruning(tl.PruneFraction(0.5, output_rate=0.5), every=2, start=1, rounds=3)
+        ],
     )
     # Rounds after epochs 3, 5 and 7; the logs show the sparsity each epoch trained with.
     expected = [0, 0, 0, 0.5, 0.5, 0.75, 0.75, 0.875, 0.875]
     np.testing.assert_allclose(history.history["sparsity"], expected, atol=0.01)
     assert len(history.history["threshold/fc1/kernel"]) == 9
     model = wrapped_mlp()
-    model.fit(x, y, epochs=10, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5, output_rate=0.5), target_sparsity=0.7, verbose=0)])
+    model.fit(
+        x,
+        y,
+        epochs=10,
+        verbose=0,
+        callbacks=[
+            tl.IterativePruning(
+                tl.PruneFraction(0.5, output_rate=0.5), target_sparsity=0.7, verbose=0
+            )
+        ],
+    )
     assert tl.sparsity(model).sparsity == pytest.approx(0.75, abs=0.01)
 
 
 def test_reset_optimizer_zeroes_slots_and_iterations():
     model = wrapped_mlp()
     x, y = data()
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)])
+    model.fit(
+        x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)]
+    )
     optimizer = model.optimizer
     assert int(optimizer.iterations.numpy()) == 0
     for variable in optimizer.variables:
@@ -123,11 +166,19 @@ def test_round_line_and_logs_in_csv(tmp_path, capsys):
     model = wrapped_mlp()
     x, y = data()
     path = os.path.join(tmp_path, "log.csv")
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.2)), keras.callbacks.CSVLogger(path)])
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[tl.IterativePruning(tl.PruneFraction(0.2)), keras.callbacks.CSVLogger(path)],
+    )
     out = capsys.readouterr().out
     assert "Pruning round 1 after epoch 1" in out and "Pruning round 2 after epoch 2" in out
     rows = list(csv.DictReader(open(path)))
-    assert "sparsity/fc1" in rows[0] and float(rows[1]["sparsity/fc1"]) == pytest.approx(0.2, abs=0.01)
+    assert "sparsity/fc1" in rows[0] and float(rows[1]["sparsity/fc1"]) == pytest.approx(
+        0.2, abs=0.01
+    )
 
 
 def test_resume_after_save_and_load_equals_an_uninterrupted_run(tmp_path):
@@ -146,7 +197,16 @@ def test_resume_after_save_and_load_equals_an_uninterrupted_run(tmp_path):
     path = os.path.join(tmp_path, "half.keras")
     first.save(path)
     second = keras.models.load_model(path)
-    second.fit(x, y, epochs=6, initial_epoch=3, batch_size=128, shuffle=False, verbose=0, callbacks=[callback()])
+    second.fit(
+        x,
+        y,
+        epochs=6,
+        initial_epoch=3,
+        batch_size=128,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callback()],
+    )
     for a, b in zip(whole.weights, second.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
     for w in tl.find_wrappers(second):
@@ -186,7 +246,13 @@ def test_unknown_per_layer_name_fails_before_training():
     model = wrapped_mlp()
     x, y = data()
     with pytest.raises(ValueError, match="per_layer.*fc9"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.StdThreshold(per_layer={"fc9": 1.0}))])
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[tl.IterativePruning(tl.StdThreshold(per_layer={"fc9": 1.0}))],
+        )
 
 
 def test_deterministic_masks_with_set_random_seed():
@@ -195,7 +261,13 @@ def test_deterministic_masks_with_set_random_seed():
     for _ in range(2):
         keras.utils.set_random_seed(7)
         model = wrapped_mlp()
-        model.fit(x, y, epochs=4, verbose=0, callbacks=[tl.IterativePruning(tl.RandomPrune(0.3), verbose=0)])
+        model.fit(
+            x,
+            y,
+            epochs=4,
+            verbose=0,
+            callbacks=[tl.IterativePruning(tl.RandomPrune(0.3), verbose=0)],
+        )
         runs.append([m.mask.numpy() for w in tl.find_wrappers(model) for m in w.masked_weights])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)

@@ -70,7 +70,9 @@ def test_prune_fraction_prunes_exactly_that_fraction_of_survivors():
 def test_prune_fraction_halves_the_output_layer_rate():
     weight = np.arange(1, 21, dtype="float32").reshape(4, 5)
     hidden, out = masks(
-        tl.PruneFraction(0.2), target(weight, layer="fc"), target(weight, layer="out", is_output=True)
+        tl.PruneFraction(0.2),
+        target(weight, layer="fc"),
+        target(weight, layer="out", is_output=True),
     )
     assert hidden.sum() == 16 and out.sum() == 18
 
@@ -78,7 +80,9 @@ def test_prune_fraction_halves_the_output_layer_rate():
 def test_global_scope_equals_hand_computation():
     a = np.array([[0.1, 0.9], [0.4, 0.2]], dtype="float32")
     b = np.array([[0.3, 0.05, 0.8]], dtype="float32")
-    ma, mb = masks(tl.PruneFraction(3 / 7, scope="global"), target(a, layer="a"), target(b, layer="b"))
+    ma, mb = masks(
+        tl.PruneFraction(3 / 7, scope="global"), target(a, layer="a"), target(b, layer="b")
+    )
     # All 7 magnitudes: 0.05 0.1 0.2 | 0.3 0.4 0.8 0.9, the smallest 3 go.
     assert ma.tolist() == [[0, 1], [1, 0]]
     assert mb.tolist() == [[1, 0, 1]]

@@ -51,13 +51,20 @@ def test_rounds_controls_and_artifacts(tmp_path):
     out = str(tmp_path / "run")
     history = run(out)
     assert [(r.arm, r.round) for r in history.rows] == [
-        ("ticket", 0), ("ticket", 1), ("reinit", 1), ("random_prune", 1),
-        ("ticket", 2), ("reinit", 2), ("random_prune", 2),
+        ("ticket", 0),
+        ("ticket", 1),
+        ("reinit", 1),
+        ("random_prune", 1),
+        ("ticket", 2),
+        ("reinit", 2),
+        ("random_prune", 2),
     ]
     ticket = history.arm("ticket")
     assert ticket[0].remaining == 1.0 and ticket[1].remaining < 0.6 and ticket[2].remaining < 0.35
     for r in (1, 2):
-        t, rein, rand = (masks(os.path.join(out, p, f"round_{r}")) for p in ("", "reinit", "random_prune"))
+        t, rein, rand = (
+            masks(os.path.join(out, p, f"round_{r}")) for p in ("", "reinit", "random_prune")
+        )
         for key in t:
             np.testing.assert_array_equal(rein[key], t[key])  # reinit: the ticket's masks
             assert rand[key].sum() == t[key].sum()  # random: the ticket's per-layer counts
@@ -71,7 +78,9 @@ def test_rounds_controls_and_artifacts(tmp_path):
     kernel, mask = start.layers[0].layer.kernel.numpy(), start.layers[0].masks["kernel"].numpy()
     np.testing.assert_array_equal(kernel, initial.layers[0].layer.kernel.numpy() * mask)
     start.load_weights(os.path.join(out, "reinit", "round_1", "start.weights.h5"))
-    assert not np.allclose(start.layers[0].layer.kernel.numpy(), initial.layers[0].layer.kernel.numpy() * mask)
+    assert not np.allclose(
+        start.layers[0].layer.kernel.numpy(), initial.layers[0].layer.kernel.numpy() * mask
+    )
     # A round's artifacts reload into the model that gave the recorded accuracy.
     x, y = data(192)
     accuracy = model.evaluate(x[160:], y[160:], verbose=0, return_dict=True)["accuracy"]
@@ -108,7 +117,12 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     resumed = run(out, controls=("reinit",))
     assert not os.path.exists(os.path.join(out, "round_2.partial"))
     for a, b in zip(whole.rows, resumed.rows):
-        assert (a.arm, a.round, a.remaining, a.early_stop_epoch) == (b.arm, b.round, b.remaining, b.early_stop_epoch)
+        assert (a.arm, a.round, a.remaining, a.early_stop_epoch) == (
+            b.arm,
+            b.round,
+            b.remaining,
+            b.early_stop_epoch,
+        )
         assert a.best_val_accuracy == pytest.approx(b.best_val_accuracy)
         assert a.final_test_accuracy == pytest.approx(b.final_test_accuracy)
     for r in range(3):
@@ -137,7 +151,13 @@ def test_plot_is_a_png(tmp_path):
 
 def test_runner_bad_input(tmp_path):
     x, y = data()
-    kwargs = dict(validation_data=(x, y), rounds=1, epochs_per_round=2, out_dir=str(tmp_path / "r"), compile_kwargs=COMPILE)
+    kwargs = dict(
+        validation_data=(x, y),
+        rounds=1,
+        epochs_per_round=2,
+        out_dir=str(tmp_path / "r"),
+        compile_kwargs=COMPILE,
+    )
     with pytest.raises(ValueError, match="controls"):
         tl.find_winning_ticket(build, (x, y), controls=("shuffle",), **kwargs)
     with pytest.raises(ValueError, match="rewind=5"):

@@ -29,7 +29,10 @@ def _masked(model):
 def _run_mirrored(mode):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.path.dirname(HERE)}
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "mirrored_run.py"), mode], capture_output=True, text=True, env=env
+        [sys.executable, os.path.join(HERE, "mirrored_run.py"), mode],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -48,7 +51,13 @@ def test_mixed_precision_keeps_masks_exact():
     try:
         model = compile_model(tl.wrap(mlp()))
         x, y = data()
-        model.fit(x, y, epochs=3, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)])
+        model.fit(
+            x,
+            y,
+            epochs=3,
+            verbose=0,
+            callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)],
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     for wrapper in tl.find_wrappers(model):
@@ -79,8 +88,16 @@ def test_backup_and_restore_after_a_crash_equals_an_uninterrupted_run(tmp_path):
 
     def fit(model, callbacks):
         model.fit(
-            x, y, batch_size=32, epochs=6, shuffle=False, verbose=0,
-            callbacks=[*callbacks, tl.IterativePruning(tl.PruneFraction(0.4), every=2, rewind=1, verbose=0)],
+            x,
+            y,
+            batch_size=32,
+            epochs=6,
+            shuffle=False,
+            verbose=0,
+            callbacks=[
+                *callbacks,
+                tl.IterativePruning(tl.PruneFraction(0.4), every=2, rewind=1, verbose=0),
+            ],
         )
 
     keras.utils.set_random_seed(3)
@@ -103,8 +120,14 @@ def test_checkpoints_written_at_any_batch_are_sparse(tmp_path):
     x, y = data()
     path = str(tmp_path / "ckpt_{epoch}_{batch}.weights.h5")
     checkpoint = keras.callbacks.ModelCheckpoint(path, save_weights_only=True, save_freq=1)
-    model.fit(x, y, batch_size=32, epochs=3, verbose=0,
-              callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0), checkpoint])
+    model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0), checkpoint],
+    )
     files = sorted(os.listdir(tmp_path))
     assert len(files) >= 8
     checked = 0
@@ -133,13 +156,21 @@ def test_batchnorm_dropout_and_tf_data_with_steps_per_epoch():
     model = compile_model(tl.wrap(keras.Model(inputs, outputs)))
     x, y = data(256)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(256).batch(32).repeat()
-    model.fit(dataset, steps_per_epoch=5, epochs=4, verbose=0, shuffle=False,
-              callbacks=[tl.IterativePruning(tl.StdThreshold(0.5), every=2, verbose=0)])
+    model.fit(
+        dataset,
+        steps_per_epoch=5,
+        epochs=4,
+        verbose=0,
+        shuffle=False,
+        callbacks=[tl.IterativePruning(tl.StdThreshold(0.5), every=2, verbose=0)],
+    )
     assert tl.sparsity(model).sparsity > 0.3
     for masked in _masked(model):
         assert np.all(masked.variable.numpy()[masked.mask.numpy() == 0] == 0)
     plain = tl.strip(model)
-    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_loading_a_damaged_file_names_it(tmp_path):
@@ -171,8 +202,16 @@ def _target(weight, mask, layer="fc"):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=shapes, block=blocks, rate=st.floats(0.01, 0.99), seed=st.integers(0, 10_000), rounds=st.integers(1, 4))
-def test_property_fraction_masks_shrink_keep_one_and_count_exactly(shape, block, rate, seed, rounds):
+@given(
+    shape=shapes,
+    block=blocks,
+    rate=st.floats(0.01, 0.99),
+    seed=st.integers(0, 10_000),
+    rounds=st.integers(1, 4),
+)
+def test_property_fraction_masks_shrink_keep_one_and_count_exactly(
+    shape, block, rate, seed, rounds
+):
     rng = np.random.default_rng(seed)
     weight = rng.normal(size=shape).astype("float32")
     mask = np.ones(shape, "float32")
@@ -182,13 +221,21 @@ def test_property_fraction_masks_shrink_keep_one_and_count_exactly(shape, block,
         units_alive = int(
             np.ceil(np.array(shape) / block).prod()
             if mask.all()
-            else sum(mask[i:i + r, j:j + c].any() for i in range(0, shape[0], r) for j in range(0, shape[1], c))
+            else sum(
+                mask[i : i + r, j : j + c].any()
+                for i in range(0, shape[0], r)
+                for j in range(0, shape[1], c)
+            )
         )
         expected = max(1, units_alive - round(rate * units_alive))
         ((new, _),) = list(criterion.compute_masks([_target(weight, mask)]))
         assert np.all(new <= mask)  # masks only shrink
         assert new.sum() >= 1  # one weight survives
-        kept_units = sum(new[i:i + r, j:j + c].any() for i in range(0, shape[0], r) for j in range(0, shape[1], c))
+        kept_units = sum(
+            new[i : i + r, j : j + c].any()
+            for i in range(0, shape[0], r)
+            for j in range(0, shape[1], c)
+        )
         assert kept_units == expected  # the hand-computed count
         mask = new
 
@@ -215,7 +262,9 @@ def test_property_global_equals_layer_scope_on_one_tensor(shape, block, rate, se
     weight = np.random.default_rng(seed).normal(size=shape).astype("float32")
     mask = np.ones(shape, "float32")
     ((local, _),) = list(tl.PruneFraction(rate, block=block).compute_masks([_target(weight, mask)]))
-    ((whole, _),) = list(tl.PruneFraction(rate, block=block, scope="global").compute_masks([_target(weight, mask)]))
+    ((whole, _),) = list(
+        tl.PruneFraction(rate, block=block, scope="global").compute_masks([_target(weight, mask)])
+    )
     np.testing.assert_array_equal(local, whole)
 
 

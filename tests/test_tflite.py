@@ -55,9 +55,15 @@ def test_float_block_sparse_export_loads_matches_and_is_not_densified(tmp_path):
 
 def test_int8_block_sparse_export_is_small_and_right(tmp_path):
     model = pruned_mlp("tflite-int8", sizes=(64, 40, 24, 10), rounds=2)  # 40, 24: partial 16-blocks
-    report = tl.export_tflite(model, os.path.join(tmp_path, "m.tflite"), quantize="int8", representative_data=inputs(200))
+    report = tl.export_tflite(
+        model, os.path.join(tmp_path, "m.tflite"), quantize="int8", representative_data=inputs(200)
+    )
     assert not report.notes
-    assert all(t.encoding == "block-sparse" and t.block == (1, 16) for t in report.tensors if t.op == "FULLY_CONNECTED")
+    assert all(
+        t.encoding == "block-sparse" and t.block == (1, 16)
+        for t in report.tensors
+        if t.op == "FULLY_CONNECTED"
+    )
 
 
 def test_fact_partial_int8_blocks_give_wrong_results_in_litert(tmp_path):
@@ -67,13 +73,24 @@ def test_fact_partial_int8_blocks_give_wrong_results_in_litert(tmp_path):
     partial-block rule in criteria.py can go.
     """
     model = pruned_mlp((16, 1), sizes=(64, 40, 24, 10), rounds=2)  # tuple: partial blocks kept
-    report = tl.export_tflite(model, os.path.join(tmp_path, "m.tflite"), quantize="int8", representative_data=inputs(200))
+    report = tl.export_tflite(
+        model, os.path.join(tmp_path, "m.tflite"), quantize="int8", representative_data=inputs(200)
+    )
     assert report.notes and "differ from the dense encoding" in report.notes[0]
 
 
 def test_unstructured_masks_are_densified_for_convolutions(tmp_path):
     keras.utils.set_random_seed(0)
-    model = tl.wrap(keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(16, 3, name="conv"), L.Flatten(), L.Dense(10, name="out")]))
+    model = tl.wrap(
+        keras.Sequential(
+            [
+                keras.Input((8, 8, 3)),
+                L.Conv2D(16, 3, name="conv"),
+                L.Flatten(),
+                L.Dense(10, name="out"),
+            ]
+        )
+    )
     for _ in range(3):
         tl.prune(model, tl.PruneFraction(0.5, output_rate=0.5))
     report = tl.export_tflite(model, os.path.join(tmp_path, "c.tflite"))
@@ -163,7 +180,9 @@ def test_inspect_reads_a_file_made_by_tensorflow_alone(tmp_path):
     report = tl.inspect_tflite(path)
     (tensor,) = report.tensors
     assert tensor.shape == (16, 32) and tensor.encoding == "random-sparse" and tensor.densified
-    assert tensor.sparsity == pytest.approx(1 - np.count_nonzero(kernel.numpy()) / kernel.numpy().size)
+    assert tensor.sparsity == pytest.approx(
+        1 - np.count_nonzero(kernel.numpy()) / kernel.numpy().size
+    )
     with pytest.raises(FileNotFoundError):
         tl.inspect_tflite(os.path.join(tmp_path, "missing.tflite"))
     bad = os.path.join(tmp_path, "bad.tflite")
@@ -174,7 +193,9 @@ def test_inspect_reads_a_file_made_by_tensorflow_alone(tmp_path):
 
 def _cli(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "tf_lottery.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "tf_lottery.cli", *args], capture_output=True, text=True, env=env
+    )
 
 
 def test_cli_export_inspect_summary_and_errors(tmp_path):
@@ -183,7 +204,9 @@ def test_cli_export_inspect_summary_and_errors(tmp_path):
     model.save(keras_path)
     np.savez(os.path.join(tmp_path, "x.npz"), x=inputs(100))
     out = os.path.join(tmp_path, "m.tflite")
-    result = _cli("export", keras_path, out, "--quantize", "int8", "--data", os.path.join(tmp_path, "x.npz"))
+    result = _cli(
+        "export", keras_path, out, "--quantize", "int8", "--data", os.path.join(tmp_path, "x.npz")
+    )
     assert result.returncode == 0, result.stderr
     assert "block-sparse" in result.stdout and os.path.exists(out)
     result = _cli("inspect", out)
@@ -201,4 +224,6 @@ def test_cli_export_inspect_summary_and_errors(tmp_path):
     corrupt = os.path.join(tmp_path, "corrupt.keras")
     open(corrupt, "wb").write(open(keras_path, "rb").read()[:100])
     result = _cli("summary", corrupt)
-    assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+    )

@@ -109,7 +109,9 @@ def test_wrap_exclude_and_nested_models():
     names = [w.layer.name for w in tl.find_wrappers(wrapped)]
     assert names == ["fc1", "inner_fc"]
     x = np.ones((3, 6), "float32")
-    np.testing.assert_allclose(model.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6
+    )
     report = tl.sparsity(wrapped)
     assert not report["out"].wrapped
 
@@ -132,7 +134,9 @@ def test_embedding_mask_reaches_the_lstm():
     model = keras.Model(inputs, outputs)
     wrapped = tl.wrap(model)
     padded = np.array([[1, 2, 0, 0, 0]], "int32")
-    np.testing.assert_allclose(model.predict(padded, verbose=0), wrapped.predict(padded, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(padded, verbose=0), wrapped.predict(padded, verbose=0), rtol=1e-6
+    )
     # The padding is masked, not read: the output equals that of the unpadded input.
     unpadded = np.array([[1, 2]], "int32")
     np.testing.assert_allclose(
@@ -160,21 +164,36 @@ keras.saving.register_keras_serializable(package="tests")(SubclassedMLP)
 def test_subclassed_model_prunes_trains_and_strips():
     model = compile_model(SubclassedMLP())
     x, y = data()
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)])
+    model.fit(
+        x, y, epochs=2, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)]
+    )
     assert tl.sparsity(model)["fc1"].sparsity == 0.75
     plain = tl.strip(model)
     assert not tl.find_wrappers(plain)
-    assert [type(layer).__name__ for layer in plain._flatten_layers(include_self=False)] == ["Dense", "Dense"]
-    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert [type(layer).__name__ for layer in plain._flatten_layers(include_self=False)] == [
+        "Dense",
+        "Dense",
+    ]
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_strip_gives_a_plain_model_with_the_same_predictions(tmp_path):
     wrapped = compile_model(tl.wrap(mlp()))
     x, y = data()
-    wrapped.fit(x, y, epochs=2, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.6), rewind=None, verbose=0)])
+    wrapped.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[tl.IterativePruning(tl.PruneFraction(0.6), rewind=None, verbose=0)],
+    )
     plain = tl.strip(wrapped)
     assert [type(layer).__name__ for layer in plain.layers] == ["Dense", "Dense"]
-    np.testing.assert_allclose(plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6
+    )
     assert tl.sparsity(plain).surviving == tl.sparsity(wrapped).surviving
     path = os.path.join(tmp_path, "plain.keras")
     plain.save(path)

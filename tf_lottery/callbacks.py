@@ -141,7 +141,9 @@ class IterativePruning(keras.callbacks.Callback):
         if not _is_int(every) or every < 1:
             raise ValueError(f"Expected every to be a positive integer. Received: every={every!r}")
         if not _is_int(start) or start < 0:
-            raise ValueError(f"Expected start to be a non-negative integer. Received: start={start!r}")
+            raise ValueError(
+                f"Expected start to be a non-negative integer. Received: start={start!r}"
+            )
         if rounds is not None and (not _is_int(rounds) or rounds < 1):
             raise ValueError(
                 f"Expected rounds to be a positive integer or None. Received: rounds={rounds!r}"
@@ -167,13 +169,19 @@ class IterativePruning(keras.callbacks.Callback):
                 f"of accuracy) or None. Received: max_drop={max_drop!r}"
             )
         if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"Expected monitor to be a logs key such as 'val_accuracy'. Received: monitor={monitor!r}")
+            raise ValueError(
+                f"Expected monitor to be a logs key such as 'val_accuracy'. Received: monitor={monitor!r}"
+            )
         if mode not in ("max", "min"):
             raise ValueError(f"Expected mode='max' or 'min'. Received: mode={mode!r}")
         if not isinstance(restore_best, bool):
-            raise ValueError(f"Expected restore_best to be True or False. Received: restore_best={restore_best!r}")
+            raise ValueError(
+                f"Expected restore_best to be True or False. Received: restore_best={restore_best!r}"
+            )
         frozen = (frozen,) if isinstance(frozen, str) else frozen
-        if not isinstance(frozen, (list, tuple)) or not all(isinstance(p, str) and p for p in frozen):
+        if not isinstance(frozen, (list, tuple)) or not all(
+            isinstance(p, str) and p for p in frozen
+        ):
             raise ValueError(
                 "Expected frozen to be a list of layer names or patterns such as 'conv*'. "
                 f"Received: frozen={frozen!r}"
@@ -362,7 +370,9 @@ class IterativePruning(keras.callbacks.Callback):
                     "never went through it. Start from epoch 0 or use rewind='init'."
                 )
         pruning.prune(self.model, self.criterion, layers=self._layers_to_prune())
-        movable = [w.layer.name for w in self._wrappers if not any(w is f for f in self._frozen_layers)]
+        movable = [
+            w.layer.name for w in self._wrappers if not any(w is f for f in self._frozen_layers)
+        ]
         if self.rewind == "init":
             pruning.rewind(self.model, "initial", layers=movable)
         elif self.rewind is not None:

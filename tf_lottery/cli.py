@@ -86,15 +86,21 @@ def _parser():
     export = commands.add_parser("export", help="convert a .keras model to a sparse .tflite file")
     export.add_argument("model", help="the .keras file (wrapped or stripped)")
     export.add_argument("output", help="the .tflite file to write")
-    export.add_argument("--quantize", choices=["none", "dynamic", "float16", "int8"], default="none")
+    export.add_argument(
+        "--quantize", choices=["none", "dynamic", "float16", "int8"], default="none"
+    )
     export.add_argument("--data", help=".npz of input samples (key 'x' or the first array)")
     export.add_argument("--no-verify", action="store_true", help="skip the comparison with Keras")
     export.add_argument(
-        "--fallback", choices=["dense", "error"], default="dense",
+        "--fallback",
+        choices=["dense", "error"],
+        default="dense",
         help="when LiteRT cannot use the sparse file: write the dense one, or fail",
     )
     export.set_defaults(run=_export)
-    inspect = commands.add_parser("inspect", help="show how each weight of a .tflite file is stored")
+    inspect = commands.add_parser(
+        "inspect", help="show how each weight of a .tflite file is stored"
+    )
     inspect.add_argument("file")
     inspect.set_defaults(run=_inspect)
     summary = commands.add_parser("summary", help="per-layer sparsity of a .keras model")

@@ -302,7 +302,9 @@ class StdThreshold(Criterion):
         self.quality = _check_quality(quality, "quality")
         self.per_layer = _check_per_layer(per_layer, _check_quality, "per_layer")
         if not isinstance(fixed_std, bool):
-            raise ValueError(f"Expected fixed_std to be True or False. Received: fixed_std={fixed_std!r}")
+            raise ValueError(
+                f"Expected fixed_std to be True or False. Received: fixed_std={fixed_std!r}"
+            )
         self.fixed_std = fixed_std
 
     def compute_mask(self, target):

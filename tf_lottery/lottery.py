@@ -24,6 +24,9 @@ import numpy as np
 from tf_lottery import pruning
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import PruneFraction
+from tf_lottery.evaluation import evaluate_metric
+from tf_lottery.files import save_figure
+from tf_lottery.files import write_atomically
 from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
@@ -98,7 +101,7 @@ class LotteryHistory:
 
     def to_json(self, path):
         """Writes the rows as a JSON list."""
-        _write_text(path, json.dumps(self.to_dicts(), indent=2))
+        write_atomically(path, json.dumps(self.to_dicts(), indent=2))
 
     def to_csv(self, path):
         """Writes the rows as CSV with a header."""
@@ -106,19 +109,12 @@ class LotteryHistory:
         lines = [",".join(fields)]
         for row in self.to_dicts():
             lines.append(",".join("" if row[f] is None else str(row[f]) for f in fields))
-        _write_text(path, "\n".join(lines) + "\n")
+        write_atomically(path, "\n".join(lines) + "\n")
 
     @classmethod
     def from_json(cls, path):
         with open(path) as file:
             return cls(RoundResult(**row) for row in json.load(file))
-
-
-def _write_text(path, text):
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
 
 
 def _accuracy_key(logs, prefix=""):
@@ -127,14 +123,6 @@ def _accuracy_key(logs, prefix=""):
             if prefix or not key.startswith("val_"):
                 return key
     return None
-
-
-def _evaluate(model, data):
-    if isinstance(data, tuple):
-        result = model.evaluate(*data, verbose=0, return_dict=True)
-    else:
-        result = model.evaluate(data, verbose=0, return_dict=True)
-    return float(result[_accuracy_key(result)])
 
 
 class _RecordEpochs(keras.callbacks.Callback):
@@ -156,7 +144,7 @@ class _RecordEpochs(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         if self.test_data is not None:
-            record["test_accuracy"] = _evaluate(self.model, self.test_data)
+            record["test_accuracy"] = evaluate_metric(self.model, self.test_data, _accuracy_key)
         self.epochs.append(record)
 
 
@@ -224,33 +212,34 @@ def _check_settings(paths, settings):
             saved = json.load(file)
         different = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         if different:
-            details = "; ".join(f"{k}: {saved.get(k)!r} on disk, {settings.get(k)!r} now" for k in different)
+            details = "; ".join(
+                f"{k}: {saved.get(k)!r} on disk, {settings.get(k)!r} now" for k in different
+            )
             raise ValueError(
                 f"out_dir {paths.root!r} holds a run with other settings ({details}). Use a new "
                 "out_dir, or the same settings to resume that run."
             )
     else:
         os.makedirs(paths.root, exist_ok=True)
-        _write_text(paths.settings, json.dumps(settings, indent=2))
+        write_atomically(paths.settings, json.dumps(settings, indent=2))
 
 
+@dataclasses.dataclass
 class _Experiment:
     """The state shared by the rounds of one `find_winning_ticket` call."""
 
-    def __init__(self, build_model, train_data, validation_data, test_data, criterion, epochs,
-                 rewind, seed, compile_kwargs, fit_kwargs, paths, verbose):
-        self.build_model = build_model
-        self.train_data = train_data
-        self.validation_data = validation_data
-        self.test_data = test_data
-        self.criterion = criterion
-        self.epochs = epochs
-        self.rewind = rewind
-        self.seed = seed
-        self.compile_kwargs = compile_kwargs
-        self.fit_kwargs = fit_kwargs
-        self.paths = paths
-        self.verbose = verbose
+    build_model: object
+    train_data: object = None
+    validation_data: object = None
+    test_data: object = None
+    criterion: object = None
+    epochs: int = 0
+    rewind: object = None
+    seed: int = 0
+    compile_kwargs: dict = None
+    fit_kwargs: dict = dataclasses.field(default_factory=dict)
+    paths: object = None
+    verbose: int = 0
 
     def new_model(self, seed):
         """A freshly initialized, wrapped and compiled model."""
@@ -318,7 +307,9 @@ class _Experiment:
             return model
         model = self.new_model(self.seed)
         _load_weights(model, self.paths.initial_weights)
-        _set_masks(model, _random_masks(ticket_masks, np.random.default_rng(self.seed + round_index)))
+        _set_masks(
+            model, _random_masks(ticket_masks, np.random.default_rng(self.seed + round_index))
+        )
         return model
 
     def fit(self, model, folder, round_index, arm):
@@ -330,9 +321,13 @@ class _Experiment:
         keras.utils.set_random_seed(self.seed + 1 + round_index)
         start = time.time()
         if isinstance(self.train_data, tuple):
-            model.fit(*self.train_data, epochs=self.epochs, validation_data=self.validation_data, **kwargs)
+            model.fit(
+                *self.train_data, epochs=self.epochs, validation_data=self.validation_data, **kwargs
+            )
         else:
-            model.fit(self.train_data, epochs=self.epochs, validation_data=self.validation_data, **kwargs)
+            model.fit(
+                self.train_data, epochs=self.epochs, validation_data=self.validation_data, **kwargs
+            )
         return recorder.epochs, time.time() - start
 
     def run_round(self, arm, round_index):
@@ -373,7 +368,7 @@ class _Experiment:
             "thresholds": {k: (None if math.isnan(v) else v) for k, v in thresholds.items()},
             "epochs": epochs,
         }
-        _write_text(RunPaths.report(partial), json.dumps({**record, **details}, indent=2))
+        write_atomically(RunPaths.report(partial), json.dumps({**record, **details}, indent=2))
         os.replace(partial, folder)
 
 
@@ -450,12 +445,18 @@ def find_winning_ticket(
     """
     criterion = PruneFraction(0.2) if criterion is None else criterion
     if not isinstance(criterion, Criterion):
-        raise ValueError(f"Expected criterion to be a tf_lottery criterion. Received: criterion={criterion!r}")
+        raise ValueError(
+            f"Expected criterion to be a tf_lottery criterion. Received: criterion={criterion!r}"
+        )
     if not callable(build_model):
-        raise ValueError(f"Expected build_model to be a function returning a Keras model. Received: {build_model!r}")
+        raise ValueError(
+            f"Expected build_model to be a function returning a Keras model. Received: {build_model!r}"
+        )
     for name, value, low in (("rounds", rounds, 0), ("epochs_per_round", epochs_per_round, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"Expected {name} to be an integer >= {low}. Received: {name}={value!r}")
+            raise ValueError(
+                f"Expected {name} to be an integer >= {low}. Received: {name}={value!r}"
+            )
     if isinstance(rewind, int) and not isinstance(rewind, bool):
         if not 0 <= rewind < epochs_per_round:
             raise ValueError(
@@ -463,13 +464,19 @@ def find_winning_ticket(
                 f"epochs_per_round={epochs_per_round}."
             )
     elif rewind not in ("init", None):
-        raise ValueError(f"Expected rewind to be 'init', None or an epoch count. Received: rewind={rewind!r}")
+        raise ValueError(
+            f"Expected rewind to be 'init', None or an epoch count. Received: rewind={rewind!r}"
+        )
     controls = (controls,) if isinstance(controls, str) else tuple(controls)
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown or len(set(controls)) != len(controls):
-        raise ValueError(f"Expected controls from {CONTROLS}, each once. Received: controls={controls!r}")
+        raise ValueError(
+            f"Expected controls from {CONTROLS}, each once. Received: controls={controls!r}"
+        )
     if rewind is None and "reinit" in controls:
-        raise ValueError("The 'reinit' control compares with rewinding; it needs rewind='init' or an int.")
+        raise ValueError(
+            "The 'reinit' control compares with rewinding; it needs rewind='init' or an int."
+        )
     if not isinstance(out_dir, (str, os.PathLike)):
         raise ValueError(f"Expected out_dir to be a folder path. Received: out_dir={out_dir!r}")
     fit_kwargs = dict(fit_kwargs or {})
@@ -492,8 +499,18 @@ def find_winning_ticket(
     }
     _check_settings(paths, json.loads(json.dumps(settings)))
     experiment = _Experiment(
-        build_model, train_data, validation_data, test_data, criterion, epochs_per_round,
-        rewind, seed, compile_kwargs, fit_kwargs, paths, verbose,
+        build_model,
+        train_data,
+        validation_data,
+        test_data,
+        criterion,
+        epochs_per_round,
+        rewind,
+        seed,
+        compile_kwargs,
+        fit_kwargs,
+        paths,
+        verbose,
     )
     history = LotteryHistory()
     for round_index in range(rounds + 1):
@@ -532,8 +549,10 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
     """
     folder = RunPaths(out_dir).round_dir(arm, round_index)
     if not os.path.isdir(folder):
-        raise ValueError(f"No finished round {round_index} of arm {arm!r} in {os.fspath(out_dir)!r}.")
-    experiment = _Experiment(build_model, None, None, None, None, 0, None, 0, compile_kwargs, {}, None, 0)
+        raise ValueError(
+            f"No finished round {round_index} of arm {arm!r} in {os.fspath(out_dir)!r}."
+        )
+    experiment = _Experiment(build_model, compile_kwargs=compile_kwargs)
     model = experiment.new_model(0)
     _load_weights(model, RunPaths.trained_weights(folder))
     return model
@@ -562,11 +581,16 @@ def plot_history(history, path):
         # Every arm starts from the same dense network, round 0 of the ticket.
         rows = history.arm(arm) if arm == TICKET else dense + history.arm(arm)
         remaining = [100 * r.remaining for r in rows]
-        accuracy = [100 * (r.best_val_accuracy if r.test_accuracy is None else r.test_accuracy) for r in rows]
+        accuracy = [
+            100 * (r.best_val_accuracy if r.test_accuracy is None else r.test_accuracy)
+            for r in rows
+        ]
         accuracy_axis.plot(remaining, accuracy, marker="o", label=arm)
         epoch_axis.plot(remaining, [r.early_stop_epoch for r in rows], marker="o", label=arm)
     has_test = all(r.test_accuracy is not None for r in history.rows)
-    accuracy_axis.set_ylabel("test accuracy at early stop (%)" if has_test else "best validation accuracy (%)")
+    accuracy_axis.set_ylabel(
+        "test accuracy at early stop (%)" if has_test else "best validation accuracy (%)"
+    )
     epoch_axis.set_ylabel("early-stop epoch (min. validation loss)")
     for axis in (accuracy_axis, epoch_axis):
         axis.set_xscale("log")
@@ -578,7 +602,4 @@ def plot_history(history, path):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    temporary = f"{path}.tmp.png"
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
+    save_figure(figure, path)

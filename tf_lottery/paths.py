@@ -45,7 +45,9 @@ class RunPaths:
 
     def round_dir(self, arm, round_index):
         name = f"round_{round_index}"
-        return os.path.join(self.root, name) if arm == TICKET else os.path.join(self.root, arm, name)
+        return (
+            os.path.join(self.root, name) if arm == TICKET else os.path.join(self.root, arm, name)
+        )
 
     def partial_dir(self, arm, round_index):
         return self.round_dir(arm, round_index) + ".partial"

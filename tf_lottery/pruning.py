@@ -107,7 +107,9 @@ def prune(model, criterion, *, layers=None):
     layers = _check_layers(layers, wrappers, "tf_lottery.prune()")
     check_criterion(criterion, wrappers)
     targets = prune_targets(wrappers, layers)
-    masked = [m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights]
+    masked = [
+        m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights
+    ]
     thresholds = {}
     # compute_masks is a generator: each tensor is read, masked and written
     # before the next is read, so a round holds about one tensor in memory.
@@ -138,7 +140,9 @@ def rewind(model, to="initial", *, layers=None):
     wrappers = [w for w in wrappers if selected is None or w.layer.name in selected]
     if to not in ("initial", "rewind_point"):
         raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
-    missing = [w.layer.name for w in wrappers if to == "rewind_point" and int(w.rewind_epoch.numpy()) < 0]
+    missing = [
+        w.layer.name for w in wrappers if to == "rewind_point" and int(w.rewind_epoch.numpy()) < 0
+    ]
     if missing:
         raise ValueError(
             f"Layers {missing} have no rewind point saved yet. Save one with "

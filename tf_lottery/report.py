@@ -62,7 +62,9 @@ class SparsityReport:
         for row in self.layers:
             if row.layer == layer:
                 return row
-        raise KeyError(f"No prunable layer named {layer!r}; layers: {[r.layer for r in self.layers]}")
+        raise KeyError(
+            f"No prunable layer named {layer!r}; layers: {[r.layer for r in self.layers]}"
+        )
 
     def to_dict(self):
         """A JSON-ready dict: per-layer rows and the overall figures."""

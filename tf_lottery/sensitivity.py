@@ -8,7 +8,6 @@ within a given drop of the metric.
 
 import dataclasses
 import json
-import os
 import warnings
 
 import keras
@@ -17,6 +16,9 @@ import numpy as np
 from tf_lottery import pruning
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import StdThreshold
+from tf_lottery.evaluation import evaluate_metric
+from tf_lottery.files import save_figure
+from tf_lottery.files import write_atomically
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -60,7 +62,9 @@ class SensitivityReport:
                 point of accuracy).
         """
         if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
-            raise ValueError(f"Expected max_drop to be a non-negative number. Received: max_drop={max_drop!r}")
+            raise ValueError(
+                f"Expected max_drop to be a non-negative number. Received: max_drop={max_drop!r}"
+            )
         chosen = {}
         for layer, values in self.results.items():
             # Levels are in increasing order: take the last before the first failure.
@@ -79,9 +83,13 @@ class SensitivityReport:
         `rounds` rounds of `PruneFraction(per_layer=...)` bring it to s.
         """
         if self.kind != "sparsity":
-            raise ValueError("fraction_rates needs a report made with sparsities=..., not qualities.")
+            raise ValueError(
+                "fraction_rates needs a report made with sparsities=..., not qualities."
+            )
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(f"Expected rounds to be a positive integer. Received: rounds={rounds!r}")
+            raise ValueError(
+                f"Expected rounds to be a positive integer. Received: rounds={rounds!r}"
+            )
         rates = {}
         for layer, target in self.settings(max_drop).items():
             rate = 1.0 - (1.0 - target) ** (1.0 / rounds)
@@ -105,7 +113,7 @@ class SensitivityReport:
 
     def to_json(self, path):
         """Writes the report as JSON."""
-        _write(path, json.dumps(self.to_dict(), indent=2))
+        write_atomically(path, json.dumps(self.to_dict(), indent=2))
 
     def to_csv(self, path):
         """Writes one row per layer and level: layer, level, sparsity, metric."""
@@ -113,7 +121,7 @@ class SensitivityReport:
         for layer, values in self.results.items():
             for level, sparsity, value in zip(self.levels, self.sparsities[layer], values):
                 lines.append(f"{layer},{level},{sparsity},{value}")
-        _write(path, "\n".join(lines) + "\n")
+        write_atomically(path, "\n".join(lines) + "\n")
 
     def plot(self, path):
         """A PNG with one line per layer: metric against level, as Han et al.'s Fig. 5."""
@@ -125,42 +133,32 @@ class SensitivityReport:
         figure, axis = plt.subplots(figsize=(7, 4.5))
         for layer, values in self.results.items():
             x = self.sparsities[layer] if self.kind == "sparsity" else self.levels
-            axis.plot([100 * v for v in x] if self.kind == "sparsity" else x, values, marker="o", label=layer)
+            axis.plot(
+                [100 * v for v in x] if self.kind == "sparsity" else x,
+                values,
+                marker="o",
+                label=layer,
+            )
         axis.axhline(self.baseline, color="gray", linestyle="--", label="baseline")
-        axis.set_xlabel("layer sparsity (%)" if self.kind == "sparsity" else "quality s (threshold = s·std)")
+        axis.set_xlabel(
+            "layer sparsity (%)" if self.kind == "sparsity" else "quality s (threshold = s·std)"
+        )
         axis.set_ylabel(self.metric)
         axis.set_title("Sensitivity: each layer pruned alone, no retraining")
         axis.grid(True, alpha=0.3)
         axis.legend()
         figure.tight_layout()
-        temporary = f"{path}.tmp.png"
-        figure.savefig(temporary, dpi=120)
-        plt.close(figure)
-        os.replace(temporary, path)
+        save_figure(figure, path)
 
 
-def _write(path, text):
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
+def _assign_all(variables, values):
+    for variable, value in zip(variables, values):
+        variable.assign(value)
 
 
-def _evaluate(model, data, metric):
-    result = (
-        model.evaluate(*data, verbose=0, return_dict=True)
-        if isinstance(data, tuple)
-        else model.evaluate(data, verbose=0, return_dict=True)
-    )
-    if metric not in result:
-        raise ValueError(
-            f"metric={metric!r} is not one of the model's metrics: {sorted(result)}. Compile "
-            "with metrics=[...] that include it, or choose one of these."
-        )
-    return float(result[metric])
-
-
-def sensitivity(model, data, *, sparsities=None, qualities=None, metric="accuracy", mode="max", verbose=1):
+def sensitivity(
+    model, data, *, sparsities=None, qualities=None, metric="accuracy", mode="max", verbose=1
+):
     """Prunes each wrapped layer alone at each level and records the metric.
 
     One shot and without retraining, as Han et al.'s Figure 5 and Distiller's
@@ -197,17 +195,23 @@ def sensitivity(model, data, *, sparsities=None, qualities=None, metric="accurac
     if mode not in ("max", "min"):
         raise ValueError(f"Expected mode='max' or 'min'. Received: mode={mode!r}")
     if not model.compiled:
-        raise ValueError("sensitivity() evaluates the model: compile it first, with the metric you want.")
+        raise ValueError(
+            "sensitivity() evaluates the model: compile it first, with the metric you want."
+        )
     kind = "quality" if qualities is not None else "sparsity"
     levels = tuple(qualities if qualities is not None else (sparsities or DEFAULT_SPARSITIES))
     for level in levels:
         bad = isinstance(level, bool) or not isinstance(level, (int, float))
         if bad or (kind == "sparsity" and not 0 < level < 1) or (kind == "quality" and level < 0):
             argument = "qualities" if kind == "quality" else "sparsities"
-            expected = "non-negative numbers" if kind == "quality" else "numbers strictly between 0 and 1"
-            raise ValueError(f"Expected {argument} to be {expected}. Received: {argument}={list(levels)}")
+            expected = (
+                "non-negative numbers" if kind == "quality" else "numbers strictly between 0 and 1"
+            )
+            raise ValueError(
+                f"Expected {argument} to be {expected}. Received: {argument}={list(levels)}"
+            )
     levels = tuple(sorted(float(v) for v in levels))
-    baseline = _evaluate(model, data, metric)
+    baseline = evaluate_metric(model, data, metric)
     results, sparsities_reached = {}, {}
     for wrapper in wrappers:
         name = wrapper.layer.name
@@ -215,11 +219,6 @@ def sensitivity(model, data, *, sparsities=None, qualities=None, metric="accurac
         masks = [m.mask for m in wrapper.masked_weights]
         total = sum(int(np.prod(m.shape)) for m in masks)
         results[name], sparsities_reached[name] = [], []
-
-        def restore():
-            for variable, value in zip(wrapper.weights, saved):
-                variable.assign(value)
-
         with warnings.catch_warnings():
             # High levels may empty a layer: that is what is being measured.
             warnings.filterwarnings("ignore", message=".*would prune every surviving weight")
@@ -228,18 +227,27 @@ def sensitivity(model, data, *, sparsities=None, qualities=None, metric="accurac
                     if kind == "quality":
                         pruning.prune(model, StdThreshold(level), layers=[name])
                     else:
-                        alive = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks)
+                        alive = sum(
+                            int(np.count_nonzero(keras.ops.convert_to_numpy(m.value)))
+                            for m in masks
+                        )
                         current = 1 - alive / total
                         if level > current:
                             rate = min(1 - (1 - level) / (1 - current), 1 - 1e-9)
-                            pruning.prune(model, PruneFraction(rate, output_rate=rate), layers=[name])
-                    alive = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks)
+                            pruning.prune(
+                                model, PruneFraction(rate, output_rate=rate), layers=[name]
+                            )
+                    alive = sum(
+                        int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks
+                    )
                     sparsities_reached[name].append(1 - alive / total)
-                    results[name].append(_evaluate(model, data, metric))
-                    restore()
+                    results[name].append(evaluate_metric(model, data, metric))
+                    _assign_all(wrapper.weights, saved)
             finally:
-                restore()
+                _assign_all(wrapper.weights, saved)
         if verbose:
-            cells = ", ".join(f"{level:g}: {value:.4f}" for level, value in zip(levels, results[name]))
+            cells = ", ".join(
+                f"{level:g}: {value:.4f}" for level, value in zip(levels, results[name])
+            )
             print(f"Sensitivity of {name}: {cells} (baseline {baseline:.4f})", flush=True)
     return SensitivityReport(kind, levels, metric, mode, baseline, results, sparsities_reached)

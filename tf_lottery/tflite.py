@@ -22,12 +22,12 @@ import contextlib
 import dataclasses
 import io
 import os
-import tempfile
 
 import keras
 import numpy as np
 from absl import logging as absl_logging
 
+from tf_lottery.files import write_atomically
 from tf_lottery.wrapper import find_wrappers
 from tf_lottery.wrapper import strip
 
@@ -38,7 +38,15 @@ QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 _TOLERANCE = {None: 1e-4, "float16": 1e-2, "dynamic": 0.95, "int8": 0.95}
 
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 16: 4}
-_NUMPY_TYPE = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+_NUMPY_TYPE = {
+    0: np.float32,
+    1: np.float16,
+    2: np.int32,
+    3: np.uint8,
+    4: np.int64,
+    7: np.int16,
+    9: np.int8,
+}
 _TYPE_NAME = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8"}
 
 
@@ -252,7 +260,9 @@ def inspect_tflite(path_or_bytes):
         if tensor.sparsity is not None:
             stored = len(data) // itemsize
             sparsity = 1.0 - stored / total
-            block_map = list(tensor.sparsity.blockMap) if tensor.sparsity.blockMap is not None else []
+            block_map = (
+                list(tensor.sparsity.blockMap) if tensor.sparsity.blockMap is not None else []
+            )
             if block_map:
                 sizes = [1] * len(shape)
                 for i, dim in enumerate(block_map):
@@ -309,7 +319,9 @@ def _convert(model, quantize, sparse, calibration, per_channel=True):
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
         samples = calibration.astype(model.inputs[0].dtype)
-        converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
+        converter.representative_dataset = lambda: (
+            [samples[i : i + 1]] for i in range(len(samples))
+        )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter._experimental_disable_per_channel_quantization_for_dense_layers = not per_channel
     converter.optimizations = optimizations
@@ -366,7 +378,9 @@ def run_tflite(path_or_bytes, x, *, num_threads=1):
     if isinstance(path_or_bytes, (bytes, bytearray)):
         interpreter = interpreter_class(model_content=bytes(path_or_bytes), num_threads=num_threads)
     else:
-        interpreter = interpreter_class(model_path=os.fspath(path_or_bytes), num_threads=num_threads)
+        interpreter = interpreter_class(
+            model_path=os.fspath(path_or_bytes), num_threads=num_threads
+        )
     return _run(interpreter, np.asarray(x))
 
 
@@ -430,21 +444,6 @@ def _compare_with_dense(model, interpreter, dense, data, quantize):
             f"(allowed {allowed:.2g})"
         )
     return None
-
-
-def _write_atomically(path, content):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tf_lottery-", suffix=".tflite")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def export_tflite(
@@ -514,7 +513,9 @@ def export_tflite(
             f"Expected quantize to be one of {QUANTIZE_MODES}. Received: quantize={quantize!r}"
         )
     if not isinstance(per_channel, bool):
-        raise ValueError(f"Expected per_channel to be True or False. Received: per_channel={per_channel!r}")
+        raise ValueError(
+            f"Expected per_channel to be True or False. Received: per_channel={per_channel!r}"
+        )
     if fallback not in ("dense", "error"):
         raise ValueError(f"Expected fallback='dense' or 'error'. Received: fallback={fallback!r}")
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
@@ -533,14 +534,18 @@ def export_tflite(
     if tolerance is None:
         tolerance = _TOLERANCE[quantize]
     elif isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise ValueError(f"Expected tolerance to be a non-negative number. Received: tolerance={tolerance!r}")
+        raise ValueError(
+            f"Expected tolerance to be a non-negative number. Received: tolerance={tolerance!r}"
+        )
     plain = strip(model) if find_wrappers(model) else model
     notes = []
     try:
         content = _convert(plain, quantize, True, data, per_channel)
         dense = _convert(plain, quantize, False, data, per_channel)
     except Exception as error:
-        raise ExportError(f"The TFLite converter failed on model '{model.name}': {error}") from error
+        raise ExportError(
+            f"The TFLite converter failed on model '{model.name}': {error}"
+        ) from error
     interpreter, problem = _load(content)
     if problem is None and content != dense and _single_io(plain):
         problem = _compare_with_dense(plain, interpreter, dense, data, quantize)
@@ -579,7 +584,7 @@ def export_tflite(
                     f"The .tflite file does not match the Keras model: {verification}. "
                     "No file was written. Check representative_data, or raise tolerance."
                 )
-    _write_atomically(path, content)
+    write_atomically(path, content)
     inspected = inspect_tflite(path)
     return ExportReport(
         path=os.fspath(path),

@@ -338,7 +338,11 @@ def find_wrappers(model):
     Works for Sequential, Functional and subclassed models, nested ones
     included. A layer shared between two calls appears once.
     """
-    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, PruneWrapper)]
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, PruneWrapper)
+    ]
 
 
 def _weight_units(model):
@@ -376,12 +380,14 @@ def _copy_weights(source, target, masked):
         if masked and isinstance(src, PruneWrapper):
             masks = {id(m.variable): m.mask for m in src.masked_weights}
             values = [
-                ops.multiply(value, ops.cast(masks[id(v)].value, value.dtype)) if id(v) in masks else value
+                ops.multiply(value, ops.cast(masks[id(v)].value, value.dtype))
+                if id(v) in masks
+                else value
                 for v, value in zip(src_layer.weights, values)
             ]
-        if type(src_layer) is not type(dst_layer) or [tuple(v.shape) for v in src_layer.weights] != [
-            tuple(v.shape) for v in dst_layer.weights
-        ]:
+        if type(src_layer) is not type(dst_layer) or [
+            tuple(v.shape) for v in src_layer.weights
+        ] != [tuple(v.shape) for v in dst_layer.weights]:
             raise ValueError(
                 f"Could not match layer '{src_layer.name}' of model '{source.name}' with "
                 f"'{dst_layer.name}' of its rebuilt copy. The model may create layers in "

@@ -1,0 +1,36 @@
+"""Writing files atomically: a file is complete or absent, never partial."""
+
+import io
+import os
+import tempfile
+
+
+def write_atomically(path, content):
+    """Writes `content` (bytes or str) to `path` through a temporary file.
+
+    The temporary file sits in the same folder and replaces `path` only once it
+    is complete and flushed to disk, so a failure leaves any older file intact.
+    """
+    data = content.encode() if isinstance(content, str) else content
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tf_lottery-")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def save_figure(figure, path):
+    """Saves a matplotlib figure as PNG, atomically, and closes it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    write_atomically(path, buffer.getvalue())
