@@ -372,8 +372,14 @@ def _weight_units(model):
 
 def _copy_weights(source, target, masked):
     """Assigns `source`'s layer weights to `target`'s, multiplying in masks if `masked`."""
-    pairs = list(zip(_weight_units(source), _weight_units(target)))
-    for src, dst in pairs:
+    sources, targets = _weight_units(source), _weight_units(target)
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"Could not match the layers of model '{source.name}' with its rebuilt copy "
+            f"({len(sources)} vs {len(targets)} layers with weights). The model may create "
+            "layers in a way that depends on more than its config."
+        )
+    for src, dst in zip(sources, targets):
         src_layer = src.layer if isinstance(src, PruneWrapper) else src
         dst_layer = dst.layer if isinstance(dst, PruneWrapper) else dst
         values = [v.value for v in src_layer.weights]
