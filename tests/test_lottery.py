@@ -169,3 +169,25 @@ def test_runner_bad_input(tmp_path):
     kwargs["compile_kwargs"] = None
     with pytest.raises(ValueError, match="compiled model"):
         tl.find_winning_ticket(build, (x, y), **kwargs)
+
+
+def test_tf_data_datasets_work_as_data(tmp_path):
+    import tensorflow as tf
+
+    x, y = data(192)
+    train = tf.data.Dataset.from_tensor_slices((x[:128], y[:128])).batch(32)
+    validation = tf.data.Dataset.from_tensor_slices((x[128:160], y[128:160])).batch(32)
+    test = tf.data.Dataset.from_tensor_slices((x[160:], y[160:])).batch(32)
+    history = tl.find_winning_ticket(
+        build,
+        train,
+        validation_data=validation,
+        test_data=test,
+        rounds=1,
+        epochs_per_round=2,
+        out_dir=str(tmp_path / "run"),
+        compile_kwargs=COMPILE,
+        verbose=0,
+    )
+    assert [r.round for r in history.rows] == [0, 1]
+    assert history.rows[1].test_accuracy is not None and history.rows[1].remaining < 0.85
