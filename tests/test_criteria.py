@@ -192,3 +192,27 @@ def test_tflite_modes_prune_the_partial_last_block():
     assert mask[:16].all() and not mask[16:].any()
     (mask,) = masks(tl.StdThreshold(0.0, block=(16, 1)), target(weight))
     assert mask.all()
+
+
+class AbsoluteThreshold(tl.Criterion):
+    """The example from Criterion's docstring."""
+
+    def __init__(self, threshold=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def compute_mask(self, target):
+        return target.scores >= self.threshold, self.threshold
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+def test_a_user_criterion_gets_blocks_and_shrinking_masks_for_free():
+    weight = np.array([[0.5, 0.01], [0.6, 0.02], [0.001, 0.9], [0.002, 0.8]], dtype="float32")
+    mask = np.array([[0, 1], [1, 1], [1, 1], [1, 1]], dtype="float32")
+    (new,) = masks(AbsoluteThreshold(0.1), target(weight, mask))
+    assert new.tolist() == [[0, 0], [1, 0], [0, 1], [0, 1]]  # |w| < 0.1 gone, [0, 0] stays dead
+    (blocked,) = masks(AbsoluteThreshold(0.1, block=(2, 1)), target(weight))
+    assert blocked.tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+    assert AbsoluteThreshold.from_config(AbsoluteThreshold(0.2).get_config()).threshold == 0.2

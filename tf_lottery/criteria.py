@@ -175,6 +175,24 @@ class Criterion:
             Dense kernel that do not fill a whole block are pruned at the first
             round: LiteRT computes wrong int8 results when a partial block is
             stored. Defaults to `(1, 1)`: single weights.
+
+    Example, a criterion of your own:
+
+    ```python
+    class AbsoluteThreshold(tf_lottery.Criterion):
+        # Prunes every surviving weight with |w| below a fixed value.
+
+        def __init__(self, threshold=1e-3, **kwargs):
+            super().__init__(**kwargs)
+            self.threshold = threshold
+
+        def compute_mask(self, target):
+            # target.scores: |w| per unit; True keeps the unit. Dead units stay dead.
+            return target.scores >= self.threshold, self.threshold
+
+        def get_config(self):
+            return {**super().get_config(), "threshold": self.threshold}
+    ```
     """
 
     def __init__(self, block=(1, 1)):
