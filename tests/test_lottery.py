@@ -103,11 +103,11 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     real_fit = lottery._Experiment.fit
     calls = []
 
-    def crash_in_round_two(self, model, folder, round_index, arm):
+    def crash_in_round_two(self, model, folder, round_index):
         calls.append(round_index)
         if round_index == 2:
             raise KeyboardInterrupt("killed")
-        return real_fit(self, model, folder, round_index, arm)
+        return real_fit(self, model, folder, round_index)
 
     monkeypatch.setattr(lottery._Experiment, "fit", crash_in_round_two)
     with pytest.raises(KeyboardInterrupt):

@@ -312,7 +312,7 @@ class _Experiment:
         )
         return model
 
-    def fit(self, model, folder, round_index, arm):
+    def fit(self, model, folder, round_index):
         rewind_epoch = self.rewind if isinstance(self.rewind, int) and round_index == 0 else None
         recorder = _RecordEpochs(self.test_data, rewind_epoch, RunPaths.rewind_point(folder))
         kwargs = dict(self.fit_kwargs)
@@ -338,7 +338,7 @@ class _Experiment:
         model = self.start_model(arm, round_index)
         model.save_weights(RunPaths.start_weights(partial))
         np.savez(RunPaths.masks(partial), **_masks_of(model))
-        epochs, seconds = self.fit(model, partial, round_index, arm)
+        epochs, seconds = self.fit(model, partial, round_index)
         model.save_weights(RunPaths.trained_weights(partial))
         val_key = _accuracy_key(epochs[0], "val_")
         if val_key is None or "val_loss" not in epochs[0]:
