@@ -216,3 +216,17 @@ def test_a_user_criterion_gets_blocks_and_shrinking_masks_for_free():
     (blocked,) = masks(AbsoluteThreshold(0.1, block=(2, 1)), target(weight))
     assert blocked.tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
     assert AbsoluteThreshold.from_config(AbsoluteThreshold(0.2).get_config()).threshold == 0.2
+
+
+def test_the_last_weight_warning_comes_once_per_tensor():
+    import warnings
+
+    weight = np.array([[5.0, 4.0]], dtype="float32")
+    mask = np.array([[0, 1]], dtype="float32")
+    criterion = tl.PruneFraction(0.9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            (new,) = masks(criterion, target(weight, mask))
+            assert new.tolist() == [[0, 1]]
+    assert len([w for w in caught if "every surviving weight" in str(w.message)]) == 1
