@@ -1,6 +1,7 @@
 """Time and memory of one pruning round for 1, 10 and 50 million prunable weights.
 
-Models are stacks of 1000x1000 Dense layers (one per million), never trained. For each size, scope and
+Models are stacks of square Dense layers (--width; 1000 gives one layer per million
+weights), never trained. For each size, scope and
 criterion, one `tf_lottery.prune` round is timed (median of --repeats) and its
 memory measured two ways: the peak of numpy allocations (tracemalloc) and the
 peak rise of the process's resident memory (sampled every 2 ms), both in copies
@@ -28,6 +29,9 @@ import tf_lottery  # noqa: E402
 
 flags.DEFINE_list("sizes", ["1", "10", "50"], "Millions of prunable weights.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds per setting (median).")
+flags.DEFINE_integer(
+    "width", 1000, "Width of the square Dense layers (1000: one layer per million)."
+)
 FLAGS = flags.FLAGS
 
 CRITERIA = {
@@ -62,8 +66,8 @@ class PeakResident:
         self._thread.join()
 
 
-def model_with(million, width=1000):
-    """`million` Dense layers of 1000x1000: exactly `million` million weights."""
+def model_with(million, width):
+    """Square Dense layers of `width`, as many as make about `million` million weights."""
     layers = max(1, round(million * 1e6 / width**2))
     inputs = keras.Input((width,))
     x = inputs
@@ -75,7 +79,8 @@ def model_with(million, width=1000):
 def main(argv):
     del argv
     print(
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; median of {FLAGS.repeats} rounds.\n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; {FLAGS.width}x{FLAGS.width} "
+        f"Dense layers; median of {FLAGS.repeats} rounds.\n"
     )
     print(
         "| prunable weights | criterion | seconds | ns / weight | numpy peak (copies) | resident peak rise (copies) |"
@@ -83,7 +88,7 @@ def main(argv):
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for million in (float(s) for s in FLAGS.sizes):
         keras.utils.set_random_seed(0)
-        model, count = model_with(million)
+        model, count = model_with(million, FLAGS.width)
         copy = 4 * count
         for name, make in CRITERIA.items():
             seconds, numpy_peaks, resident_peaks = [], [], []

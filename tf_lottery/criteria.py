@@ -271,7 +271,8 @@ class Criterion:
                     stacklevel=3,
                 )
         element_keep = _expand(keep, target.block, target.weight.shape)
-        return target.mask * element_keep.astype(target.mask.dtype), threshold
+        # One new array: the old mask where kept, zero elsewhere.
+        return np.where(element_keep, target.mask, target.mask.dtype.type(0)), threshold
 
     def get_config(self):
         return {"block": list(self.block) if isinstance(self.block, tuple) else self.block}

@@ -114,6 +114,7 @@ def prune(model, criterion, *, layers=None):
     # compute_masks is a generator: each tensor is read, masked and written
     # before the next is read, so a round holds about one tensor in memory.
     for target, weight, (mask, threshold) in zip(targets, masked, criterion.compute_masks(targets)):
+        mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
         weight.threshold.assign(np.float32(threshold))
         weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
