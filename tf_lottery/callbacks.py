@@ -223,13 +223,7 @@ class IterativePruning(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._wrappers = pruning.require_wrappers(self.model, "IterativePruning")
         pruning.check_criterion(self.criterion, self._wrappers)
-        names = [w.layer.name for w in self._wrappers]
-        unknown = sorted(set(self.layer_targets) - set(names))
-        if unknown:
-            raise ValueError(
-                f"layer_targets names layers that are not wrapped: {unknown}. Wrapped layers: "
-                f"{names}. Received: layer_targets={self.layer_targets}"
-            )
+        pruning.check_layer_names("layer_targets", self.layer_targets, self._wrappers)
         self._frozen_layers = self._match_frozen()
         self._baseline = None
         self._last_good = None

@@ -54,28 +54,28 @@ def check_criterion(criterion, wrappers):
             "tf_lottery.PruneFraction(0.2) or tf_lottery.StdThreshold(0.5). "
             f"Received: criterion={criterion!r}"
         )
-    names = [w.layer.name for w in wrappers]
-    unknown = sorted(set(getattr(criterion, "per_layer", {})) - set(names))
-    if unknown:
-        raise ValueError(
-            f"per_layer names layers that are not wrapped in this model: {unknown}. "
-            f"Wrapped layers: {names}. Received: per_layer={criterion.per_layer}"
-        )
+    check_layer_names("per_layer", getattr(criterion, "per_layer", {}), wrappers)
     criterion.check(prune_targets(wrappers))
 
 
-def _check_layers(layers, wrappers, caller):
+def check_layer_names(argument, given, wrappers):
+    """Raises a ValueError if `given` (names, or a dict keyed by them) names a
+    layer that is not wrapped; `argument` is the argument's name for the message."""
+    names = [w.layer.name for w in wrappers]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{argument} names layers that are not wrapped: {unknown}. Wrapped layers: "
+            f"{names}. Received: {argument}={given!r}"
+        )
+
+
+def _check_layers(layers, wrappers):
     if layers is None:
         return None
     if isinstance(layers, str):
         layers = [layers]
-    names = [w.layer.name for w in wrappers]
-    unknown = sorted(set(layers) - set(names))
-    if unknown:
-        raise ValueError(
-            f"{caller}: layers names layers that are not wrapped: {unknown}. Wrapped layers: "
-            f"{names}. Received: layers={list(layers)}"
-        )
+    check_layer_names("layers", list(layers), wrappers)
     return set(layers)
 
 
@@ -104,7 +104,7 @@ def prune(model, criterion, *, layers=None):
     ```
     """
     wrappers = require_wrappers(model, "tf_lottery.prune()")
-    layers = _check_layers(layers, wrappers, "tf_lottery.prune()")
+    layers = _check_layers(layers, wrappers)
     check_criterion(criterion, wrappers)
     targets = prune_targets(wrappers, layers)
     masked = [
@@ -137,7 +137,7 @@ def rewind(model, to="initial", *, layers=None):
             Defaults to `None`.
     """
     wrappers = require_wrappers(model, "tf_lottery.rewind()")
-    selected = _check_layers(layers, wrappers, "tf_lottery.rewind()")
+    selected = _check_layers(layers, wrappers)
     wrappers = [w for w in wrappers if selected is None or w.layer.name in selected]
     if to not in ("initial", "rewind_point"):
         raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
