@@ -225,6 +225,10 @@ class IterativePruning(keras.callbacks.Callback):
         pruning.check_criterion(self.criterion, self._wrappers)
         pruning.check_layer_names("layer_targets", self.layer_targets, self._wrappers)
         self._frozen_layers = self._match_frozen()
+        # Wrapped layers that train, prune and rewind: all but the frozen ones.
+        self._movable = [
+            w.layer.name for w in self._wrappers if not any(w is f for f in self._frozen_layers)
+        ]
         self._baseline = None
         self._last_good = None
         self._stopped = None
@@ -292,10 +296,7 @@ class IterativePruning(keras.callbacks.Callback):
 
     def _layers_to_prune(self):
         names = []
-        for wrapper in self._wrappers:
-            name = wrapper.layer.name
-            if any(wrapper is f for f in self._frozen_layers):
-                continue
+        for name in self._movable:
             target = self.layer_targets.get(name)
             if target is not None and self._report[name].sparsity >= target:
                 if name not in self._reached and self.verbose:
@@ -364,13 +365,10 @@ class IterativePruning(keras.callbacks.Callback):
                     "never went through it. Start from epoch 0 or use rewind='init'."
                 )
         pruning.prune(self.model, self.criterion, layers=self._layers_to_prune())
-        movable = [
-            w.layer.name for w in self._wrappers if not any(w is f for f in self._frozen_layers)
-        ]
         if self.rewind == "init":
-            pruning.rewind(self.model, "initial", layers=movable)
+            pruning.rewind(self.model, "initial", layers=self._movable)
         elif self.rewind is not None:
-            pruning.rewind(self.model, "rewind_point", layers=movable)
+            pruning.rewind(self.model, "rewind_point", layers=self._movable)
         if self.reset_optimizer and self.model.optimizer is not None:
             pruning.reset_optimizer(self.model.optimizer)
         self._update_figures()
