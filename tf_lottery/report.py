@@ -91,7 +91,8 @@ class SparsityReport:
     __repr__ = __str__
 
 
-def _count_nonzero(variable):
+def count_nonzero(variable):
+    """Number of non-zero entries of a Keras variable."""
     return int(np.count_nonzero(keras.ops.convert_to_numpy(variable.value)))
 
 
@@ -126,7 +127,7 @@ def sparsity(model):
                 LayerSparsity(
                     layer.layer.name,
                     sum(int(np.prod(m.shape)) for m in masks),
-                    sum(_count_nonzero(m) for m in masks),
+                    sum(count_nonzero(m) for m in masks),
                     wrapped=True,
                 )
             )
@@ -138,7 +139,7 @@ def sparsity(model):
                     LayerSparsity(
                         layer.name,
                         sum(int(np.prod(w.shape)) for w in weights),
-                        sum(_count_nonzero(w) for w in weights),
+                        sum(count_nonzero(w) for w in weights),
                         wrapped=False,
                     )
                 )

@@ -19,6 +19,7 @@ from tf_lottery.criteria import StdThreshold
 from tf_lottery.evaluation import evaluate_metric
 from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
+from tf_lottery.report import count_nonzero
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -151,6 +152,11 @@ class SensitivityReport:
         save_figure(figure, path)
 
 
+def _sparsity_of(masks):
+    total = sum(int(np.prod(m.shape)) for m in masks)
+    return 1 - sum(count_nonzero(m) for m in masks) / total
+
+
 def _assign_all(variables, values):
     for variable, value in zip(variables, values):
         variable.assign(value)
@@ -217,7 +223,8 @@ def sensitivity(
         name = wrapper.layer.name
         saved = [keras.ops.convert_to_numpy(v.value) for v in wrapper.weights]
         masks = [m.mask for m in wrapper.masked_weights]
-        total = sum(int(np.prod(m.shape)) for m in masks)
+        # The layer is restored after every level, so it starts each at this sparsity.
+        current = _sparsity_of(masks)
         results[name], sparsities_reached[name] = [], []
         with warnings.catch_warnings():
             # High levels may empty a layer: that is what is being measured.
@@ -226,21 +233,10 @@ def sensitivity(
                 for level in levels:
                     if kind == "quality":
                         pruning.prune(model, StdThreshold(level), layers=[name])
-                    else:
-                        alive = sum(
-                            int(np.count_nonzero(keras.ops.convert_to_numpy(m.value)))
-                            for m in masks
-                        )
-                        current = 1 - alive / total
-                        if level > current:
-                            rate = min(1 - (1 - level) / (1 - current), 1 - 1e-9)
-                            pruning.prune(
-                                model, PruneFraction(rate, output_rate=rate), layers=[name]
-                            )
-                    alive = sum(
-                        int(np.count_nonzero(keras.ops.convert_to_numpy(m.value))) for m in masks
-                    )
-                    sparsities_reached[name].append(1 - alive / total)
+                    elif level > current:
+                        rate = min(1 - (1 - level) / (1 - current), 1 - 1e-9)
+                        pruning.prune(model, PruneFraction(rate, output_rate=rate), layers=[name])
+                    sparsities_reached[name].append(_sparsity_of(masks))
                     results[name].append(evaluate_metric(model, data, metric))
                     _assign_all(wrapper.weights, saved)
             finally:
