@@ -7,6 +7,28 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+BACKEND = keras.backend.backend()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "tensorflow: needs the TensorFlow backend (export, tf.distribute, tfmot)"
+    )
+
+
+def pytest_report_header(config):
+    return f"Keras {keras.__version__}, backend {BACKEND} (set KERAS_BACKEND to change it)"
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"needs the TensorFlow backend; this run uses {BACKEND}")
+    for item in items:
+        if "tensorflow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)

@@ -6,6 +6,8 @@ import pytest
 
 import tf_lottery as tl
 
+pytestmark = pytest.mark.tensorflow
+
 tfmot = pytest.importorskip("tensorflow_model_optimization")
 tf_keras = pytest.importorskip("tf_keras")
 

@@ -38,6 +38,7 @@ def _run_mirrored(mode):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.tensorflow
 def test_mirrored_strategy_gives_the_single_device_masks():
     mirrored, single = _run_mirrored("mirrored"), _run_mirrored("single")
     assert mirrored["replicas"] == 2 and mirrored["copies"] == 2

@@ -13,6 +13,8 @@ import pytest
 import tf_lottery as tl
 from tf_lottery import tflite
 
+pytestmark = pytest.mark.tensorflow
+
 L = keras.layers
 
 

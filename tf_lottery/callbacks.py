@@ -4,6 +4,7 @@ import fnmatch
 
 import keras
 
+from tf_lottery import keras_private
 from tf_lottery import pruning
 from tf_lottery.criteria import Criterion
 from tf_lottery.report import sparsity
@@ -261,7 +262,7 @@ class IterativePruning(keras.callbacks.Callback):
         return max(int(keras.ops.convert_to_numpy(w.pruning_round.value)) for w in self._wrappers)
 
     def _match_frozen(self):
-        layers = self.model._flatten_layers(include_self=False)
+        layers = keras_private.flatten_layers(self.model)
         inner = {id(w.layer) for w in self._wrappers}
         candidates = [layer for layer in layers if id(layer) not in inner]
         matched = []

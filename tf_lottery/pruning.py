@@ -7,8 +7,11 @@ custom training loop or an experiment runner can do the same steps itself.
 import keras
 import numpy as np
 
+from tf_lottery import keras_private
+
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import PruneTarget
+from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import find_wrappers
 
 
@@ -190,9 +193,9 @@ def reset_optimizer(optimizer):
     if not optimizer.built:
         return
     fresh = optimizer.__class__.from_config(optimizer.get_config())
-    fresh.build(optimizer._trainable_variables)
-    learning_rate = getattr(optimizer, "_learning_rate", None)
+    fresh.build(keras_private.optimizer_model_variables(optimizer))
     for variable, initial in zip(optimizer.variables, fresh.variables):
-        if variable is learning_rate:
+        # A learning rate that is a variable (not a schedule) is kept.
+        if variable.name == "learning_rate":
             continue
-        variable.assign(initial)
+        assign_copy(variable, initial.value)

@@ -5,6 +5,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tf_lottery import keras_private
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import find_wrappers
 from tf_lottery.wrapper import is_prunable
@@ -118,9 +119,11 @@ def sparsity(model):
     ```
     """
     wrappers = find_wrappers(model)
-    inside = {id(sub) for w in wrappers for sub in w.layer._flatten_layers(include_self=True)}
+    inside = {
+        id(sub) for w in wrappers for sub in [w.layer, *keras_private.flatten_layers(w.layer)]
+    }
     rows = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in keras_private.flatten_layers(model):
         if isinstance(layer, PruneWrapper):
             masks = [m.mask for m in layer.masked_weights]
             rows.append(
@@ -133,7 +136,7 @@ def sparsity(model):
             )
         elif id(layer) not in inside and is_prunable(layer) and layer.built:
             weights = prunable_weights(layer)
-            inside.update(id(sub) for sub in layer._flatten_layers(include_self=False))
+            inside.update(id(sub) for sub in keras_private.flatten_layers(layer))
             if weights:
                 rows.append(
                     LayerSparsity(

@@ -11,6 +11,9 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
+from tf_lottery import keras_private
+from tf_lottery.keras_private import get_stateless_scope
+
 # Names of the variables that are pruned, per layer class. Biases and
 # normalization parameters are never pruned.
 _PRUNABLE_NAMES = (
@@ -33,6 +36,17 @@ _PRUNABLE_NAMES = (
     (keras.layers.LSTM, ("kernel", "recurrent_kernel")),
     (keras.layers.GRU, ("kernel", "recurrent_kernel")),
 )
+
+
+def assign_copy(variable, value):
+    """`variable.assign(value)` with a copy of `value`.
+
+    On JAX a variable holds its array by reference, and the compiled train step
+    donates (frees) every state buffer it is given: two variables holding the same
+    buffer, such as a weight and its saved θ0, make the step fail. A copy keeps
+    each variable's buffer its own.
+    """
+    variable.assign(ops.copy(value))
 
 
 def is_prunable(layer):
@@ -86,23 +100,78 @@ class SavedWeight(NamedTuple):
     mask: keras.Variable | None
 
 
-class _MaskConstraint:
+class MaskConstraint(keras.constraints.Constraint):
     """Multiplies a weight by its mask after every optimizer step.
 
     Keras optimizers apply `variable.constraint` right after each update, inside
-    the compiled train step. Masking there, rather than in the forward pass, costs
-    one multiply per step and keeps the kernel variable itself sparse, so every
-    checkpoint is sparse too. A constraint the layer already had runs first.
+    the compiled train step, on every backend. Masking there, rather than in the
+    forward pass, costs one multiply per step and keeps the weight variable itself
+    sparse, so every checkpoint is sparse too. A constraint the layer already had
+    runs first.
+
+    How the mask reaches the step: on TensorFlow and PyTorch variables are
+    stateful, and the constraint reads the mask variable itself. On JAX the train
+    step is a pure function of the model's state, and the optimizer's update sees
+    only the trainable and optimizer variables, not the mask (a non-trainable
+    variable). So the wrapper's forward pass, which runs in the same compiled step
+    with the whole state, hands the step's mask value to this constraint
+    (`step_mask`), and the update uses it. A changed mask thus reaches the next
+    step as state, with no retrace.
+
+    Args:
+        mask: The 0/1 mask variable.
+        constraint: The weight's previous constraint, or `None`.
     """
 
     def __init__(self, mask, constraint=None):
         self.mask = mask
         self.constraint = constraint
+        self.step_mask = None
+
+    def remember_step_mask(self):
+        """Keeps the mask value of a stateless step for the update that follows.
+
+        Called by the wrapper's forward pass. Only a stateless step that carries
+        the mask in its state (JAX's train step) leaves a value here.
+        """
+        scope = get_stateless_scope()
+        if scope is not None and scope.get_current_value(self.mask) is not None:
+            self.step_mask = self.mask.value
 
     def __call__(self, weight):
         if self.constraint is not None:
             weight = self.constraint(weight)
-        return ops.multiply(weight, ops.cast(self.mask, weight.dtype))
+        scope = get_stateless_scope()
+        if (
+            scope is not None
+            and scope.get_current_value(self.mask) is None
+            and self.step_mask is not None
+        ):
+            mask = self.step_mask
+        else:
+            mask = self.mask.value
+        return ops.multiply(weight, ops.cast(mask, weight.dtype))
+
+    def get_config(self):
+        # Masks are variables of the wrapper and are saved with it; the wrapper
+        # installs this constraint again when it is built.
+        return {}
+
+
+class _CopyOf(keras.initializers.Initializer):
+    """Initializes a variable with a copy of another variable's value.
+
+    θ0 is initialized this way rather than copied after `build`: a subclassed
+    model builds its layers inside a symbolic call, where Keras defers every
+    variable's initialization to the end of the call (in creation order, so the
+    weight gets its value before its copy does) and an `assign` would be lost.
+    """
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def __call__(self, shape, dtype=None):
+        return ops.copy(ops.cast(self.variable.value, dtype or self.variable.dtype))
 
 
 _unwrapping = threading.local()
@@ -190,6 +259,7 @@ class PruneWrapper(keras.layers.Wrapper):
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._masked = []
         self._saved = []
+        self._constraints = []
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -226,7 +296,9 @@ class PruneWrapper(keras.layers.Wrapper):
                 initializer=keras.initializers.Constant(float("nan")),
                 trainable=False,
             )
-            variable.constraint = _MaskConstraint(mask, variable.constraint)
+            constraint = MaskConstraint(mask, variable.constraint)
+            variable.constraint = constraint
+            self._constraints.append(constraint)
             masks[id(variable)] = mask
             self._masked.append(MaskedWeight(key, variable, mask, threshold))
         for variable in self.layer.trainable_weights:
@@ -237,10 +309,10 @@ class PruneWrapper(keras.layers.Wrapper):
                     name=f"{slug}_{slot}",
                     shape=variable.shape,
                     dtype=variable.dtype,
-                    initializer="zeros",
+                    initializer=initializer,
                     trainable=False,
                 )
-                for slot in ("initial", "rewind_point")
+                for slot, initializer in (("initial", _CopyOf(variable)), ("rewind_point", "zeros"))
             ]
             self._saved.append(SavedWeight(key, variable, *copies, masks.get(id(variable))))
         self.pruning_round = self.add_weight(
@@ -254,9 +326,10 @@ class PruneWrapper(keras.layers.Wrapper):
             trainable=False,
         )
         self.built = True
-        self.save_initial_weights()
 
     def call(self, inputs, *args, **kwargs):
+        for constraint in self._constraints:
+            constraint.remember_step_mask()
         return self.layer(inputs, *args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
@@ -294,7 +367,7 @@ class PruneWrapper(keras.layers.Wrapper):
     def save_initial_weights(self):
         """Copies the layer's current weights into the initial weights (θ0)."""
         for saved in self._saved:
-            saved.initial.assign(saved.variable.value)
+            assign_copy(saved.initial, saved.variable.value)
 
     def save_rewind_point(self, epoch):
         """Copies the layer's current weights into the rewind point.
@@ -303,7 +376,7 @@ class PruneWrapper(keras.layers.Wrapper):
             epoch: The number of epochs trained so far; recorded with the copy.
         """
         for saved in self._saved:
-            saved.rewind_point.assign(saved.variable.value)
+            assign_copy(saved.rewind_point, saved.variable.value)
         self.rewind_epoch.assign(epoch)
 
     def rewind(self, to="initial"):
@@ -324,7 +397,7 @@ class PruneWrapper(keras.layers.Wrapper):
             value = getattr(saved, to).value
             if saved.mask is not None:
                 value = ops.multiply(value, saved.mask.value)
-            saved.variable.assign(value)
+            assign_copy(saved.variable, value)
 
     def apply_masks(self):
         """Sets the pruned weights to zero (weight = weight * mask)."""
@@ -339,9 +412,7 @@ def find_wrappers(model):
     included. A layer shared between two calls appears once.
     """
     return [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, PruneWrapper)
+        layer for layer in keras_private.flatten_layers(model) if isinstance(layer, PruneWrapper)
     ]
 
 
@@ -356,12 +427,17 @@ def _weight_units(model):
     units, seen = [], set()
 
     def visit(layer):
-        for sub in layer._layers:
+        for sub in keras_private.direct_sublayers(layer):
             if id(sub) in seen:
                 continue
             seen.add(id(sub))
-            own = sub._trainable_variables + sub._non_trainable_variables
-            if isinstance(sub, PruneWrapper) or is_prunable(sub) or own or not sub._layers:
+            own = keras_private.own_variables(sub)
+            if (
+                isinstance(sub, PruneWrapper)
+                or is_prunable(sub)
+                or own
+                or not keras_private.direct_sublayers(sub)
+            ):
                 units.append(sub)
             else:
                 visit(sub)
@@ -400,11 +476,7 @@ def _copy_weights(source, target, masked):
                 "an order that depends on more than its config."
             )
         for variable, value in zip(dst_layer.weights, values):
-            variable.assign(value)
-
-
-def _is_graph_model(model):
-    return isinstance(model, (keras.Sequential, keras.src.models.functional.Functional))
+            assign_copy(variable, value)
 
 
 def _fresh_copy(layer):
@@ -437,7 +509,7 @@ def wrap(model, *, exclude=()):
     pruned = tf_lottery.wrap(model, exclude=["dense_1"])
     ```
     """
-    if not _is_graph_model(model):
+    if not keras_private.is_graph_model(model):
         raise ValueError(
             "tf_lottery.wrap() expects a Sequential or Functional model. Received: "
             f"model of type {type(model).__name__}. In a subclassed model, write "
@@ -446,7 +518,7 @@ def wrap(model, *, exclude=()):
     if isinstance(exclude, str):
         exclude = (exclude,)
     exclude = set(exclude)
-    layers = model._flatten_layers(include_self=False)
+    layers = keras_private.flatten_layers(model)
     if any(isinstance(layer, PruneWrapper) for layer in layers):
         raise ValueError(
             f"Model '{model.name}' already contains PruneWrapper layers: wrap() was "
@@ -510,7 +582,7 @@ def strip(model):
             f"Model '{model.name}' has no PruneWrapper layers, so there is nothing to "
             "strip. Received: a model that was never wrapped."
         )
-    if _is_graph_model(model):
+    if keras_private.is_graph_model(model):
         clone = keras.models.clone_model(
             model,
             clone_function=lambda layer: _fresh_copy(

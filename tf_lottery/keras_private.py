@@ -1,0 +1,55 @@
+"""The few private Keras 3 APIs tf_lottery needs, in one place.
+
+Each has no public equivalent in Keras 3.15. Keeping them here means a Keras
+upgrade that moves one breaks this module only, and the tests say where.
+"""
+
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+from keras.src.models.functional import Functional
+
+__all__ = [
+    "direct_sublayers",
+    "flatten_layers",
+    "get_stateless_scope",
+    "is_graph_model",
+    "optimizer_model_variables",
+    "own_variables",
+]
+
+
+def flatten_layers(layer):
+    """Every layer inside `layer`, recursively, each once (not `layer` itself).
+
+    `Model.layers` is public but lists only the top level, and plain layers that
+    hold sublayers (MultiHeadAttention, a user's block) have no public listing.
+    """
+    return list(layer._flatten_layers(include_self=False))
+
+
+def direct_sublayers(layer):
+    """The layers tracked directly by `layer`, in tracking order."""
+    return list(layer._layers)
+
+
+def own_variables(layer):
+    """The variables `layer` created itself, not those of its sublayers."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def is_graph_model(model):
+    """Whether `model` is Sequential or Functional (a graph of layers).
+
+    Keras exports no `Functional` class: `keras.Model(inputs, outputs)` returns one.
+    """
+    import keras
+
+    return isinstance(model, (keras.Sequential, Functional))
+
+
+def optimizer_model_variables(optimizer):
+    """The model variables a built optimizer was built for, in build order.
+
+    `optimizer.build(variables)` needs them again to make a fresh twin, and the
+    optimizer only keeps them privately.
+    """
+    return list(optimizer._trainable_variables)
