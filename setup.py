@@ -7,7 +7,15 @@ from setuptools import setup
 
 version = re.search(r'__version__ = "([^"]+)"', open("tf_lottery/__init__.py").read()).group(1)
 
-EXPORT = ["ai-edge-litert>=2.0"]
+# Keras needs one backend; tf_lottery's core runs on any of them.
+TENSORFLOW = ["tensorflow>=2.16"]
+JAX = ["jax>=0.4.30"]
+# PyPI's default torch wheel for Linux pulls several GB of CUDA; for a CPU-only
+# machine install torch from its CPU index first (see the README).
+TORCH = ["torch>=2.1"]
+# Running and inspecting .tflite files needs LiteRT only; converting needs TensorFlow.
+LITERT = ["ai-edge-litert>=2.0"]
+EXPORT = TENSORFLOW + LITERT
 EXAMPLES = ["mlxtend>=0.23", "matplotlib>=3.7"] + EXPORT
 # tensorflow-model-optimization is the reference that tests and benchmarks compare
 # against; it runs on tf_keras and is never imported by tf_lottery itself.
@@ -21,12 +29,16 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_lottery", "tf_lottery.*"]),
     python_requires=">=3.10",
-    install_requires=["keras>=3.4", "tensorflow>=2.16", "absl-py", "numpy"],
+    install_requires=["keras>=3.4", "absl-py", "numpy"],
     extras_require={
+        "tensorflow": TENSORFLOW,
+        "jax": JAX,
+        "torch": TORCH,
+        "litert": LITERT,
         "export": EXPORT,
         "examples": EXAMPLES,
         "reference": REFERENCE,
-        "test": EXAMPLES + REFERENCE + ["pytest>=7", "hypothesis>=6"],
+        "test": EXAMPLES + REFERENCE + JAX + TORCH + ["pytest>=7", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["tf-lottery=tf_lottery.cli:main"]},
     license="Apache-2.0",

@@ -83,12 +83,15 @@ def test_layer_targets_are_met_and_not_overshot_by_more_than_a_round():
         verbose=0,
         callbacks=[
             tl.IterativePruning(
-                tl.PruneFraction(0.2, output_rate=0.2), layer_targets=targets, verbose=0
+                tl.PruneFraction(0.2, output_rate=0.2),
+                layer_targets=targets,
+                log_layers=True,
+                verbose=0,
             )
         ],
     )
     for layer, target in targets.items():
-        trajectory = history.history[f"sparsity/{layer}"] + [tl.sparsity(model)[layer].sparsity]
+        trajectory = [0.0] + history.history[f"sparsity/{layer}"]
         final = trajectory[-1]
         assert final >= target
         before_last_step = max(s for s in trajectory if s < target)

@@ -126,11 +126,17 @@ def test_schedule_rounds_and_target_sparsity():
         epochs=9,
         verbose=0,
         callbacks=[
-            tl.IterativePruning(tl.PruneFraction(0.5, output_rate=0.5), every=2, start=1, rounds=3)
+            tl.IterativePruning(
+                tl.PruneFraction(0.5, output_rate=0.5),
+                every=2,
+                start=1,
+                rounds=3,
+                log_layers=True,
+            )
         ],
     )
-    # Rounds after epochs 3, 5 and 7; the logs show the sparsity each epoch trained with.
-    expected = [0, 0, 0, 0.5, 0.5, 0.75, 0.75, 0.875, 0.875]
+    # Rounds after epochs 3, 5 and 7; the logs show the sparsity at each epoch's end.
+    expected = [0, 0, 0.5, 0.5, 0.75, 0.75, 0.875, 0.875, 0.875]
     np.testing.assert_allclose(history.history["sparsity"], expected, atol=0.01)
     assert len(history.history["threshold/fc1/kernel"]) == 9
     model = wrapped_mlp()
@@ -166,19 +172,35 @@ def test_round_line_and_logs_in_csv(tmp_path, capsys):
     model = wrapped_mlp()
     x, y = data()
     path = os.path.join(tmp_path, "log.csv")
-    model.fit(
-        x,
-        y,
-        epochs=2,
-        verbose=0,
-        callbacks=[tl.IterativePruning(tl.PruneFraction(0.2)), keras.callbacks.CSVLogger(path)],
-    )
+    pruning = tl.IterativePruning(tl.PruneFraction(0.2), log_layers=True)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[pruning, keras.callbacks.CSVLogger(path)])
     out = capsys.readouterr().out
     assert "Pruning round 1 after epoch 1" in out and "Pruning round 2 after epoch 2" in out
     rows = list(csv.DictReader(open(path)))
-    assert "sparsity/fc1" in rows[0] and float(rows[1]["sparsity/fc1"]) == pytest.approx(
-        0.2, abs=0.01
+    # Each epoch's row has the sparsity the model has at its end, after its round.
+    assert float(rows[0]["sparsity/fc1"]) == pytest.approx(0.2, abs=0.01)
+    assert float(rows[1]["sparsity/fc1"]) == pytest.approx(0.36, abs=0.01)
+    assert float(rows[1]["sparsity"]) == pytest.approx(tl.sparsity(model).sparsity)
+
+
+def test_default_logs_and_round_line_stay_short(capsys):
+    inputs = keras.Input((20,))
+    x = inputs
+    for _ in range(40):
+        x = keras.layers.Dense(8)(x)
+    model = compile_model(tl.wrap(keras.Model(inputs, x)))
+    x, y = data()
+    history = model.fit(
+        x,
+        y[:, None] % 8,
+        epochs=1,
+        verbose=0,
+        callbacks=[tl.IterativePruning(tl.PruneFraction(0.5))],
     )
+    assert [k for k in history.history if "sparsity" in k or "threshold" in k] == ["sparsity"]
+    assert history.history["sparsity"][0] == pytest.approx(tl.sparsity(model).sparsity)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "Pruning round" in line]
+    assert len(line) < 120, line
 
 
 def test_resume_after_save_and_load_equals_an_uninterrupted_run(tmp_path):

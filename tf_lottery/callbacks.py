@@ -62,10 +62,13 @@ class IterativePruning(keras.callbacks.Callback):
     their weights exactly while the others train and prune, as Han et al. held
     the convolutions fixed while pruning the fully-connected layers.
 
-    Every epoch the callback adds to `logs` (and so to History, CSVLogger and
-    TensorBoard) the sparsity the epoch trained with: `"sparsity"` overall,
-    `"sparsity/<layer>"` per layer, and `"threshold/<layer>/<weight>"` for the
-    threshold of the latest round (NaN before the first).
+    Every epoch the callback adds `"sparsity"` to `logs` (and so to the progress
+    bar, History, CSVLogger and TensorBoard): the fraction of prunable weights the
+    model has at the end of the epoch, after any round run there. With
+    `log_layers=True` it adds `"sparsity/<layer>"` per layer and
+    `"threshold/<layer>/<weight>"` for the threshold of the latest round (NaN
+    before the first) too; the per-layer table is also one call away,
+    `tf_lottery.sparsity(model)`.
 
     Nothing is kept in the callback between epochs: the round count, the rewind
     point and the thresholds live in the wrappers' variables, so a model saved
@@ -100,6 +103,9 @@ class IterativePruning(keras.callbacks.Callback):
         rewind: `"init"`, an epoch count `k` (an int with
             `0 <= k < start + every`), or `None`. Defaults to `"init"`.
         reset_optimizer: Reset the optimizer after each round. Defaults to `True`.
+        log_layers: Add per-layer sparsity and thresholds to `logs`. Keras'
+            progress bar prints every key, so this makes long lines. Defaults
+            to `False`.
         verbose: `1` prints one line per round, `0` is silent. Defaults to `1`.
 
     Example:
@@ -130,6 +136,7 @@ class IterativePruning(keras.callbacks.Callback):
         frozen=(),
         rewind="init",
         reset_optimizer=True,
+        log_layers=False,
         verbose=1,
     ):
         super().__init__()
@@ -204,6 +211,10 @@ class IterativePruning(keras.callbacks.Callback):
             raise ValueError(
                 f"Expected reset_optimizer to be True or False. Received: reset_optimizer={reset_optimizer!r}"
             )
+        if not isinstance(log_layers, bool):
+            raise ValueError(
+                f"Expected log_layers to be True or False. Received: log_layers={log_layers!r}"
+            )
         if verbose not in (0, 1, True, False):
             raise ValueError(f"Expected verbose to be 0 or 1. Received: verbose={verbose!r}")
         self.criterion = criterion
@@ -219,6 +230,7 @@ class IterativePruning(keras.callbacks.Callback):
         self.frozen = tuple(frozen)
         self.rewind = rewind
         self.reset_optimizer = reset_optimizer
+        self.log_layers = log_layers
         self.verbose = int(verbose)
 
     def on_train_begin(self, logs=None):
@@ -246,12 +258,15 @@ class IterativePruning(keras.callbacks.Callback):
                 wrapper.save_rewind_point(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._end_of_epoch(epoch, logs or {})
         if logs is not None:
             logs.update(self._figures)
+
+    def _end_of_epoch(self, epoch, logs):
         trained = epoch + 1
         if trained <= self.start or (trained - self.start) % self.every or self._stopped:
             return
-        if self.max_drop is not None and not self._within_budget(epoch, logs or {}):
+        if self.max_drop is not None and not self._within_budget(epoch, logs):
             return
         if self._should_prune():
             self._prune_round(epoch)
@@ -375,19 +390,25 @@ class IterativePruning(keras.callbacks.Callback):
         self._update_figures()
         if self.verbose:
             report = self._report
-            layers = ", ".join(f"{r.layer} {1 - r.sparsity:.1%}" for r in report.layers)
+            kept = [1 - r.sparsity for r in report.layers]
+            spread = (
+                f"layers {min(kept):.1%}–{max(kept):.1%}" if len(kept) > 1 else f"{kept[0]:.1%}"
+            )
             rewound = {"init": "rewound to θ0", None: "not rewound"}.get(
                 self.rewind, f"rewound to epoch {self.rewind}"
             )
             print(
                 f"Pruning round {self.rounds_done} after epoch {epoch + 1}: "
                 f"{report.surviving:,} of {report.total:,} weights remain "
-                f"({1 - report.sparsity:.2%}; {layers}); {rewound}."
+                f"({1 - report.sparsity:.2%}; {spread}); {rewound}."
             )
 
     def _update_figures(self):
         self._report = sparsity(self.model)
-        figures = {"sparsity": self._report.sparsity}
+        self._figures = {"sparsity": self._report.sparsity}
+        if not self.log_layers:
+            return
+        figures = self._figures
         figures.update({f"sparsity/{r.layer}": r.sparsity for r in self._report.layers})
         for wrapper in self._wrappers:
             for masked in wrapper.masked_weights:
