@@ -339,3 +339,42 @@ def test_sparsity_report_prints_a_table():
     assert "fc1" in text and "out" in text and "total" in text
     report = tl.sparsity(wrapped).to_dict()
     assert report["layers"][0]["sparsity"] == 0.5
+
+
+def test_wrap_and_strip_reuse_a_lambda_layer():
+    inputs = keras.Input((20,))
+    h = L.Dense(16, name="fc1")(inputs)
+    h = L.Lambda(lambda t: t * 2.0)(h)
+    model = keras.Model(inputs, L.Dense(3, name="out")(h))
+    wrapped = compile_model(tl.wrap(model))
+    x, y = data()
+    wrapped.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5))])
+    plain = tl.strip(wrapped)
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+def _frozen_base_model():
+    inputs = keras.Input((20,))
+    base = keras.Sequential([L.Dense(16, name="base_fc")], name="base")
+    base.trainable = False
+    h = base(inputs)
+    return keras.Model(inputs, L.Dense(3, name="head")(h))
+
+
+def test_frozen_layers_are_left_unwrapped_with_a_true_message():
+    model = _frozen_base_model()
+    with pytest.warns(UserWarning, match=r"frozen \(trainable=False\) layers \['base_fc'\]"):
+        wrapped = tl.wrap(model)
+    assert [w.layer.name for w in tl.find_wrappers(wrapped)] == ["head"]
+    report = tl.sparsity(wrapped)
+    # The frozen kernel counts, as dense: 20*16 + 16*3 weights in all.
+    assert report.total == 20 * 16 + 16 * 3
+    assert not report["base_fc"].wrapped
+    # Excluding a frozen layer is allowed, and says nothing more.
+    tl.wrap(model, exclude=["base_fc"])
+    head_frozen = _frozen_base_model()
+    head_frozen.get_layer("head").trainable = False
+    with pytest.raises(ValueError, match=r"\['base_fc', 'head'\] are frozen \(trainable=False\)"):
+        tl.wrap(head_frozen)

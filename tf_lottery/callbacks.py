@@ -24,7 +24,7 @@ def _is_fraction(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
 
 
-class _Frozen:
+class _Frozen(keras.constraints.Constraint):
     """A constraint that puts a weight back to a fixed value after every step."""
 
     def __init__(self, value):

@@ -6,6 +6,7 @@ Sequential or Functional model) and `strip` (remove them, keeping weight * mask)
 
 import contextlib
 import threading
+import warnings
 from typing import NamedTuple
 
 import keras
@@ -69,7 +70,9 @@ def prunable_weights(layer):
         return list(layer.get_prunable_weights())
     for cls, names in _PRUNABLE_NAMES:
         if isinstance(layer, cls):
-            return [w for w in layer.trainable_weights if w.name in names]
+            # All weights, not trainable_weights: a frozen layer's kernel is still
+            # a prunable weight, counted by `sparsity`.
+            return [w for w in layer.weights if w.name in names]
     return []
 
 
@@ -480,6 +483,13 @@ def _copy_weights(source, target, masked):
 
 
 def _fresh_copy(layer):
+    """A new layer like `layer`, or `layer` itself when it holds no variables.
+
+    A layer without variables (Lambda, Flatten, activations) can serve the copy
+    as it is, and rebuilding a Lambda from its config fails in Keras' safe mode.
+    """
+    if isinstance(layer, keras.layers.Layer) and not layer.variables:
+        return layer
     return layer.__class__.from_config(layer.get_config())
 
 
@@ -524,24 +534,40 @@ def wrap(model, *, exclude=()):
             f"Model '{model.name}' already contains PruneWrapper layers: wrap() was "
             "called on it before. Use the model as it is, or strip() it first."
         )
-    prunable = {layer.name for layer in layers if is_prunable(layer) and prunable_weights(layer)}
-    unknown = sorted(exclude - prunable)
+    candidates = [layer for layer in layers if is_prunable(layer) and prunable_weights(layer)]
+    frozen = {layer.name for layer in candidates if not layer.trainable}
+    prunable = {layer.name for layer in candidates} - frozen
+    unknown = sorted(exclude - prunable - frozen)
     if unknown:
         raise ValueError(
             f"exclude names layers that are not prunable layers of model '{model.name}': "
-            f"{unknown}. Prunable layers: {sorted(prunable)}. Received: exclude={sorted(exclude)}"
+            f"{unknown}. Prunable layers: {sorted(prunable | frozen)}. "
+            f"Received: exclude={sorted(exclude)}"
         )
     if not prunable - exclude:
-        reason = (
-            f"all its prunable layers are excluded. Received: exclude={sorted(exclude)}"
-            if prunable
-            else "it has no Dense, convolution, Embedding, attention or RNN layer."
-        )
+        if prunable:
+            reason = f"all its prunable layers are excluded. Received: exclude={sorted(exclude)}"
+        elif frozen:
+            reason = (
+                f"its prunable layers {sorted(frozen)} are frozen (trainable=False), and "
+                "wrap() leaves frozen layers as they are. Set layer.trainable = True on "
+                "the layers to prune before calling wrap()."
+            )
+        else:
+            reason = "it has no Dense, convolution, Embedding, attention or RNN layer."
         raise ValueError(f"Model '{model.name}' has nothing to prune: {reason}")
+    if frozen - exclude:
+        warnings.warn(
+            f"wrap() leaves the frozen (trainable=False) layers {sorted(frozen - exclude)} "
+            "unwrapped: they are not pruned, and count as dense in tf_lottery.sparsity(). "
+            "To prune one, set its trainable = True before wrap(); to keep a wrapped layer "
+            "fixed while others prune, use IterativePruning(frozen=[...]).",
+            stacklevel=2,
+        )
 
     def clone_function(layer):
         copy = _fresh_copy(layer)
-        if layer.name in prunable and layer.name not in exclude:
+        if layer.name in prunable - exclude:
             # Built like the original, so layers whose build takes more than one
             # shape (MultiHeadAttention) are ready before the wrapper builds.
             copy.build_from_config(layer.get_build_config())
