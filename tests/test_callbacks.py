@@ -307,3 +307,80 @@ def test_apply_masks_restores_the_zeros_after_a_manual_edit():
     for m in masked:
         pruned = m.mask.numpy() == 0
         assert pruned.any() and np.all(m.variable.numpy()[pruned] == 0)
+
+
+def _cnn_with_batchnorm():
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
+
+
+def _cnn_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, size=(64, 8, 8, 1)).astype("float32")
+    return x, rng.integers(0, 3, size=64)
+
+
+def _bn_values(model):
+    (bn,) = [w for w in tl.find_rewind_wrappers(model) if w.layer.name == "bn"]
+    return {s.name: s.variable.numpy().copy() for s in bn.saved_weights}
+
+
+class _RecordAtEpochEnd(keras.callbacks.Callback):
+    """Records the BN weights at each epoch end, before the pruning round."""
+
+    def __init__(self):
+        super().__init__()
+        self.values = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values.append(_bn_values(self.model))
+
+
+@pytest.mark.parametrize("rewind", ["init", 1])
+def test_a_rewind_resets_the_whole_model_batchnorm_statistics_included(rewind):
+    model = compile_model(tl.wrap(_cnn_with_batchnorm()))
+    assert isinstance(model.get_layer("rewind_bn"), tl.RewindWrapper)
+    initial = _bn_values(model)
+    record = _RecordAtEpochEnd()
+    x, y = _cnn_data()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rewind=rewind, verbose=0)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[record, pruning])
+    assert pruning.rounds_done == 1
+    trained = record.values[-1]
+    assert not np.allclose(trained["moving_mean"], initial["moving_mean"])
+    assert not np.allclose(trained["gamma"], initial["gamma"])
+    expected = initial if rewind == "init" else record.values[0]
+    after = _bn_values(model)
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(after[name], expected[name], err_msg=name)
+
+
+def test_frozen_layers_are_not_rewound():
+    model = compile_model(tl.wrap(_cnn_with_batchnorm()))
+    record = _RecordAtEpochEnd()
+    x, y = _cnn_data()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), frozen=["bn"], verbose=0)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[record, pruning])
+    after = _bn_values(model)
+    for name, value in record.values[-1].items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_rewind_wrappers_survive_a_keras_round_trip(tmp_path):
+    model = compile_model(tl.wrap(_cnn_with_batchnorm()))
+    x, y = _cnn_data()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = os.path.join(tmp_path, "cnn.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(tl.find_rewind_wrappers(model), tl.find_rewind_wrappers(loaded)):
+        assert type(a) is type(b)
+        for sa, sb in zip(a.saved_weights, b.saved_weights):
+            np.testing.assert_array_equal(sa.initial.numpy(), sb.initial.numpy())
+    plain = tl.strip(loaded)
+    assert not tl.find_rewind_wrappers(plain)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

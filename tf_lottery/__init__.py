@@ -40,10 +40,12 @@ from tf_lottery.tflite import TFLiteReport
 from tf_lottery.tflite import export_tflite
 from tf_lottery.tflite import inspect_tflite
 from tf_lottery.tflite import run_tflite
+from tf_lottery.transforms import strip
+from tf_lottery.transforms import wrap
 from tf_lottery.wrapper import PruneWrapper
+from tf_lottery.wrapper import RewindWrapper
+from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.wrapper import strip
-from tf_lottery.wrapper import wrap
 
 __version__ = "0.1.0"
 
@@ -58,6 +60,7 @@ __all__ = [
     "PruneTarget",
     "PruneWrapper",
     "RandomPrune",
+    "RewindWrapper",
     "RoundResult",
     "SensitivityReport",
     "SparsityReport",
@@ -65,6 +68,7 @@ __all__ = [
     "TFLiteReport",
     "apply_masks",
     "export_tflite",
+    "find_rewind_wrappers",
     "find_winning_ticket",
     "find_wrappers",
     "inspect_tflite",

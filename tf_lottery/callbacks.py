@@ -8,12 +8,13 @@ from tf_lottery import keras_private
 from tf_lottery import pruning
 from tf_lottery.criteria import Criterion
 from tf_lottery.report import sparsity
-from tf_lottery.wrapper import PruneWrapper
+from tf_lottery.wrapper import RewindWrapper
+from tf_lottery.wrapper import find_rewind_wrappers
 
 
 def _name(layer):
     """A layer's name as users know it: the wrapped layer's for a wrapper."""
-    return layer.layer.name if isinstance(layer, PruneWrapper) else layer.name
+    return layer.layer.name if isinstance(layer, RewindWrapper) else layer.name
 
 
 def _is_int(value):
@@ -46,6 +47,11 @@ class IterativePruning(keras.callbacks.Callback):
     - to their values after `k` epochs with `rewind=k` (late rewinding, Frankle et
       al. 2019), or
     - not at all with `rewind=None` (Han et al. 2015: prune, then keep training).
+
+    A rewind resets the whole model as `tf_lottery.rewind` defines it: every
+    wrapped layer's weights, trainable or not (BatchNormalization statistics
+    included, through the `RewindWrapper`s that `wrap` adds), except frozen
+    layers.
 
     With `reset_optimizer=True` the optimizer's slots and iteration count go back
     to zero, so each round trains like a fresh run with the same learning-rate
@@ -238,10 +244,11 @@ class IterativePruning(keras.callbacks.Callback):
         pruning.check_criterion(self.criterion, self._wrappers)
         pruning.check_layer_names("layer_targets", self.layer_targets, self._wrappers)
         self._frozen_layers = self._match_frozen()
+        frozen = {id(layer) for layer in self._frozen_layers}
         # Wrapped layers that train, prune and rewind: all but the frozen ones.
-        self._movable = [
-            w.layer.name for w in self._wrappers if not any(w is f for f in self._frozen_layers)
-        ]
+        self._movable = [w.layer.name for w in self._wrappers if id(w) not in frozen]
+        # Every wrapper a rewind resets (BatchNormalization too), frozen ones aside.
+        self._rewound = [w for w in pruning.rewindable(self.model) if id(w) not in frozen]
         self._baseline = None
         self._last_good = None
         self._stopped = None
@@ -254,7 +261,7 @@ class IterativePruning(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if _is_int(self.rewind) and epoch == self.rewind and self.rounds_done == 0:
-            for wrapper in self._wrappers:
+            for wrapper in self._rewound:
                 wrapper.save_rewind_point(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -278,7 +285,7 @@ class IterativePruning(keras.callbacks.Callback):
 
     def _match_frozen(self):
         layers = keras_private.flatten_layers(self.model)
-        inner = {id(w.layer) for w in self._wrappers}
+        inner = {id(w.layer) for w in find_rewind_wrappers(self.model)}
         candidates = [layer for layer in layers if id(layer) not in inner]
         matched = []
         for pattern in self.frozen:
@@ -294,7 +301,7 @@ class IterativePruning(keras.callbacks.Callback):
     def _freeze(self):
         self._saved_constraints = []
         for layer in self._frozen_layers:
-            inner = layer.layer if isinstance(layer, PruneWrapper) else layer
+            inner = layer.layer if isinstance(layer, RewindWrapper) else layer
             for variable in inner.trainable_weights:
                 self._saved_constraints.append((variable, variable.constraint))
                 # A numpy copy: a tensor made from the variable would follow its updates.
@@ -371,7 +378,7 @@ class IterativePruning(keras.callbacks.Callback):
         if _is_int(self.rewind):
             missing = [
                 w.layer.name
-                for w in self._wrappers
+                for w in self._rewound
                 if int(keras.ops.convert_to_numpy(w.rewind_epoch.value)) != self.rewind
             ]
             if missing:
@@ -381,10 +388,11 @@ class IterativePruning(keras.callbacks.Callback):
                     "never went through it. Start from epoch 0 or use rewind='init'."
                 )
         pruning.prune(self.model, self.criterion, layers=self._layers_to_prune())
+        rewound = [w.layer.name for w in self._rewound]
         if self.rewind == "init":
-            pruning.rewind(self.model, "initial", layers=self._movable)
+            pruning.rewind(self.model, "initial", layers=rewound)
         elif self.rewind is not None:
-            pruning.rewind(self.model, "rewind_point", layers=self._movable)
+            pruning.rewind(self.model, "rewind_point", layers=rewound)
         if self.reset_optimizer and self.model.optimizer is not None:
             pruning.reset_optimizer(self.model.optimizer)
         self._update_figures()

@@ -30,8 +30,8 @@ from tf_lottery.files import write_atomically
 from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
+from tf_lottery.transforms import wrap
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.wrapper import wrap
 
 CONTROLS = ("reinit", "random_prune")
 

@@ -12,6 +12,8 @@ from tf_lottery import keras_private
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.wrapper import assign_copy
+from tf_lottery.wrapper import REWIND_TARGETS
+from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
 
 
@@ -129,7 +131,13 @@ def prune(model, criterion, *, layers=None):
 
 
 def rewind(model, to="initial", *, layers=None):
-    """Resets the weights of every wrapped layer, pruned weights staying zero.
+    """Resets every weight of the model that a wrapper keeps, pruned weights staying zero.
+
+    One definition of rewinding, used by `IterativePruning` and the lottery
+    runner alike: every `PruneWrapper` and `RewindWrapper` (which `wrap` puts
+    around every layer with weights) puts all of its layer's weights back,
+    trainable and non-trainable, BatchNormalization's moving statistics
+    included. Frozen layers (`trainable=False`) are left as they are.
 
     Args:
         model: A Keras model with `PruneWrapper` layers.
@@ -138,15 +146,21 @@ def rewind(model, to="initial", *, layers=None):
             Defaults to `"initial"`.
         layers: Names of the wrapped layers to rewind; `None` rewinds all.
             Defaults to `None`.
+
+    Example:
+
+    ```python
+    tf_lottery.prune(model, tf_lottery.PruneFraction(0.2))
+    tf_lottery.rewind(model)               # survivors and BN statistics back to θ0
+    ```
     """
-    wrappers = require_wrappers(model, "tf_lottery.rewind()")
+    require_wrappers(model, "tf_lottery.rewind()")
+    wrappers = rewindable(model)
     selected = _check_layers(layers, wrappers)
     wrappers = [w for w in wrappers if selected is None or w.layer.name in selected]
-    if to not in ("initial", "rewind_point"):
+    if to not in REWIND_TARGETS:
         raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
-    missing = [
-        w.layer.name for w in wrappers if to == "rewind_point" and int(w.rewind_epoch.numpy()) < 0
-    ]
+    missing = [w.layer.name for w in wrappers if to == "rewind_point" and not w.has_rewind_point]
     if missing:
         raise ValueError(
             f"Layers {missing} have no rewind point saved yet. Save one with "
@@ -155,6 +169,11 @@ def rewind(model, to="initial", *, layers=None):
         )
     for wrapper in wrappers:
         wrapper.rewind(to)
+
+
+def rewindable(model):
+    """The wrappers of `model` that rewinding resets: all but frozen layers'."""
+    return [w for w in find_rewind_wrappers(model) if w.layer.trainable]
 
 
 def apply_masks(model):

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
+from tf_lottery.registry import is_prunable
+from tf_lottery.registry import prunable_weights
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.wrapper import is_prunable
-from tf_lottery.wrapper import prunable_weights
 
 
 @dataclasses.dataclass(frozen=True)

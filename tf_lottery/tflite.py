@@ -28,8 +28,8 @@ import numpy as np
 from absl import logging as absl_logging
 
 from tf_lottery.files import write_atomically
+from tf_lottery.transforms import strip
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.wrapper import strip
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
