@@ -6,7 +6,7 @@ their surviving weights per round and the output layer 10%; Adam 1.2e-3, batch 6
 Writes every round to --out_dir, prints the table and draws the plot. Started again
 with the same --out_dir it skips the finished rounds.
 
-    python examples/mnist_lottery.py                      # offline defaults, ~3 min on 2 CPUs
+    python examples/mnist_lottery.py                      # offline defaults, ~2 min on 2 CPUs
     python examples/mnist_lottery.py --data=keras --epochs_per_round=20
 """
 
