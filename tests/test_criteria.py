@@ -115,6 +115,28 @@ def test_block_std_threshold():
     assert mask.ravel().tolist() == [0, 0, 1, 1]
 
 
+GAUSSIAN = np.random.default_rng(5).normal(size=(784, 300)).astype("float32")
+
+
+@pytest.mark.parametrize("fixed_std", [False, True])
+@pytest.mark.parametrize("quality", [0.3, 0.5, 1.0, 1.5])
+def test_std_threshold_quality_means_the_same_with_and_without_blocks(quality, fixed_std):
+    (single,) = masks(tl.StdThreshold(quality, fixed_std=fixed_std), target(GAUSSIAN))
+    for block in [(4, 1), (16, 1), "tflite-int8"]:
+        criterion = tl.StdThreshold(quality, block=block, fixed_std=fixed_std)
+        (blocked,) = masks(criterion, target(GAUSSIAN))
+        assert abs(blocked.mean() - single.mean()) < 0.02, f"block={block}"
+
+
+@pytest.mark.parametrize("quality", [0.3, 0.5, 1.0])
+def test_std_threshold_on_single_weights_is_the_formula_round_after_round(quality):
+    mask = np.ones_like(GAUSSIAN)
+    for _ in range(3):
+        expected = mask * (np.abs(GAUSSIAN) >= quality * np.std(GAUSSIAN[mask > 0]))
+        (mask,) = masks(tl.StdThreshold(quality, block=(1, 1)), target(GAUSSIAN, mask))
+        np.testing.assert_array_equal(mask, expected)
+
+
 def test_tflite_block_choice_blocks_dense_only():
     criterion = tl.PruneFraction(0.5, block="tflite-int8")
     assert criterion.block_for("Dense", (300, 100)) == (16, 1)

@@ -11,6 +11,7 @@ from conftest import mlp
 
 import tf_lottery as tl
 from tf_lottery import lottery
+from tf_lottery.paths import RunPaths
 
 COMPILE = dict(
     optimizer="adam",
@@ -23,10 +24,10 @@ def build():
     return mlp()
 
 
-def run(out_dir, rounds=2, controls=("reinit", "random_prune"), **kwargs):
+def run(out_dir, rounds=2, controls=("reinit", "random_prune"), builder=build, **kwargs):
     x, y = data(192)
     return tl.find_winning_ticket(
-        build,
+        builder,
         (x[:128], y[:128]),
         validation_data=(x[128:160], y[128:160]),
         test_data=(x[160:], y[160:]),
@@ -69,19 +70,8 @@ def test_rounds_controls_and_artifacts(tmp_path):
             np.testing.assert_array_equal(rein[key], t[key])  # reinit: the ticket's masks
             assert rand[key].sum() == t[key].sum()  # random: the ticket's per-layer counts
             assert not np.array_equal(rand[key], t[key])
-    # The ticket starts from θ0 * mask; reinit from other weights.
-    model = lottery.load_round(build, out, 1, compile_kwargs=COMPILE)
-    start = keras.models.clone_model(model)
-    start.load_weights(os.path.join(out, "round_1", "start.weights.h5"))
-    initial = keras.models.clone_model(model)
-    initial.load_weights(os.path.join(out, "initial.weights.h5"))
-    kernel, mask = start.layers[0].layer.kernel.numpy(), start.layers[0].masks["kernel"].numpy()
-    np.testing.assert_array_equal(kernel, initial.layers[0].layer.kernel.numpy() * mask)
-    start.load_weights(os.path.join(out, "reinit", "round_1", "start.weights.h5"))
-    assert not np.allclose(
-        start.layers[0].layer.kernel.numpy(), initial.layers[0].layer.kernel.numpy() * mask
-    )
     # A round's artifacts reload into the model that gave the recorded accuracy.
+    model = lottery.load_round(build, out, 1, compile_kwargs=COMPILE)
     x, y = data(192)
     accuracy = model.evaluate(x[160:], y[160:], verbose=0, return_dict=True)["accuracy"]
     assert accuracy == pytest.approx(ticket[1].final_test_accuracy)
@@ -95,6 +85,101 @@ def test_rounds_controls_and_artifacts(tmp_path):
     assert tl.LotteryHistory.from_json(os.path.join(out, "history.json")).rows == history.rows
     assert open(os.path.join(out, "history.csv")).readline().startswith("arm,round,remaining")
     assert "ticket" in str(history) and "random_prune" in str(history)
+
+
+def test_rounds_keep_compressed_masks_and_weights_and_no_keras_files(tmp_path):
+    out = tmp_path / "run"
+    run(str(out), rounds=1, controls=("reinit",))
+    assert sorted(p.name for p in (out / "round_1").iterdir()) == [
+        "masks.npz",
+        "report.json",
+        "trained.npz",
+    ]
+    assert not list(out.rglob("*.h5"))
+    assert all(m.dtype == bool for m in masks(out / "round_1").values())
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["format"] == 2
+    assert [layer["name"] for layer in settings["layers"]] == ["fc1", "out"]
+
+
+@pytest.mark.parametrize("rewind", ["init", 1])
+def test_keep_weights_full_adds_keras_files_and_the_ticket_starts_rewound(tmp_path, rewind):
+    out = str(tmp_path / "run")
+    run(out, rounds=1, controls=("reinit",), keep_weights="full", rewind=rewind)
+    model = lottery.load_round(build, out, 1, compile_kwargs=COMPILE)
+    start = keras.models.clone_model(model)
+    start.load_weights(os.path.join(out, "round_1", "start.weights.h5"))
+    kernel, mask = start.layers[0].layer.kernel.numpy(), start.layers[0].masks["kernel"].numpy()
+    theta0 = model.layers[0].initial_weights["kernel"].numpy()  # load_round restores θ0
+    dense = lottery.load_round(build, out, 0, compile_kwargs=COMPILE).layers[0]
+    if rewind == "init":
+        np.testing.assert_array_equal(kernel, theta0 * mask)
+    else:
+        assert int(dense.rewind_epoch.numpy()) == 1
+        rewind_point = {w.name: w.rewind_point for w in dense.saved_weights}["kernel"]
+        np.testing.assert_array_equal(kernel, rewind_point.numpy() * mask)
+        assert not np.allclose(kernel, theta0 * mask)
+    start.load_weights(os.path.join(out, "reinit", "round_1", "start.weights.h5"))
+    assert not np.allclose(start.layers[0].layer.kernel.numpy(), theta0 * mask)
+    trained = keras.models.clone_model(model)
+    trained.load_weights(os.path.join(out, "round_1", "trained.weights.h5"))
+    for a, b in zip(trained.weights, model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def unnamed():
+    return keras.Sequential([keras.Input((20,)), keras.layers.Dense(8), keras.layers.Dense(3)])
+
+
+def test_a_builder_that_leaves_naming_to_keras_runs_and_loads(tmp_path):
+    out = str(tmp_path / "run")
+    history = run(out, builder=unnamed)
+    first = {r: masks(os.path.join(out, f"round_{r}")) for r in range(3)}
+    keys = list(first[0])
+    assert len(keys) == 2
+    x, y = data(192)
+    for row in history.rows:
+        folder = RunPaths(out).round_dir(row.arm, row.round)
+        assert list(masks(folder)) == keys
+        report = json.load(open(os.path.join(folder, "report.json")))
+        assert list(report["thresholds"]) == keys
+        assert [layer["layer"] for layer in report["sparsity"]["layers"]] == [
+            k.split("/")[0] for k in keys
+        ]
+        model = lottery.load_round(unnamed, out, row.round, row.arm, compile_kwargs=COMPILE)
+        accuracy = model.evaluate(x[160:], y[160:], verbose=0, return_dict=True)["accuracy"]
+        assert accuracy == pytest.approx(row.final_test_accuracy)
+        assert 1 - tl.sparsity(model).sparsity == pytest.approx(row.remaining)
+    assert run(out, builder=unnamed).rows == history.rows  # resumes
+
+
+def one_layer():
+    return keras.Sequential([keras.Input((20,)), keras.layers.Dense(3)])
+
+
+def test_a_builder_whose_architecture_changes_is_refused(tmp_path):
+    calls = []
+
+    def growing():
+        calls.append(1)
+        return mlp(hidden=8 + len(calls))
+
+    with pytest.raises(ValueError, match="architecture.*layer 0 is Dense with weights"):
+        run(str(tmp_path / "run"), builder=growing)
+    out = str(tmp_path / "other")
+    run(out, rounds=0, controls=())
+    with pytest.raises(ValueError, match="1 prunable layers now, 2 in"):
+        tl.load_round(one_layer, out, 0, compile_kwargs=COMPILE)
+
+
+def test_a_run_in_an_older_layout_is_refused(tmp_path):
+    out = tmp_path / "old"
+    (out / "round_0").mkdir(parents=True)
+    (out / "settings.json").write_text(json.dumps({"seed": 0, "epochs_per_round": 3}))
+    with pytest.raises(ValueError, match=r"'.*old' holds a lottery run in on-disk format 1"):
+        run(str(out), rounds=0, controls=())
+    with pytest.raises(ValueError, match="format 1.*reads format 2.*new out_dir"):
+        tl.load_round(build, str(out), 0, compile_kwargs=COMPILE)
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):

@@ -298,8 +298,15 @@ class StdThreshold(Criterion):
     survive (Han et al. 2015, "Learning both Weights and Connections"), so each
     round prunes relative to what is left. With `fixed_std=True` it is taken
     once, from the dense weights at the first round, and the threshold stays
-    fixed afterwards (Distiller's sensitivity pruner). With blocks, a block is
-    pruned if its mean |w| is below the threshold.
+    fixed afterwards (Distiller's sensitivity pruner).
+
+    With blocks, s keeps its meaning: the rule takes the fraction of surviving
+    single weights with |w| < s·std(w), and prunes that fraction of the
+    surviving blocks, those of smallest mean |w|. So `StdThreshold(1.0)` prunes
+    about 68% of Gaussian weights with or without blocks. (Block means
+    concentrate around the mean |w|, about 0.8·std for Gaussian weights, so
+    comparing them with s·std would prune almost no block at s = 0.3 and almost
+    every block at s = 1.5.)
 
     Args:
         quality: The quality parameter s, a non-negative number; larger prunes
@@ -328,12 +335,18 @@ class StdThreshold(Criterion):
 
     def compute_mask(self, target):
         s = self.per_layer.get(target.layer, self.quality)
+        survivors = target.weight[target.mask > 0]
         if self.fixed_std and not math.isnan(target.threshold) and not target.mask.all():
             threshold = target.threshold
         else:
-            survivors = target.weight[target.mask > 0]
             threshold = s * float(np.std(survivors)) if survivors.size else 0.0
-        return target.scores >= threshold, threshold
+        if target.block == (1, 1):
+            return target.scores >= threshold, threshold
+        fraction = np.count_nonzero(np.abs(survivors) < threshold) / max(1, survivors.size)
+        keep, _ = _prune_smallest(
+            target.scores, target.alive, round(fraction * int(target.alive.sum()))
+        )
+        return keep, threshold
 
     def get_config(self):
         return {

@@ -5,11 +5,19 @@ import os
 import tempfile
 
 
+def _umask():
+    """The process's umask; reading it means setting it, so it is set back at once."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def write_atomically(path, content):
     """Writes `content` (bytes or str) to `path` through a temporary file.
 
     The temporary file sits in the same folder and replaces `path` only once it
     is complete and flushed to disk, so a failure leaves any older file intact.
+    The file gets the permissions `open()` would give it under the umask.
     """
     data = content.encode() if isinstance(content, str) else content
     directory = os.path.dirname(os.path.abspath(path))
@@ -19,6 +27,8 @@ def write_atomically(path, content):
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp creates the file private (0o600) whatever the umask.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

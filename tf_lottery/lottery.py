@@ -16,17 +16,25 @@ import math
 import os
 import shutil
 import time
-import warnings
 
 import keras
 import numpy as np
 
 from tf_lottery import pruning
+from tf_lottery.artifacts import check_layers
+from tf_lottery.artifacts import describe_layers
+from tf_lottery.artifacts import load_state
+from tf_lottery.artifacts import masks_of
+from tf_lottery.artifacts import save_arrays
+from tf_lottery.artifacts import save_state
+from tf_lottery.artifacts import set_masks
+from tf_lottery.artifacts import thresholds_of
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.evaluation import evaluate_metric
 from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
+from tf_lottery.paths import FORMAT
 from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
@@ -34,6 +42,7 @@ from tf_lottery.transforms import wrap
 from tf_lottery.wrapper import find_wrappers
 
 CONTROLS = ("reinit", "random_prune")
+KEEP_WEIGHTS = ("compressed", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,35 +148,13 @@ class _RecordEpochs(keras.callbacks.Callback):
         if self.rewind_epoch is not None and epoch == self.rewind_epoch:
             for wrapper in find_wrappers(self.model):
                 wrapper.save_rewind_point(epoch)
-            self.model.save_weights(self.rewind_path)
+            save_state(self.model, self.rewind_path)
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         if self.test_data is not None:
             record["test_accuracy"] = evaluate_metric(self.model, self.test_data, _accuracy_key)
         self.epochs.append(record)
-
-
-def _load_weights(model, path):
-    """Loads a round's weights into a fresh model; its optimizer starts fresh."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(path)
-
-
-def _masks_of(model):
-    return {
-        f"{w.layer.name}/{m.name}": keras.ops.convert_to_numpy(m.mask.value)
-        for w in find_wrappers(model)
-        for m in w.masked_weights
-    }
-
-
-def _set_masks(model, masks):
-    for wrapper in find_wrappers(model):
-        for masked in wrapper.masked_weights:
-            masked.mask.assign(masks[f"{wrapper.layer.name}/{masked.name}"])
-    pruning.apply_masks(model)
 
 
 def _random_masks(masks, rng):
@@ -206,27 +193,41 @@ def _describe(value):
         return type(value).__name__
 
 
-def _check_settings(paths, settings):
-    if os.path.exists(paths.settings):
-        with open(paths.settings) as file:
-            saved = json.load(file)
-        different = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-        if different:
-            details = "; ".join(
-                f"{k}: {saved.get(k)!r} on disk, {settings.get(k)!r} now" for k in different
-            )
-            raise ValueError(
-                f"out_dir {paths.root!r} holds a run with other settings ({details}). Use a new "
-                "out_dir, or the same settings to resume that run."
-            )
-    else:
+def _open_run(paths, settings, first_model):
+    """The run's layers: from its settings.json, or from `first_model()` for a new run.
+
+    A new run writes its settings; an existing one must have the same settings.
+    """
+    saved = paths.read_settings()
+    if saved is None:
+        layers = describe_layers(first_model())
         os.makedirs(paths.root, exist_ok=True)
-        write_atomically(paths.settings, json.dumps(settings, indent=2))
+        written = {"format": FORMAT, **settings, "layers": layers}
+        write_atomically(paths.settings, json.dumps(written, indent=2))
+        return layers
+    different = sorted(
+        k
+        for k in set(saved) | set(settings)
+        if k not in ("format", "layers") and saved.get(k) != settings.get(k)
+    )
+    if different:
+        details = "; ".join(
+            f"{k}: {saved.get(k)!r} on disk, {settings.get(k)!r} now" for k in different
+        )
+        raise ValueError(
+            f"out_dir {paths.root!r} holds a run with other settings ({details}). Use a new "
+            "out_dir, or the same settings to resume that run."
+        )
+    return saved["layers"]
 
 
 @dataclasses.dataclass
 class _Experiment:
-    """The state shared by the rounds of one `find_winning_ticket` call."""
+    """The state shared by the rounds of one `find_winning_ticket` call.
+
+    `layers` describes the run's first model; every model built afterwards must
+    match it (see `tf_lottery.artifacts`).
+    """
 
     build_model: object
     train_data: object = None
@@ -240,6 +241,8 @@ class _Experiment:
     fit_kwargs: dict = dataclasses.field(default_factory=dict)
     paths: object = None
     verbose: int = 0
+    keep_weights: str = "compressed"
+    layers: list = None
 
     def new_model(self, seed):
         """A freshly initialized, wrapped and compiled model."""
@@ -255,6 +258,8 @@ class _Experiment:
             model = wrap(model)
             if config is not None and not self.compile_kwargs:
                 model.compile_from_config(config)
+        if self.layers is not None:
+            check_layers(self.layers, model, self.paths.settings)
         if self.compile_kwargs:
             kwargs = dict(self.compile_kwargs)
             optimizer = kwargs.get("optimizer")
@@ -269,47 +274,59 @@ class _Experiment:
             )
         return model
 
+    def initial_model(self, arm, round_index):
+        """A model holding the arm's θ0, and the ticket's rewind point once there is one.
+
+        θ0 is the run's (initial.npz, written by the first call) except for the
+        reinit control, which draws new weights every round.
+        """
+        if arm == "reinit" and round_index > 0:
+            return self.new_model(self.seed + 7919 * round_index)
+        model = self.new_model(self.seed)
+        if not os.path.exists(self.paths.initial_weights):
+            save_state(model, self.paths.initial_weights)
+            return model
+        load_state(model, self.paths.initial_weights)
+        for wrapper in find_wrappers(model):
+            wrapper.save_initial_weights()
+        rewind_point = RunPaths.rewind_point(self.paths.round_dir(TICKET, 0))
+        if arm == TICKET and os.path.exists(rewind_point):
+            load_state(model, rewind_point)
+            for wrapper in find_wrappers(model):
+                wrapper.save_rewind_point(int(keras.ops.convert_to_numpy(wrapper.rewind_epoch)))
+        return model
+
+    def trained_model(self, arm, round_index):
+        """The model a finished round ended with: θ0, masks and trained weights."""
+        folder = self.paths.round_dir(arm, round_index)
+        model = self.initial_model(arm, round_index)
+        with np.load(RunPaths.masks(folder)) as archive:
+            set_masks(model, dict(archive), self.layers)
+        load_state(model, RunPaths.trained_weights(folder))
+        return model
+
     def start_model(self, arm, round_index):
         """The model a round trains, with its masks set and its weights rewound."""
         if round_index == 0:
-            model = self.new_model(self.seed)
-            if os.path.exists(self.paths.initial_weights):
-                _load_weights(model, self.paths.initial_weights)
-            else:
-                temporary = self.paths.initial_weights + ".tmp.weights.h5"
-                model.save_weights(temporary)
-                os.replace(temporary, self.paths.initial_weights)
-            return model
+            return self.initial_model(TICKET, 0)
         if arm == TICKET:
-            previous = self.paths.round_dir(TICKET, round_index - 1)
-            trained = self.new_model(self.seed)
-            _load_weights(trained, RunPaths.trained_weights(previous))
+            trained = self.trained_model(TICKET, round_index - 1)
             pruning.prune(trained, self.criterion)
             if self.rewind is None:
                 return trained
-            masks = _masks_of(trained)
-            model = self.new_model(self.seed)
-            if self.rewind == "init":
-                _load_weights(model, self.paths.initial_weights)
-            else:
-                _load_weights(model, RunPaths.rewind_point(self.paths.round_dir(TICKET, 0)))
+            model = self.initial_model(TICKET, round_index)
             for source, target in zip(find_wrappers(trained), find_wrappers(model)):
                 target.pruning_round.assign(source.pruning_round.value)
                 for a, b in zip(source.masked_weights, target.masked_weights):
                     b.threshold.assign(a.threshold.value)
-            _set_masks(model, masks)
+            set_masks(model, masks_of(trained, self.layers), self.layers)
             return model
         with np.load(RunPaths.masks(self.paths.round_dir(TICKET, round_index))) as archive:
-            ticket_masks = dict(archive)
-        if arm == "reinit":
-            model = self.new_model(self.seed + 7919 * round_index)
-            _set_masks(model, ticket_masks)
-            return model
-        model = self.new_model(self.seed)
-        _load_weights(model, self.paths.initial_weights)
-        _set_masks(
-            model, _random_masks(ticket_masks, np.random.default_rng(self.seed + round_index))
-        )
+            masks = dict(archive)
+        if arm == "random_prune":
+            masks = _random_masks(masks, np.random.default_rng(self.seed + round_index))
+        model = self.initial_model(arm, round_index)
+        set_masks(model, masks, self.layers)
         return model
 
     def fit(self, model, folder, round_index):
@@ -336,10 +353,13 @@ class _Experiment:
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
         model = self.start_model(arm, round_index)
-        model.save_weights(RunPaths.start_weights(partial))
-        np.savez(RunPaths.masks(partial), **_masks_of(model))
+        save_arrays(RunPaths.masks(partial), masks_of(model, self.layers))
+        if self.keep_weights == "full":
+            model.save_weights(RunPaths.keras_start_weights(partial))
         epochs, seconds = self.fit(model, partial, round_index)
-        model.save_weights(RunPaths.trained_weights(partial))
+        save_state(model, RunPaths.trained_weights(partial))
+        if self.keep_weights == "full":
+            model.save_weights(RunPaths.keras_trained_weights(partial))
         val_key = _accuracy_key(epochs[0], "val_")
         if val_key is None or "val_loss" not in epochs[0]:
             raise ValueError(
@@ -358,14 +378,18 @@ class _Experiment:
             "final_test_accuracy": epochs[-1].get("test_accuracy"),
             "seconds": seconds,
         }
-        thresholds = {
-            f"{w.layer.name}/{m.name}": float(keras.ops.convert_to_numpy(m.threshold.value))
-            for w in find_wrappers(model)
-            for m in w.masked_weights
-        }
+        # The run's layer names, which a builder that leaves naming to Keras
+        # changes from call to call.
+        names = {w.layer.name: layer["name"] for w, layer in zip(find_wrappers(model), self.layers)}
+        layer_sparsity = report.to_dict()
+        for row in layer_sparsity["layers"]:
+            row["layer"] = names.get(row["layer"], row["layer"])
         details = {
-            "sparsity": report.to_dict(),
-            "thresholds": {k: (None if math.isnan(v) else v) for k, v in thresholds.items()},
+            "sparsity": layer_sparsity,
+            "thresholds": {
+                k: (None if math.isnan(v) else v)
+                for k, v in thresholds_of(model, self.layers).items()
+            },
             "epochs": epochs,
         }
         write_atomically(RunPaths.report(partial), json.dumps({**record, **details}, indent=2))
@@ -393,6 +417,7 @@ def find_winning_ticket(
     seed=0,
     compile_kwargs=None,
     fit_kwargs=None,
+    keep_weights="compressed",
     verbose=1,
 ):
     """Runs iterative magnitude pruning with rewinding, one training per round.
@@ -406,7 +431,9 @@ def find_winning_ticket(
     Args:
         build_model: A function returning a Keras model, compiled or not (then
             pass `compile_kwargs`). It may contain `PruneWrapper`s; otherwise it
-            is wrapped with `tf_lottery.wrap`.
+            is wrapped with `tf_lottery.wrap`. It must return the same
+            architecture on every call (layers are matched by position, so it
+            need not name them); a model of another architecture is refused.
         train_data: `(x, y)` arrays or a `tf.data.Dataset` of batches.
         validation_data: `(x, y)` or a dataset; its loss picks the early-stop
             epoch and its accuracy the best validation accuracy.
@@ -426,6 +453,13 @@ def find_winning_ticket(
             does not compile. Defaults to `None`.
         fit_kwargs: Extra keyword arguments of `model.fit`, e.g. `batch_size`.
             Defaults to `None`.
+        keep_weights: `"compressed"` keeps, per round, the boolean masks and the
+            trained weights in compressed `.npz` files (about 1 MB per round for
+            LeNet-300-100, less as it gets sparser), enough for `load_round` and
+            to resume. `"full"` also keeps each round's start and trained weights
+            as Keras `.weights.h5` files (several MB each) for
+            `model.load_weights`. It does not change results, so a run may be
+            resumed with the other value. Defaults to `"compressed"`.
         verbose: `0` silent, `1` one line per round, `2` adds Keras' progress bar.
             Defaults to `1`.
 
@@ -479,6 +513,11 @@ def find_winning_ticket(
         )
     if not isinstance(out_dir, (str, os.PathLike)):
         raise ValueError(f"Expected out_dir to be a folder path. Received: out_dir={out_dir!r}")
+    if keep_weights not in KEEP_WEIGHTS:
+        raise ValueError(
+            f"Expected keep_weights to be one of {KEEP_WEIGHTS}. "
+            f"Received: keep_weights={keep_weights!r}"
+        )
     fit_kwargs = dict(fit_kwargs or {})
     for reserved in ("epochs", "validation_data", "x", "y"):
         if reserved in fit_kwargs:
@@ -497,7 +536,6 @@ def find_winning_ticket(
         "validation_data": _fingerprint(validation_data),
         "test_data": None if test_data is None else _fingerprint(test_data),
     }
-    _check_settings(paths, json.loads(json.dumps(settings)))
     experiment = _Experiment(
         build_model,
         train_data,
@@ -511,6 +549,10 @@ def find_winning_ticket(
         fit_kwargs,
         paths,
         verbose,
+        keep_weights,
+    )
+    experiment.layers = _open_run(
+        paths, json.loads(json.dumps(settings)), lambda: experiment.new_model(seed)
     )
     history = LotteryHistory()
     for round_index in range(rounds + 1):
@@ -545,17 +587,32 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
         compile_kwargs: As given to `find_winning_ticket`, if any.
 
     Returns:
-        The wrapped, compiled model with that round's masks and trained weights.
+        The wrapped, compiled model with that round's masks and trained
+        weights, and the arm's θ0 as its initial weights.
+
+    Example:
+
+    ```python
+    model = tf_lottery.load_round(build_lenet, "runs/lenet", 7)
+    print(tf_lottery.sparsity(model))
+    ```
     """
-    folder = RunPaths(out_dir).round_dir(arm, round_index)
-    if not os.path.isdir(folder):
+    paths = RunPaths(out_dir)
+    settings = paths.read_settings()
+    folder = paths.round_dir(arm, round_index)
+    if settings is None or not os.path.isdir(folder):
         raise ValueError(
-            f"No finished round {round_index} of arm {arm!r} in {os.fspath(out_dir)!r}."
+            f"No finished round {round_index} of arm {arm!r} in {paths.root!r}. Pass the "
+            "out_dir given to find_winning_ticket and a round it has finished."
         )
-    experiment = _Experiment(build_model, compile_kwargs=compile_kwargs)
-    model = experiment.new_model(0)
-    _load_weights(model, RunPaths.trained_weights(folder))
-    return model
+    experiment = _Experiment(
+        build_model,
+        seed=settings["seed"],
+        compile_kwargs=compile_kwargs,
+        paths=paths,
+        layers=settings["layers"],
+    )
+    return experiment.trained_model(arm, round_index)
 
 
 def plot_history(history, path):

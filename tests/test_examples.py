@@ -1,0 +1,26 @@
+"""The examples' command lines: what --help promises."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.mark.parametrize(
+    "example",
+    ["mnist_lottery.py", "mnist_han.py", "mnist_lenet5.py", "mnist_budget.py", "export_tflite.py"],
+)
+def test_help_lists_the_shared_data_flags(example):
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, example), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    for flag in ("--data", "--batch_size", "--learning_rate", "--seed", "--out_dir"):
+        assert flag in result.stdout, f"{example} --help does not list {flag}"
