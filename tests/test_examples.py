@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+# The examples run on any backend; their command lines are checked once.
+pytestmark = pytest.mark.tensorflow
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
