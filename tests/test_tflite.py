@@ -10,6 +10,7 @@ import pytest
 
 import tf_lottery as tl
 from tf_lottery import tflite
+from tf_lottery.capture import captured_output
 
 L = keras.layers
 
@@ -395,7 +396,7 @@ def test_run_tflite_quantizes_the_inputs_and_dequantizes_the_outputs_of_integer_
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([x[i : i + 1]] for i in range(len(x)))
     converter.inference_input_type = converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):
+    with captured_output():
         content = converter.convert()
     outputs = tl.run_tflite(content, x)
     assert outputs.dtype == np.float32
