@@ -13,7 +13,16 @@ plain = tf_lottery.strip(model)
 ```
 """
 
-from tf_lottery.callbacks import IterativePruning
+# Importing Keras loads its backend; TensorFlow's logs that C++ prints at load
+# time ignore TF_CPP_MIN_LOG_LEVEL, so they are captured here and dropped. The
+# package imports Keras eagerly so that its classes are registered for
+# `keras.models.load_model` as soon as `tf_lottery` is imported.
+from tf_lottery.capture import captured_output as _captured_output
+
+with _captured_output():
+    import keras  # noqa: F401
+
+from tf_lottery.callbacks import IterativePruning  # noqa: E402
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import PruneTarget
