@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from test_tflite import inputs
 from test_tflite import pruned_mlp
 from test_tflite import two_input_model
@@ -148,11 +147,7 @@ def test_tf_lottery_help_prints_only_the_help():
     # The package imports Keras (and so TensorFlow) for its serialization
     # registry; what TensorFlow prints while loading must not reach the user.
     result = _python(
-        "from tf_lottery import cli\n"
-        "try:\n"
-        "    cli.main(['--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
+        "from tf_lottery import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
     )
     assert result.stderr == ""
     assert result.stdout.startswith("usage: tf-lottery"), result.stdout[:200]

@@ -28,8 +28,18 @@ _DENSE = 0  # DimensionType.DENSE; the other kind is SPARSE_CSR
 
 
 def _schema():
-    from tensorflow.lite.python import schema_py_generated
-
+    # LiteRT ships the same generated schema as TensorFlow: reading a .tflite file
+    # needs either, and LiteRT is the lighter one.
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        try:
+            from tensorflow.lite.python import schema_py_generated
+        except ImportError as error:
+            raise ImportError(
+                "Reading .tflite files needs LiteRT: pip install ai-edge-litert "
+                "(or pip install 'tf_lottery[litert]')."
+            ) from error
     return schema_py_generated
 
 

@@ -21,6 +21,7 @@ checked again by `tests/test_tflite.py` and `benchmarks/tflite_bench.py`):
   indices); the export writes the smaller.
 """
 
+import importlib.util
 import itertools
 import os
 import re
@@ -119,6 +120,23 @@ def _converter_notes(lines):
         if _WARNING_LINE.match(line) and not any(c in line for c in _CONVERTER_CHATTER):
             notes.append("Converter: " + " ".join(_WARNING_LINE.sub("", line).split()))
     return notes
+
+
+def _check_converter_available():
+    """One line on what to do when TensorFlow's converter cannot run here."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ExportError(
+            "export_tflite converts with TensorFlow, which is not installed: "
+            "pip install 'tf_lottery[export]'."
+        )
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ExportError(
+            "export_tflite converts with TensorFlow's converter, which needs the TensorFlow "
+            f"backend; this process runs Keras on {backend!r}. Save the model "
+            "(model.save('m.keras')) and convert it under TensorFlow: "
+            "KERAS_BACKEND=tensorflow tf-lottery export m.keras m.tflite"
+        )
 
 
 def _convert(model, quantize, sparse, calibration, per_channel=True):
@@ -517,6 +535,7 @@ def export_tflite(
     ```
     """
     _check_arguments(model, path, quantize, tolerance, fallback, per_channel)
+    _check_converter_available()
     data = take(representative_data, _keras_inputs(model), "representative_data", _MAX_SAMPLES)
     if quantize == "int8" and data is None:
         raise ValueError(
