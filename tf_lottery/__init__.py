@@ -41,6 +41,13 @@ from tf_lottery.report import LayerSparsity
 from tf_lottery.report import SparsityReport
 from tf_lottery.report import sparsity
 from tf_lottery.saving import load_model
+from tf_lottery.shrink import ShrinkReport
+from tf_lottery.shrink import shrink
+from tf_lottery.shrink import shrink_report
+from tf_lottery.structured import BatchNormScale
+from tf_lottery.structured import UnitCriterion
+from tf_lottery.structured import UnitNorm
+from tf_lottery.structured import UnitStdThreshold
 from tf_lottery.sensitivity import SensitivityReport
 from tf_lottery.sensitivity import sensitivity
 from tf_lottery.tflite import ExportError
@@ -59,6 +66,7 @@ from tf_lottery.wrapper import find_wrappers
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNormScale",
     "Criterion",
     "ExportError",
     "ExportReport",
@@ -72,9 +80,13 @@ __all__ = [
     "RewindWrapper",
     "RoundResult",
     "SensitivityReport",
+    "ShrinkReport",
     "SparsityReport",
     "StdThreshold",
     "TFLiteReport",
+    "UnitCriterion",
+    "UnitNorm",
+    "UnitStdThreshold",
     "apply_masks",
     "export_tflite",
     "find_rewind_wrappers",
@@ -89,6 +101,8 @@ __all__ = [
     "rewind",
     "run_tflite",
     "sensitivity",
+    "shrink",
+    "shrink_report",
     "sparsity",
     "strip",
     "wrap",

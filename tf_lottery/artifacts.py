@@ -17,6 +17,7 @@ import numpy as np
 
 from tf_lottery.files import write_atomically
 from tf_lottery.pruning import apply_masks
+from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
 
 
@@ -109,7 +110,7 @@ def _state_variables(model):
     """
     copies = {
         id(variable)
-        for wrapper in find_wrappers(model)
+        for wrapper in find_rewind_wrappers(model)
         for saved in wrapper.saved_weights
         for variable in (saved.initial, saved.rewind_point)
     }

@@ -195,6 +195,11 @@ class Criterion:
     ```
     """
 
+    # A criterion that needs the model (its graph, batches of data), not only one
+    # tensor at a time, sets this: `prune` then calls
+    # `compute_masks(targets, model=model)`. The unit criteria do.
+    uses_model = False
+
     def __init__(self, block=(1, 1)):
         self.block = _check_block(block)
         self._warned = set()

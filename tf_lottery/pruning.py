@@ -118,7 +118,11 @@ def prune(model, criterion, *, layers=None):
     thresholds = {}
     # compute_masks is a generator: each tensor is read, masked and written
     # before the next is read, so a round holds about one tensor in memory.
-    for target, weight, (mask, threshold) in zip(targets, masked, criterion.compute_masks(targets)):
+    if criterion.uses_model:
+        new_masks = criterion.compute_masks(targets, model=model)
+    else:
+        new_masks = criterion.compute_masks(targets)
+    for target, weight, (mask, threshold) in zip(targets, masked, new_masks):
         mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
         weight.threshold.assign(np.float32(threshold))
@@ -195,7 +199,8 @@ def apply_masks(model):
     tf_lottery.apply_masks(model)  # only needed after manual weight edits
     ```
     """
-    for wrapper in require_wrappers(model, "tf_lottery.apply_masks()"):
+    require_wrappers(model, "tf_lottery.apply_masks()")
+    for wrapper in find_rewind_wrappers(model):
         wrapper.apply_masks()
 
 
