@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from test_tflite import inputs
 from test_tflite import pruned_mlp
 from test_tflite import two_input_model
@@ -23,6 +24,7 @@ def _main(capfd, *args):
     return status, out, err
 
 
+@pytest.mark.tensorflow
 def test_export_inspect_summary_and_one_line_errors(tmp_path, capfd):
     model = pruned_mlp("tflite-int8", sizes=(64, 32, 10))
     keras_path = tmp_path / "m.keras"
@@ -54,6 +56,7 @@ def test_export_inspect_summary_and_one_line_errors(tmp_path, capfd):
         assert stderr.startswith(f"tf-lottery {args[0]}: error: ") and stderr.count("\n") == 1
 
 
+@pytest.mark.tensorflow
 def test_export_takes_npy_and_maps_npz_arrays_to_inputs_by_name_or_order(tmp_path, capfd):
     pruned_mlp("tflite-int8", sizes=(64, 32, 10)).save(tmp_path / "one.keras")
     np.save(tmp_path / "x.npy", inputs(100))
@@ -79,6 +82,7 @@ def test_export_takes_npy_and_maps_npz_arrays_to_inputs_by_name_or_order(tmp_pat
     assert status == 2 and "holds 1 input arrays ['x'] for 2 inputs ['pixels', 'meta']" in stderr
 
 
+@pytest.mark.tensorflow
 def test_eval_prints_accuracy_or_saves_the_outputs(tmp_path, capfd):
     model, data = two_input_model()
     path = tl.export_tflite(model, tmp_path / "m.tflite", representative_data=data).path

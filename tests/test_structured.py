@@ -211,15 +211,17 @@ def test_shrink_keeps_a_constant_unit_before_a_same_padded_convolution():
 
 
 @pytest.mark.tensorflow
-def test_the_exported_shrunk_model_matches_keras_in_litert(tmp_path):
+def test_export_shrinks_first_and_the_file_matches_keras_in_litert(tmp_path):
     model = compile_model(tl.wrap(_residual_cnn()))
     x, y = _data(model)
     tl.prune(model, tl.UnitNorm(0.5))
-    small = tl.shrink(model)
     path = str(tmp_path / "small.tflite")
-    report = tl.export_tflite(small, path)
-    assert report.verification
-    np.testing.assert_allclose(tl.run_tflite(path, x), small.predict(x, verbose=0), atol=1e-4)
+    report = tl.export_tflite(model, path)
+    assert report.shrink is not None and report.shrink["c1"].units_after == 4
+    assert "Shrunk before converting" in str(report) and report.verification
+    np.testing.assert_allclose(tl.run_tflite(path, x), model.predict(x, verbose=0), atol=1e-4)
+    unshrunk = tl.export_tflite(model, str(tmp_path / "full.tflite"), shrink=False)
+    assert unshrunk.shrink is None and unshrunk.size > report.size
 
 
 def test_structured_bad_input_changes_nothing():

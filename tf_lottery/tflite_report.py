@@ -109,6 +109,8 @@ class ExportReport(TFLiteReport):
             if `verify=False`.
         notes: Anything the user should know: the encoding not written and why,
             what the converter warned about.
+        shrink: The `ShrinkReport` of the dead units removed before converting,
+            or `None` if none were.
     """
 
     quantize: str | None = None
@@ -116,6 +118,7 @@ class ExportReport(TFLiteReport):
     delegate_ok: bool = False
     verification: str | None = None
     notes: list = dataclasses.field(default_factory=list)
+    shrink: object = None
 
     def __str__(self):
         ratio = self.dense_size / self.size if self.size else float("nan")
@@ -125,6 +128,12 @@ class ExportReport(TFLiteReport):
             *self._rows(),
             "LiteRT default delegate: " + ("accepted" if self.delegate_ok else "REFUSED"),
         ]
+        if self.shrink is not None:
+            s = self.shrink
+            lines.append(
+                f"Shrunk before converting: {s.params_before:,} → {s.params_after:,} parameters, "
+                f"{s.macs_before:,} → {s.macs_after:,} MACs per example"
+            )
         if self.verification:
             lines.append(f"Verified against Keras: {self.verification}")
         lines.extend(f"Note: {note}" for note in self.notes)
