@@ -403,3 +403,66 @@ def test_run_tflite_quantizes_the_inputs_and_dequantizes_the_outputs_of_integer_
     outputs = tl.run_tflite(content, x)
     assert outputs.dtype == np.float32
     np.testing.assert_allclose(outputs, model.predict(x, verbose=0), atol=0.1)
+
+
+class SubclassedForExport(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = tl.PruneWrapper(keras.layers.Dense(16, activation="relu"))
+        self.out = tl.PruneWrapper(keras.layers.Dense(3))
+
+    def call(self, x):
+        return self.out(self.fc(x))
+
+
+keras.saving.register_keras_serializable(package="tests")(SubclassedForExport)
+
+
+@pytest.mark.parametrize("stripped", [False, True])
+def test_a_subclassed_model_exports_like_any_other(tmp_path, stripped):
+    x = inputs(64, 20)
+    model = SubclassedForExport()
+    model(x[:1])
+    tl.prune(model, tl.PruneFraction(0.5))
+    if stripped:
+        model = tl.strip(model)
+    path = str(tmp_path / "sub.tflite")
+    report = tl.export_tflite(model, path, representative_data=x)
+    assert report.verification
+    np.testing.assert_allclose(tl.run_tflite(path, x), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_a_mixed_precision_model_exports_in_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential(
+            [
+                keras.Input((6, 6, 1)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, dtype="float32"),
+            ]
+        )
+        wrapped = tl.wrap(model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    x = np.random.default_rng(0).normal(size=(32, 6, 6, 1)).astype("float32")
+    report = tl.export_tflite(wrapped, str(tmp_path / "mp.tflite"), representative_data=x)
+    assert any("float32" in note for note in report.notes) and report.verification
+
+
+def test_an_lstm_exports_with_a_fixed_batch_size_and_says_so_when_it_cannot(tmp_path):
+    model = keras.Sequential([keras.Input((5, 4)), keras.layers.LSTM(6), keras.layers.Dense(2)])
+    wrapped = tl.wrap(model)
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    x = np.random.default_rng(0).normal(size=(16, 5, 4)).astype("float32")
+    with pytest.raises(tl.ExportError, match="batch_size=1"):
+        tl.export_tflite(wrapped, str(tmp_path / "lstm.tflite"), representative_data=x)
+    assert not (tmp_path / "lstm.tflite").exists()
+    path = str(tmp_path / "lstm1.tflite")
+    report = tl.export_tflite(wrapped, path, representative_data=x, batch_size=1)
+    assert report.verification
+    np.testing.assert_allclose(tl.run_tflite(path, x), wrapped.predict(x, verbose=0), atol=1e-5)
+    flex = tl.export_tflite(wrapped, str(tmp_path / "flex.tflite"), select_tf_ops=True)
+    assert any("Flex delegate" in note for note in flex.notes) and not flex.delegate_ok

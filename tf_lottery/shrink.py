@@ -136,7 +136,7 @@ def shrink_report(before, after):
     return ShrinkReport(tuple(rows))
 
 
-def shrink(model, *, verbose=0):
+def shrink(model, *, align=1, verbose=0):
     """Returns a plain Keras model without the units that pruning left dead.
 
     Removes every output unit (Dense neuron, convolution filter, with its
@@ -164,6 +164,10 @@ def shrink(model, *, verbose=0):
     Args:
         model: A Sequential or Functional model, wrapped (it is stripped first)
             or plain.
+        align: Remove the input rows of a Dense layer that stays sparse only in
+            whole aligned blocks of this many, so that TFLite's block-sparse
+            kernels (blocks of 4 for float, 16 for int8) keep their blocks.
+            `export_tflite` sets it. Defaults to `1`.
         verbose: `1` prints the per-layer table of units, parameters and MACs
             before and after. Defaults to `0`.
 
@@ -183,6 +187,8 @@ def shrink(model, *, verbose=0):
             "shrink() rebuilds the graph of a Sequential or Functional model. Received: "
             f"model of type {type(model).__name__}."
         )
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise ValueError(f"Expected align to be a positive integer. Received: align={align!r}")
     if verbose not in (0, 1, True, False):
         raise ValueError(f"Expected verbose to be 0 or 1. Received: verbose={verbose!r}")
     plain = strip(model) if find_rewind_wrappers(model) else model
@@ -193,7 +199,7 @@ def shrink(model, *, verbose=0):
     plan = _Plan(values)
     for group in groups:
         if group.prunable:
-            plan.add(group, _removable(group, values, constants), constants)
+            plan.add(group, _removable(group, values, constants, align), constants)
     if not plan.changed:
         raise ValueError(
             f"Model '{model.name}' has no unit that shrink() can remove: no unit has all "
@@ -331,7 +337,31 @@ def _rows_unused(consumer, kernel, channel):
     return not np.any(kernel[..., consumer.offset + channel, :])
 
 
-def _removable(group, values, constants):
+# TFLite stores a weight sparse when at least this share of it is zero.
+_SPARSE_SHARE = 0.3
+
+
+def _keeps_block_sparsity(consumer, kernel, removable):
+    """Whether `consumer`'s kernel, without the removable rows, will still be stored sparse."""
+    if not isinstance(consumer.layer, L.Dense):
+        return False
+    gone = {row for channel in removable for row in consumer.rows(channel)}
+    kept = kernel[[r for r in range(kernel.shape[0]) if r not in gone]]
+    return kept.size > 0 and np.mean(kept == 0) >= _SPARSE_SHARE
+
+
+def _aligned(removable, size, align):
+    """The removable channels that fill whole aligned blocks of `align`."""
+    chosen = set(removable)
+    kept = []
+    for start in range(0, size, align):
+        block = range(start, min(start + align, size))
+        if all(c in chosen for c in block):
+            kept.extend(block)
+    return kept
+
+
+def _removable(group, values, constants, align=1):
     """The channels of `group` that can go without changing any prediction."""
     removable = []
     for channel in range(group.size):
@@ -346,6 +376,11 @@ def _removable(group, values, constants):
                 break
         if ok:
             removable.append(channel)
+    if align > 1 and any(
+        _keeps_block_sparsity(c, values[id(c.layer)]["kernel"], removable) for c in group.consumers
+    ):
+        # Removing single rows would break the blocks of a block-sparse Dense kernel.
+        removable = _aligned(removable, group.size, align)
     if len(removable) == group.size:
         removable = removable[1:]  # a layer keeps at least one unit
     return removable

@@ -126,17 +126,110 @@ def _converter_notes(lines):
     return notes
 
 
-def _shrunk(model):
+def _check_options(shrink, batch_size, select_tf_ops):
+    for name, value in (("shrink", shrink), ("select_tf_ops", select_tf_ops)):
+        if not isinstance(value, bool):
+            raise ValueError(f"Expected {name} to be True or False. Received: {name}={value!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(
+            "Expected batch_size to be a positive integer (the file's fixed batch size) or "
+            f"None. Received: batch_size={batch_size!r}"
+        )
+
+
+def _converter_hint(error, model):
+    text = str(error)
+    if any(layer.name.startswith("__") for layer in [model, *keras_private.flatten_layers(model)]):
+        return (
+            " TensorFlow cannot trace a layer or model whose name starts with '__' (Keras "
+            "names an instance of a class `_Name` '__name'): give it another name=."
+        )
+    if "TensorList" in text or "Select TF ops" in text or "flex op" in text.lower():
+        return (
+            " An LSTM or GRU converts with a fixed batch size (batch_size=1), with "
+            "unroll=True, or with select_tf_ops=True (the file then needs the Flex delegate)."
+        )
+    return ""
+
+
+def _is_mixed(model):
+    return any(
+        layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype
+        for layer in [model, *keras_private.flatten_layers(model)]
+    )
+
+
+def _in_float32(model):
+    """A float32 copy of a mixed-precision graph model, same weights."""
+    if not keras_private.is_graph_model(model):
+        raise ExportError(
+            f"Model '{model.name}' uses mixed precision (float16 compute), which TFLite's "
+            "converter cannot take, and a subclassed model cannot be rebuilt in float32 "
+            "here. Build it again under keras.mixed_precision.set_global_policy('float32'), "
+            "load its weights, and export that."
+        )
+
+    def clone_function(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for source, target in zip(model.weights, copy.weights):
+        target.assign(keras.ops.cast(source.value, target.dtype))
+    return copy
+
+
+def _input_shapes(model, data):
+    """The input shapes of a subclassed model: from its build, else from the data."""
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if shape is not None:
+        shapes = shape if isinstance(shape[0], (list, tuple)) else [shape]
+        return [tuple(s) for s in shapes]
+    if isinstance(data, np.ndarray):
+        return [(None, *data.shape[1:])]
+    raise ExportError(
+        f"Model '{model.name}' is subclassed and its input shape is unknown. Call it once "
+        "on a batch of real inputs (model(x)) before exporting, or pass "
+        "representative_data=x."
+    )
+
+
+def _exportable(model, data, batch_size):
+    """`model` as a float32 graph model with known inputs, and notes on what changed."""
+    notes = []
+    if _is_mixed(model):
+        model = _in_float32(model)
+        notes.append("Mixed-precision layers were exported in float32.")
+    if keras_private.is_graph_model(model) and batch_size is None:
+        return model, notes
+    if keras_private.is_graph_model(model):
+        specs = [(tuple(t.shape), t.dtype, t.name) for t in model.inputs]
+    else:
+        specs = [(shape, "float32", None) for shape in _input_shapes(model, data)]
+    inputs = [
+        keras.Input(batch_shape=(batch_size, *shape[1:]), dtype=dtype, name=name)
+        for shape, dtype, name in specs
+    ]
+    inputs = inputs if len(inputs) > 1 else inputs[0]
+    return keras.Model(inputs, model(inputs, training=False)), notes
+
+
+def _shrunk(model, quantize):
     """`(model, ShrinkReport or None, notes)`: `model` without its dead units, if any."""
     if not keras_private.is_graph_model(model):
         return model, None, []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            small = shrink_model(model)
+            # Whole blocks of TFLite's sparse FULLY_CONNECTED kernels (1x4 float, 1x16 int8).
+            small = shrink_model(model, align=16 if quantize in ("int8", "dynamic") else 4)
         except ValueError:  # no dead unit: nothing to shrink
             return model, None, []
-    notes = [str(w.message) for w in caught]
+    notes = [str(w.message) for w in caught if str(w.message).startswith("shrink()")]
     return small, shrink_report(model, small), notes
 
 
@@ -157,11 +250,16 @@ def _check_converter_available():
         )
 
 
-def _convert(model, quantize, sparse, calibration, per_channel=True):
+def _convert(model, quantize, sparse, calibration, per_channel=True, select_tf_ops=False):
     """The .tflite bytes, and what the converter said that matters."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if select_tf_ops:
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+            tf.lite.OpsSet.SELECT_TF_OPS,
+        ]
     optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if quantize is not None:
         optimizations.append(tf.lite.Optimize.DEFAULT)
@@ -487,6 +585,8 @@ def export_tflite(
     fallback="dense",
     per_channel=True,
     shrink=True,
+    batch_size=None,
+    select_tf_ops=False,
 ):
     """Converts a pruned model to a .tflite file with sparse encoding.
 
@@ -547,6 +647,13 @@ def export_tflite(
             there. Only matters with `quantize="int8"` or `"dynamic"`. Defaults
             to `True`.
         shrink: Remove dead units before converting. Defaults to `True`.
+        batch_size: Fix the batch dimension of the file's inputs, e.g. `1`.
+            An `LSTM` or `GRU` (not unrolled) converts only with a fixed batch
+            size or `select_tf_ops`. Defaults to `None` (any batch size).
+        select_tf_ops: Let the converter keep TensorFlow ops that TFLite lacks.
+            The file then needs the Flex delegate (TensorFlow's select ops) at
+            run time, which LiteRT's Python package does not ship: it cannot be
+            verified here, and the report says so. Defaults to `False`.
 
     Returns:
         An `ExportReport`; `print()` it for sizes, the Keras weight behind each
@@ -561,30 +668,42 @@ def export_tflite(
     ```
     """
     _check_arguments(model, path, quantize, tolerance, fallback, per_channel)
+    _check_options(shrink, batch_size, select_tf_ops)
     _check_converter_available()
-    data = take(representative_data, _keras_inputs(model), "representative_data", _MAX_SAMPLES)
-    if quantize == "int8" and data is None:
+    if quantize == "int8" and representative_data is None:
         raise ValueError(
             "quantize='int8' needs representative_data: a few hundred real inputs to "
             "calibrate activation ranges, e.g. representative_data=x_train[:300]."
         )
     if tolerance is None:
         tolerance = _TOLERANCE[quantize]
-    if not isinstance(shrink, bool):
-        raise ValueError(f"Expected shrink to be True or False. Received: shrink={shrink!r}")
     plain = strip(model) if find_wrappers(model) else model
-    shrunk = None
+    shrunk, shrink_notes = None, []
     if shrink:
-        plain, shrunk, shrink_notes = _shrunk(plain)
+        plain, shrunk, shrink_notes = _shrunk(plain, quantize)
+    plain, export_notes = _exportable(plain, representative_data, batch_size)
+    data = take(representative_data, _keras_inputs(plain), "representative_data", _MAX_SAMPLES)
     try:
-        sparse, sparse_notes = _convert(plain, quantize, True, data, per_channel)
-        dense, dense_notes = _convert(plain, quantize, False, data, per_channel)
+        sparse, sparse_notes = _convert(plain, quantize, True, data, per_channel, select_tf_ops)
+        dense, dense_notes = _convert(plain, quantize, False, data, per_channel, select_tf_ops)
     except Exception as error:
         raise ExportError(
             f"The TFLite converter failed on model '{model.name}': {error}"
+            + _converter_hint(error, plain)
         ) from error
     inputs = data if data is not None else _random_inputs(plain)
-    content, outputs, notes = _pick_encoding(plain, sparse, dense, inputs, quantize, fallback)
+    if select_tf_ops:
+        # LiteRT's Python package has no Flex delegate: the file cannot run here.
+        content, outputs = dense, None
+        notes = [
+            "select_tf_ops: the file may contain TensorFlow ops and then needs the Flex "
+            "delegate at run time; it was not loaded, compared or verified here. The dense "
+            "encoding was written."
+        ]
+        verify = False
+    else:
+        content, outputs, notes = _pick_encoding(plain, sparse, dense, inputs, quantize, fallback)
+    notes = export_notes + notes
     verification = None
     if verify:
         ok, verification = _verify(plain, inputs, outputs, content, quantize, tolerance)
@@ -605,7 +724,7 @@ def export_tflite(
         tensors=inspected.tensors,
         quantize=quantize,
         dense_size=len(dense),
-        delegate_ok=True,
+        delegate_ok=not select_tf_ops,
         verification=verification,
         notes=list(dict.fromkeys(sparse_notes + dense_notes)) + notes + shrink_notes,
         shrink=shrunk,
