@@ -289,6 +289,22 @@ def test_weights_h5_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_no_threshold_reads_as_nan_but_no_variable_holds_nan():
+    # Multi-process JAX refuses to put a NaN on its devices (NaN != NaN in its
+    # same-value-in-every-process check), so "no threshold" is stored as -inf.
+    from tf_lottery.wrapper import read_threshold
+
+    wrapped = tl.wrap(mlp())
+    thresholds = [m.threshold for w in tl.find_wrappers(wrapped) for m in w.masked_weights]
+    assert all(np.isnan(read_threshold(t)) for t in thresholds)
+    # A rate too small to prune a single weight: the round has no threshold.
+    assert all(np.isnan(t) for t in tl.prune(wrapped, tl.PruneFraction(0.001)).values())
+    assert all(np.isnan(read_threshold(t)) for t in thresholds)
+    assert not any(np.isnan(keras.ops.convert_to_numpy(v.value)).any() for v in wrapped.weights)
+    thresholds_used = tl.prune(wrapped, tl.PruneFraction(0.5))
+    assert [read_threshold(t) for t in thresholds] == list(thresholds_used.values())
+
+
 def test_wrapper_get_config_round_trip():
     wrapper = tl.PruneWrapper(L.Dense(4, name="fc"), name="pw")
     clone = tl.PruneWrapper.from_config(wrapper.get_config())

@@ -10,6 +10,7 @@ from tf_lottery.criteria import Criterion
 from tf_lottery.report import sparsity
 from tf_lottery.wrapper import RewindWrapper
 from tf_lottery.wrapper import find_rewind_wrappers
+from tf_lottery.wrapper import read_threshold
 
 
 def _name(layer):
@@ -420,6 +421,6 @@ class IterativePruning(keras.callbacks.Callback):
         figures.update({f"sparsity/{r.layer}": r.sparsity for r in self._report.layers})
         for wrapper in self._wrappers:
             for masked in wrapper.masked_weights:
-                threshold = float(keras.ops.convert_to_numpy(masked.threshold.value))
+                threshold = read_threshold(masked.threshold)
                 figures[f"threshold/{wrapper.layer.name}/{masked.name}"] = threshold
         self._figures = figures

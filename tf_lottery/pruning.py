@@ -5,7 +5,6 @@ custom training loop or an experiment runner can do the same steps itself.
 """
 
 import keras
-import numpy as np
 
 from tf_lottery import keras_private
 
@@ -15,6 +14,8 @@ from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
+from tf_lottery.wrapper import read_threshold
+from tf_lottery.wrapper import write_threshold
 
 
 def require_wrappers(model, caller):
@@ -42,7 +43,7 @@ def prune_targets(wrappers, layers=None):
             layer_type=type(wrapper.layer).__name__,
             weight=masked.variable,
             mask=masked.mask,
-            threshold=float(keras.ops.convert_to_numpy(masked.threshold.value)),
+            threshold=read_threshold(masked.threshold),
             is_output=index == len(wrappers) - 1,
         )
         for index, wrapper in enumerate(wrappers)
@@ -125,7 +126,7 @@ def prune(model, criterion, *, layers=None):
     for target, weight, (mask, threshold) in zip(targets, masked, new_masks):
         mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
-        weight.threshold.assign(np.float32(threshold))
+        write_threshold(weight.threshold, threshold)
         weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
     for wrapper in wrappers:

@@ -8,6 +8,7 @@ included. Everything lives in Keras variables, so `model.save()` keeps it.
 """
 
 import contextlib
+import math
 import threading
 from typing import NamedTuple
 
@@ -21,6 +22,23 @@ from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
 
 REWIND_TARGETS = ("initial", "rewind_point")
+
+# What a threshold variable holds where there is no threshold (before the first
+# round, or from a criterion without one such as RandomPrune); users see NaN.
+# NaN itself is not stored: multi-process JAX checks that a value put on the
+# devices is the same in every process, and NaN != NaN fails that check.
+NO_THRESHOLD = float("-inf")
+
+
+def read_threshold(variable):
+    """The threshold a `MaskedWeight.threshold` variable holds, NaN where there is none."""
+    value = float(ops.convert_to_numpy(variable.value))
+    return math.nan if value == NO_THRESHOLD else value
+
+
+def write_threshold(variable, threshold):
+    """Stores `threshold` (a float, NaN for none) in a `MaskedWeight.threshold` variable."""
+    variable.assign(NO_THRESHOLD if math.isnan(threshold) else threshold)
 
 
 def assign_copy(variable, value):
@@ -43,7 +61,10 @@ def _weight_key(layer, variable):
 
 
 class MaskedWeight(NamedTuple):
-    """A pruned weight of a wrapped layer and the variables kept beside it."""
+    """A pruned weight of a wrapped layer and the variables kept beside it.
+
+    Read `threshold` with `read_threshold`: it holds -inf where there is none.
+    """
 
     name: str
     variable: keras.Variable
@@ -435,7 +456,7 @@ class PruneWrapper(RewindWrapper):
                 name=f"{_slug(key)}_threshold",
                 shape=(),
                 dtype="float32",
-                initializer=keras.initializers.Constant(float("nan")),
+                initializer=keras.initializers.Constant(NO_THRESHOLD),
                 trainable=False,
             )
             self._mask(variable, mask)
