@@ -573,7 +573,7 @@ def export_tflite(
     if not isinstance(shrink, bool):
         raise ValueError(f"Expected shrink to be True or False. Received: shrink={shrink!r}")
     plain = strip(model) if find_wrappers(model) else model
-    shrunk = None
+    shrunk, shrink_notes = None, []
     if shrink:
         plain, shrunk, shrink_notes = _shrunk(plain)
     try:
