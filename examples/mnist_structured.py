@@ -13,7 +13,7 @@ Then each recipe's last round is shrunk (`tf_lottery.shrink`: a plain, smaller
 dense model), and both it and the dense network of round 0 are exported to
 TFLite and timed in LiteRT: one thread, batch 1, medians of alternating repeats.
 
-    python examples/mnist_structured.py                 # offline defaults, ~3 min on 2 CPUs
+    python examples/mnist_structured.py                 # offline defaults, ~2 min on 2 CPUs
     python examples/mnist_structured.py --seed=1 --recipes=ticket
 """
 
@@ -33,6 +33,7 @@ import mnist  # noqa: E402
 import tf_lottery  # noqa: E402
 
 RECIPES = {"ticket": "init", "han": None}  # recipe: find_winning_ticket's rewind
+PRECISIONS = {"float32": None, "int8": "int8"}  # precision: export_tflite's quantize
 
 flags.DEFINE_integer(
     "rounds", 4, "Pruning rounds; 4 rounds of 20% with --round_to=4 leave about half the units."
@@ -41,6 +42,9 @@ flags.DEFINE_integer("epochs_per_round", 4, "Training epochs in each round.")
 flags.DEFINE_float("rate", 0.2, "Fraction of each layer's surviving units pruned per round.")
 flags.DEFINE_integer("round_to", 4, "Keep each layer's unit count a multiple of this.")
 flags.DEFINE_list("recipes", list(RECIPES), "ticket (rewind to θ0), han (no rewinding), or both.")
+flags.DEFINE_list(
+    "precisions", ["float32", "int8"], "TFLite files to export and time: float32, int8."
+)
 flags.DEFINE_integer("repeats", 7, "LiteRT timing: alternating repeats per model.")
 flags.DEFINE_integer("invokes", 200, "LiteRT timing: invocations timed per repeat.")
 flags.DEFINE_string(
@@ -142,7 +146,7 @@ def run_recipe(recipe, data, out_dir, compile_kwargs):
 def export(name, model, dense, data, folder):
     """Float32 and int8 files of `model`, with their test accuracy in Keras and LiteRT."""
     rows = []
-    for quantize in (None, "int8"):
+    for quantize in (PRECISIONS[p] for p in FLAGS.precisions):
         path = os.path.join(folder, f"{name.split(',')[0].split()[0]}_{quantize or 'float'}.tflite")
         report = tf_lottery.export_tflite(
             model, path, quantize=quantize, representative_data=data.train.x[:300, ..., None]
@@ -165,9 +169,12 @@ def export(name, model, dense, data, folder):
 def main(argv):
     del argv
     data = mnist.load()
-    unknown = [r for r in FLAGS.recipes if r not in RECIPES]
-    if unknown or not FLAGS.recipes:
-        raise app.UsageError(f"--recipes takes ticket and/or han. Received: {FLAGS.recipes}")
+    for name, given, known in (
+        ("recipes", FLAGS.recipes, RECIPES),
+        ("precisions", FLAGS.precisions, PRECISIONS),
+    ):
+        if not given or any(g not in known for g in given):
+            raise app.UsageError(f"--{name} takes some of {list(known)}. Received: {given}")
     out_dir = os.path.join(FLAGS.out_dir, data.name, f"seed_{FLAGS.seed}")
     compile_kwargs = classifier_compile_kwargs(FLAGS.learning_rate)
     finals = {recipe: run_recipe(recipe, data, out_dir, compile_kwargs) for recipe in FLAGS.recipes}
