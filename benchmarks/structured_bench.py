@@ -21,6 +21,7 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The LeNets are the examples' own (examples/models.py).
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 )
@@ -121,12 +122,9 @@ def cpu_name():
 
 
 def span(values, digits=1):
-    low, high = min(values), max(values)
-    return (
-        f"{low:.{digits}f}"
-        if f"{low:.{digits}f}" == f"{high:.{digits}f}"
-        else f"{low:.{digits}f}–{high:.{digits}f}"
-    )
+    """`"4.8"`, or `"4.8–4.9"` when the values differ at that precision."""
+    low, high = (f"{v:.{digits}f}" for v in (min(values), max(values)))
+    return low if low == high else f"{low}–{high}"
 
 
 def main(argv):
