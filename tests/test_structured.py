@@ -251,3 +251,46 @@ def test_structured_bad_input_changes_nothing():
         tl.shrink(keras.Sequential([keras.Input((3,)), L.Dense(4), L.Dense(2)]))
     for variable, value in zip(wrapped.weights, before):
         np.testing.assert_array_equal(_numpy(variable), value)
+
+
+@pytest.mark.parametrize("rewind", ["init", None])
+def test_a_structured_lottery_run_prunes_further_every_round_and_keeps_unit_masks(
+    tmp_path, rewind
+):
+    def build():
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                L.Dense(16, activation="tanh", name="fc"),
+                L.BatchNormalization(name="bn"),
+                L.Dense(3, name="out"),
+            ]
+        )
+        return compile_model(model)
+
+    x, y = _data(build(), n=64)
+    out = str(tmp_path / "run")
+    tl.find_winning_ticket(
+        build,
+        (x, y),
+        validation_data=(x, y),
+        criterion=tl.UnitNorm(0.5),
+        rounds=2,
+        epochs_per_round=2,
+        rewind=rewind,
+        controls=("reinit",) if rewind else (),
+        out_dir=out,
+        fit_kwargs={"batch_size": 16},
+        verbose=0,
+    )
+    arms = ("ticket", "reinit") if rewind else ("ticket",)
+    for arm in arms:
+        model = tl.load_round(build, out, 2, arm=arm)
+        wrapper, bn = model.get_layer("prune_fc"), model.get_layer("rewind_bn")
+        alive = _numpy(wrapper.masks["kernel"]).any(axis=0)
+        assert alive.sum() == 4, arm  # 16 -> 8 -> 4 units
+        np.testing.assert_array_equal(_numpy(wrapper.unit_mask), alive)
+        np.testing.assert_array_equal(_numpy(bn.unit_mask), alive)
+        # Pruned units output exactly zero (tanh(0) = 0, BN β = 0), so shrink removes them.
+        assert _numpy(bn.layer.beta)[~alive].tolist() == [0.0] * 12
+        assert tl.shrink(model).get_layer("fc").units == 4

@@ -101,6 +101,20 @@ def set_masks(model, masks, layers):
     apply_masks(model)
 
 
+def copy_unit_masks(source, target):
+    """Gives `target` the unit masks of `source` (same architecture) and applies them.
+
+    Unit criteria (`tf_lottery.UnitNorm`, ...) mark pruned units in the wrappers'
+    `unit_mask`, beside the kernel masks: a model rewound or reinitialized for a
+    new round needs both, or its pruned units count as alive again and their
+    biases and BatchNormalization parameters train.
+    """
+    for a, b in zip(find_rewind_wrappers(source), find_rewind_wrappers(target)):
+        if a.unit_mask is not None:
+            b.unit_mask.assign(a.unit_mask.value)
+    apply_masks(target)
+
+
 def _state_variables(model):
     """`model`'s weights less the masks and the wrappers' θ0 and rewind-point copies.
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from tf_lottery import pruning
 from tf_lottery.artifacts import check_layers
+from tf_lottery.artifacts import copy_unit_masks
 from tf_lottery.artifacts import describe_layers
 from tf_lottery.artifacts import load_state
 from tf_lottery.artifacts import masks_of
@@ -320,6 +321,7 @@ class _Experiment:
                 for a, b in zip(source.masked_weights, target.masked_weights):
                     b.threshold.assign(a.threshold.value)
             set_masks(model, masks_of(trained, self.layers), self.layers)
+            copy_unit_masks(trained, model)
             return model
         with np.load(RunPaths.masks(self.paths.round_dir(TICKET, round_index))) as archive:
             masks = dict(archive)
@@ -327,6 +329,8 @@ class _Experiment:
             masks = _random_masks(masks, np.random.default_rng(self.seed + round_index))
         model = self.initial_model(arm, round_index)
         set_masks(model, masks, self.layers)
+        if arm == "reinit":  # the ticket's units; its trained state holds its unit masks
+            copy_unit_masks(self.trained_model(TICKET, round_index), model)
         return model
 
     def fit(self, model, folder, round_index):
