@@ -84,6 +84,11 @@ def test_a_layer_the_analysis_does_not_know_blocks_its_group_and_shrink_warns_on
         small = tl.shrink(model)
     assert len([w for w in caught if "double" in str(w.message)]) == 1
     assert small.get_layer("fc1").units == 8 and small.get_layer("fc2").units == 1
+    wrapped = tl.wrap(model)
+    criterion = tl.UnitNorm(0.5)
+    with pytest.warns(UserWarning, match="leaves the units of fc1 as they are: layer 'double'"):
+        tl.prune(wrapped, criterion)
+    np.testing.assert_array_equal(_numpy(wrapped.get_layer("prune_fc1").unit_mask), np.ones(8))
 
 
 def test_unit_norm_masks_the_smallest_columns_exactly():

@@ -14,6 +14,7 @@ or a layer the analysis does not understand are never pruned.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -117,9 +118,11 @@ class UnitCriterion(Criterion):
         self.check(targets)
         wrappers = {id(w.layer): w for w in find_rewind_wrappers(model)}
         selected = {t.layer for t in targets}
+        all_groups = channel_groups(model)
+        self._warn_blocked(all_groups)
         groups = [
             g
-            for g in channel_groups(model)
+            for g in all_groups
             if g.prunable
             and all(id(p) in wrappers and hasattr(wrappers[id(p)], "masks") for p in g.producers)
             and all(p.name in selected for p in g.producers)
@@ -130,6 +133,17 @@ class UnitCriterion(Criterion):
             self._apply(group, pruned, wrappers, masks)
         for target in targets:
             yield masks[(target.layer, target.name)], math.nan
+
+    def _warn_blocked(self, groups):
+        for group in groups:
+            for reason in group.blocked:
+                if group.producers and "layer '" in reason and reason not in self._warned:
+                    self._warned.add(reason)
+                    warnings.warn(
+                        f"{type(self).__name__} leaves the units of {group.name} as they are: "
+                        f"{reason}.",
+                        stacklevel=4,
+                    )
 
     def _alive(self, group, wrappers):
         unit_mask = _read(wrappers[id(group.producers[0])].unit_mask)
