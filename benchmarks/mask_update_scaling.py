@@ -20,12 +20,13 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-import tf_lottery  # noqa: E402
 
 flags.DEFINE_list("sizes", ["1", "10", "50"], "Millions of prunable weights.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds per setting (median).")

@@ -29,6 +29,8 @@ sys.path.insert(
 import datetime  # noqa: E402
 import tempfile  # noqa: E402
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tflite_bench  # noqa: E402
@@ -37,7 +39,6 @@ from absl import flags  # noqa: E402
 from models import lenet5  # noqa: E402
 from models import lenet_300_100  # noqa: E402
 
-import tf_lottery  # noqa: E402
 
 flags.DEFINE_integer(
     "passes", 2, "Timing passes over all files of a model; the table gives the range."

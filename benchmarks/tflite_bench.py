@@ -18,12 +18,13 @@ import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-import tf_lottery  # noqa: E402
 
 flags.DEFINE_integer("repeats", 7, "Alternating repeats per variant.")
 flags.DEFINE_integer("invokes", 300, "Invocations timed per repeat.")

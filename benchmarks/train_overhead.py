@@ -21,12 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import platform  # noqa: E402
 import time  # noqa: E402
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-import tf_lottery  # noqa: E402
 from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_integer("repeats", 9, "Timed epochs per variant (after one warm-up epoch).")

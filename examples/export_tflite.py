@@ -12,6 +12,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: E402
 import keras  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -19,7 +21,6 @@ import mnist  # noqa: E402
 from models import classifier_compile_kwargs  # noqa: E402
 from models import lenet_300_100  # noqa: E402
 
-import tf_lottery  # noqa: E402
 
 flags.DEFINE_float(
     "sparsity", 0.92, "Overall sparsity to reach (Han et al.: 92%, 12x fewer weights)."

@@ -15,6 +15,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: E402
 import keras  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -22,7 +24,6 @@ from models import classifier_compile_kwargs  # noqa: E402
 from models import lenet5  # noqa: E402
 import mnist  # noqa: E402
 
-import tf_lottery  # noqa: E402
 
 flags.DEFINE_float("max_drop", 0.005, "Allowed drop of validation accuracy (0.005 = half a point).")
 flags.DEFINE_list(

@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import time  # noqa: E402
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
@@ -30,7 +32,6 @@ from absl import flags  # noqa: E402
 from models import classifier_compile_kwargs  # noqa: E402
 import mnist  # noqa: E402
 
-import tf_lottery  # noqa: E402
 
 RECIPES = {"ticket": "init", "han": None}  # recipe: find_winning_ticket's rewind
 PRECISIONS = {"float32": None, "int8": "int8"}  # precision: export_tflite's quantize

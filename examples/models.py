@@ -1,5 +1,7 @@
 """The networks of the papers, shared by the examples and benchmarks."""
 
+# First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
+import tf_lottery  # noqa: F401
 import keras
 
 

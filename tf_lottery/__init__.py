@@ -14,13 +14,18 @@ plain = tf_lottery.strip(model)
 """
 
 # Importing Keras loads its backend; TensorFlow's logs that C++ prints at load
-# time ignore TF_CPP_MIN_LOG_LEVEL, so they are captured here and dropped. The
+# time ignore TF_CPP_MIN_LOG_LEVEL, so they are captured here and dropped (import
+# tf_lottery before keras to keep them out of your program's output). The
 # package imports Keras eagerly so that its classes are registered for
 # `keras.models.load_model` as soon as `tf_lottery` is imported.
 from tf_lottery.capture import captured_output as _captured_output
 
 with _captured_output():
-    import keras  # noqa: F401
+    import keras
+
+    # The first tensor initializes the backend's devices, which logs too (cuInit
+    # on a machine without a GPU).
+    keras.ops.convert_to_tensor(0.0)
 
 from tf_lottery.callbacks import IterativePruning  # noqa: E402
 from tf_lottery.criteria import Criterion
