@@ -15,6 +15,7 @@ plain = tf_lottery.strip(model)
 
 from tf_lottery.callbacks import IterativePruning
 from tf_lottery.criteria import Criterion
+from tf_lottery.criteria import NMSparsity
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.criteria import RandomPrune
@@ -25,6 +26,7 @@ from tf_lottery.lottery import find_winning_ticket
 from tf_lottery.lottery import load_round
 from tf_lottery.lottery import plot_history
 from tf_lottery.pruning import apply_masks
+from tf_lottery.pruning import erk_targets
 from tf_lottery.pruning import prune
 from tf_lottery.pruning import reset_optimizer
 from tf_lottery.pruning import rewind
@@ -32,6 +34,10 @@ from tf_lottery.report import LayerSparsity
 from tf_lottery.report import SparsityReport
 from tf_lottery.report import sparsity
 from tf_lottery.saving import load_model
+from tf_lottery.schedules import ConstantSparsity
+from tf_lottery.schedules import EveryEpochs
+from tf_lottery.schedules import PolynomialDecay
+from tf_lottery.schedules import Schedule
 from tf_lottery.sensitivity import SensitivityReport
 from tf_lottery.sensitivity import sensitivity
 from tf_lottery.tflite import ExportError
@@ -50,23 +56,29 @@ from tf_lottery.wrapper import find_wrappers
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConstantSparsity",
     "Criterion",
+    "EveryEpochs",
     "ExportError",
     "ExportReport",
     "IterativePruning",
     "LayerSparsity",
     "LotteryHistory",
+    "NMSparsity",
+    "PolynomialDecay",
     "PruneFraction",
     "PruneTarget",
     "PruneWrapper",
     "RandomPrune",
     "RewindWrapper",
     "RoundResult",
+    "Schedule",
     "SensitivityReport",
     "SparsityReport",
     "StdThreshold",
     "TFLiteReport",
     "apply_masks",
+    "erk_targets",
     "export_tflite",
     "find_rewind_wrappers",
     "find_winning_ticket",
