@@ -13,6 +13,7 @@ plain = tf_lottery.strip(model)
 ```
 """
 
+from tf_lottery.callbacks import GradualPruning
 from tf_lottery.callbacks import IterativePruning
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import NMSparsity
@@ -61,6 +62,7 @@ __all__ = [
     "EveryEpochs",
     "ExportError",
     "ExportReport",
+    "GradualPruning",
     "IterativePruning",
     "LayerSparsity",
     "LotteryHistory",
