@@ -135,7 +135,7 @@ class _EveryFrequencySteps(Schedule):
                 f"{begin_step!r}. Received: end_step={end_step!r}"
             )
         else:
-            self.end_step = end_step
+            self.end_step = int(end_step)
         self.frequency = check_int(frequency, "frequency", minimum=1)
 
     def _due(self, step):

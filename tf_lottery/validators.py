@@ -6,15 +6,17 @@ helps, e.g. an int fraction becomes a float), so callers can write
 `self.rate = check_fraction(rate, "rate")`.
 """
 
+import numbers
+
 
 def is_int(value):
-    """Whether `value` is an int (and not a bool, which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether `value` is an integer, numpy's included (and not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_number(value):
-    """Whether `value` is an int or a float (and not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether `value` is a real number, numpy's included (and not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _fail(argument, expected, value):
@@ -30,7 +32,7 @@ def check_int(value, argument, *, minimum=0, allow_none=False):
             minimum, f"an integer >= {minimum}"
         )
         _fail(argument, expected + (" or None" if allow_none else ""), value)
-    return value
+    return int(value)
 
 
 def check_number(value, argument, *, meaning=""):
