@@ -197,3 +197,41 @@ def test_budget_bad_input():
         tl.sensitivity(model, (x, y), metric="auc")
     with pytest.raises(ValueError, match="layers.*fc9"):
         tl.prune(model, tl.PruneFraction(), layers=["fc9"])
+
+
+def test_erk_targets_work_as_layer_targets():
+    model = compile_model(tl.wrap(mlp(inputs=64, hidden=64, outputs=3)))
+    targets = tl.erk_targets(model, 0.8)
+    # ERK keeps the small output layer denser; the total is the target.
+    assert targets["out"] < targets["fc1"]
+    sizes = {
+        w.layer.name: w.layer.kernel.shape[0] * w.layer.kernel.shape[1]
+        for w in tl.find_wrappers(model)
+    }
+    overall = sum(targets[n] * sizes[n] for n in sizes) / sum(sizes.values())
+    assert overall == pytest.approx(0.8, abs=1e-3)
+    x, y = data(inputs=64)
+    model.fit(
+        x,
+        y,
+        epochs=8,
+        verbose=0,
+        callbacks=[
+            tl.IterativePruning(
+                tl.PruneFraction(0.5, output_rate=0.5), layer_targets=targets, verbose=0
+            )
+        ],
+    )
+    for name, target in targets.items():
+        assert tl.sparsity(model)[name].sparsity >= target
+    # A layer ERK keeps dense (target 0) is never pruned.
+    model = compile_model(tl.wrap(mlp()))
+    model.fit(
+        *data(),
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            tl.IterativePruning(tl.PruneFraction(0.5), layer_targets={"out": 0.0}, verbose=0)
+        ],
+    )
+    assert tl.sparsity(model)["out"].sparsity == 0 and tl.sparsity(model)["fc1"].sparsity > 0
