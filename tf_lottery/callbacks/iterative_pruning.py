@@ -192,6 +192,14 @@ class IterativePruning(keras.callbacks.Callback):
         if logs is not None:
             logs.update(self._logs.figures)
 
+    # The arguments that live in the parts, readable under their own names.
+    every = property(lambda self: self.schedule.every)
+    start = property(lambda self: self.schedule.start)
+    max_drop = property(lambda self: self.drop_rule.max_drop)
+    monitor = property(lambda self: self.drop_rule.monitor)
+    mode = property(lambda self: self.drop_rule.mode)
+    restore_best = property(lambda self: self.drop_rule.restore_best)
+
     @property
     def rounds_done(self):
         """Number of pruning rounds this model has been through."""
