@@ -99,3 +99,14 @@ def test_a_model_pruned_on_another_backend_loads_and_exports_on_tensorflow(backe
     assert report.delegate_ok and report.verification, report
     outputs = tl.run_tflite(str(tmp_path / "model.tflite"), x)
     np.testing.assert_allclose(outputs, np.load(tmp_path / "predictions.npy"), atol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="checks the other backends")
+def test_export_on_another_backend_says_in_one_line_what_to_do(tmp_path):
+    model = tl.wrap(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    )
+    with pytest.raises(tl.ExportError, match=r"KERAS_BACKEND=tensorflow tf-lottery export") as info:
+        tl.export_tflite(model, str(tmp_path / "m.tflite"))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "m.tflite").exists()

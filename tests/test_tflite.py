@@ -1,10 +1,8 @@
 """TFLite export: files LiteRT loads, that match Keras, written atomically."""
 
+import contextlib
 import io
 import os
-import subprocess
-import sys
-import contextlib
 
 import keras
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 
 import tf_lottery as tl
 from tf_lottery import tflite
+from tf_lottery.capture import captured_output
 
 pytestmark = pytest.mark.tensorflow
 
@@ -47,11 +46,8 @@ def test_float_block_sparse_export_loads_matches_and_is_not_densified(tmp_path):
         assert not tensor.densified
     assert "DENSIFY" not in report.ops
     # The file really computes what Keras computes.
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path, num_threads=1)
     x = inputs(8)
-    np.testing.assert_allclose(tflite._run(interpreter, x), model.predict(x, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(tl.run_tflite(path, x), model.predict(x, verbose=0), atol=1e-4)
     assert "block-sparse" in str(report) and "accepted" in str(report)
 
 
@@ -193,39 +189,280 @@ def test_inspect_reads_a_file_made_by_tensorflow_alone(tmp_path):
         tl.inspect_tflite(bad)
 
 
-def _cli(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "tf_lottery.cli", *args], capture_output=True, text=True, env=env
-    )
+def pruned_cnn():
+    """Conv2D -> Flatten -> Dense, 90% unstructured: no sparse int8 kernel for either."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((12, 12, 1))
+    h = L.Conv2D(8, 3, activation="relu", name="conv1")(x)
+    model = tl.wrap(keras.Model(x, L.Dense(10, name="out")(L.Flatten()(h)), name="my_cnn"))
+    tl.prune(model, tl.PruneFraction(0.9, output_rate=0.9))
+    return model, np.random.default_rng(0).normal(size=(300, 12, 12, 1)).astype("float32")
 
 
-def test_cli_export_inspect_summary_and_errors(tmp_path):
-    model = pruned_mlp("tflite-int8", sizes=(64, 32, 10))
-    keras_path = os.path.join(tmp_path, "m.keras")
-    model.save(keras_path)
-    np.savez(os.path.join(tmp_path, "x.npz"), x=inputs(100))
-    out = os.path.join(tmp_path, "m.tflite")
-    result = _cli(
-        "export", keras_path, out, "--quantize", "int8", "--data", os.path.join(tmp_path, "x.npz")
-    )
-    assert result.returncode == 0, result.stderr
-    assert "block-sparse" in result.stdout and os.path.exists(out)
-    result = _cli("inspect", out)
-    assert result.returncode == 0 and "1x16" in result.stdout
-    result = _cli("summary", keras_path)
-    assert result.returncode == 0 and "fc1" in result.stdout and "total" in result.stdout
-    for args, message in [
-        (("summary", os.path.join(tmp_path, "missing.keras")), "No such model file"),
-        (("inspect", os.path.join(tmp_path, "missing.tflite")), "No such .tflite file"),
-        (("export", os.path.join(tmp_path, "x.npz"), out), "Could not load"),
+def two_input_model(heads=("scores",), prune=True):
+    """Inputs 'pixels' (32) and 'meta' (48); Dense kernels pruned 93% in whole 16x1 blocks."""
+    keras.utils.set_random_seed(0)
+    pixels, meta = keras.Input((32,), name="pixels"), keras.Input((48,), name="meta")
+    h = L.Concatenate()([L.Dense(64, name="fc_pixels")(pixels), L.Dense(64, name="fc_meta")(meta)])
+    h = L.Dense(64, activation="relu", name="fc")(h)
+    outputs = [L.Dense(10 if i == 0 else 3, name=head)(h) for i, head in enumerate(heads)]
+    model = tl.wrap(keras.Model([pixels, meta], outputs))
+    if prune:
+        tl.prune(model, tl.PruneFraction(0.93, block=(16, 1), output_rate=0.93))
+    rng = np.random.default_rng(1)
+    data = {"pixels": rng.normal(size=(300, 32)), "meta": rng.normal(size=(300, 48))}
+    return model, {name: x.astype("float32") for name, x in data.items()}
+
+
+def test_int8_cnn_that_litert_cannot_run_falls_back_with_its_layers_named(tmp_path):
+    model, x = pruned_cnn()
+    path = os.path.join(tmp_path, "cnn_int8.tflite")
+    with pytest.raises(tl.ExportError) as raised:
+        tl.export_tflite(model, path, quantize="int8", representative_data=x, fallback="error")
+    message = str(raised.value)
+    assert not os.path.exists(path)
+    # One clean runtime message, separated, no doubled full stops.
+    assert "failed to delegate FULLY_CONNECTED" in message and "failed to prepare" in message
+    assert ".." not in message and "#8Node" not in message and "failed to prepare." not in message
+    # Keras layers and weights, not the converter's tensor names.
+    assert "conv1/kernel [8x3x3x1]" in message and "out/kernel [10x800]" in message
+    assert "Relu" not in message and "StatefulPartitionedCall" not in message
+    assert "prune layer out (Dense) with block='tflite-int8'" in message
+    assert "no sparse int8 kernel for layer conv1 (Conv2D)" in message
+    report = tl.export_tflite(model, path, quantize="int8", representative_data=x)
+    assert "Wrote the dense encoding instead" in report.notes[-1]
+    assert {t.weight for t in report.tensors} == {"conv1/kernel", "out/kernel"}
+    assert all(t.encoding == "dense" for t in report.tensors)
+    assert "conv1/kernel" in str(report)
+    logits = tl.run_tflite(path, x)
+    assert np.mean(logits.argmax(1) == model.predict(x, verbose=0).argmax(1)) > 0.95
+
+
+def test_unrolled_lstm_dynamic_that_litert_cannot_run_falls_back(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4, 32))
+    h = L.LSTM(64, unroll=True, name="lstm")(x)
+    model = tl.wrap(keras.Model(x, L.Dense(4, name="out")(h)))
+    tl.prune(model, tl.PruneFraction(0.9, output_rate=0.9))
+    data = np.random.default_rng(0).normal(size=(100, 4, 32)).astype("float32")
+    path = os.path.join(tmp_path, "lstm.tflite")
+    with pytest.raises(tl.ExportError, match="failed to delegate FULLY_CONNECTED"):
+        tl.export_tflite(
+            model, path, quantize="dynamic", representative_data=data, fallback="error"
+        )
+    assert not os.path.exists(path)
+    report = tl.export_tflite(model, path, quantize="dynamic", representative_data=data)
+    assert "Wrote the dense encoding instead" in report.notes[-1]
+    assert "lstm/kernel" in report.notes[-1] and "of 100 inputs" in report.verification
+
+
+def test_verification_runs_every_given_input_at_the_files_batch_size(tmp_path, monkeypatch):
+    from ai_edge_litert.interpreter import Interpreter
+
+    def no_resize(*args):
+        raise AssertionError("resizing the input makes XNNPACK set its delegate up again")
+
+    monkeypatch.setattr(Interpreter, "resize_tensor_input", no_resize)
+    model = pruned_mlp("tflite-int8", sizes=(64, 32, 10), rounds=2)
+    path = os.path.join(tmp_path, "m.tflite")
+    report = tl.export_tflite(model, path, quantize="int8", representative_data=inputs(400))
+    assert "of 400 inputs" in report.verification
+    report = tl.export_tflite(model, path, representative_data=inputs(1500))
+    assert "on 1000 inputs" in report.verification
+    assert "on 300 inputs" in tl.export_tflite(model, path).verification
+
+
+def test_quantized_verification_needs_enough_inputs_with_a_clear_top_class():
+    def scores(margin):
+        rng = np.random.default_rng(0)
+        scores = rng.uniform(-1, 1, size=(300, 10)).astype("float32")
+        scores[:, 0] = scores[:, 1:].max(1) + margin  # class 0 ahead by `margin`
+        return scores
+
+    expected = scores(0.02)  # under 1% of the output range: not a clear top class ...
+    expected[:3, 0] += 1.0  # ... except for 3 inputs
+    broken = -expected  # a file computing nonsense ...
+    broken[:3] = expected[:3]  # ... that gets the 3 clear ones right
+    ok, line = tflite._compare(expected, broken, "int8", 0.95, step=0.0)
+    assert not ok and "max |error|" in line
+    assert "only 3 of 300 inputs have a clear top class" in line
+    # A margin of 0.1 is clear in float, not against an int8 output step of 0.06.
+    expected = scores(0.1)
+    close = expected + np.random.default_rng(1).uniform(-0.01, 0.01, expected.shape)
+    ok, line = tflite._compare(expected, close, "int8", 0.95, step=0.0)
+    assert ok and "of the 300 of 300 inputs with a clear top class" in line
+    ok, line = tflite._compare(expected, close, "int8", 0.95, step=0.06)
+    assert ok and "only 0 of 300 inputs have a clear top class" in line
+
+
+@pytest.mark.parametrize("quantize", ["float16", "dynamic"])
+def test_sparse_files_with_nan_outputs_are_caught_for_two_input_models(tmp_path, quantize):
+    model, data = two_input_model()
+    path = os.path.join(tmp_path, "m.tflite")
+    report = tl.export_tflite(model, path, quantize=quantize, representative_data=data)
+    assert "not finite" in report.notes[-1] and "dense encoding instead" in report.notes[-1]
+    assert report.verification and "300 inputs" in report.verification
+    assert not any("skipped" in note for note in report.notes)
+    outputs = tl.run_tflite(path, data)
+    assert np.all(np.isfinite(outputs))
+    np.testing.assert_allclose(outputs, model.predict(data, verbose=0), atol=0.1)
+    # The weights are in whole 16x1 blocks already: the advice does not ask for them.
+    if quantize == "dynamic":
+        with pytest.raises(tl.ExportError) as raised:
+            tl.export_tflite(
+                model, path, quantize=quantize, representative_data=data, fallback="error"
+            )
+        assert "prune layer" not in str(raised.value) and "quantize='int8'" in str(raised.value)
+
+
+def test_two_inputs_two_outputs_int8_from_dicts_lists_and_datasets(tmp_path):
+    import tensorflow as tf
+
+    model, data = two_input_model(heads=("scores", "value"))
+    pixels, meta = data["pixels"], data["meta"]
+    path = os.path.join(tmp_path, "m.tflite")
+    expected = model.predict([pixels, meta], verbose=0)
+    labels = np.zeros(len(pixels), "int32")
+    for representative_data in (
+        data,
+        [pixels, meta],
+        tf.data.Dataset.from_tensor_slices((data, labels)).batch(64),
+        tf.data.Dataset.from_tensor_slices((pixels, meta)).batch(64),
+    ):
+        report = tl.export_tflite(
+            model, path, quantize="int8", representative_data=representative_data
+        )
+        assert (
+            "scores: argmax agrees" in report.verification
+            and "of 300 inputs" in report.verification
+        )
+        assert "value: " in report.verification
+        by_name = tl.run_tflite(path, data)
+        in_file_order = tl.run_tflite(path, [meta, pixels])  # the signature's, by name
+        for outputs in (by_name, in_file_order):
+            scores, value = outputs
+            assert scores.shape == (300, 10) and value.shape == (300, 3)
+            assert np.mean(scores.argmax(1) == expected[0].argmax(1)) > 0.9
+            np.testing.assert_allclose(value, expected[1], atol=0.3)
+
+
+def test_representative_data_that_does_not_fit_is_refused_with_what_fits(tmp_path):
+    model, data = two_input_model(prune=False)
+    path = os.path.join(tmp_path, "m.tflite")
+    for bad, message in [
+        (
+            {"pixels": data["pixels"]},
+            r"by name: \['pixels', 'meta'\]. Received: .* keys \['pixels'\]",
+        ),
+        ([data["meta"], data["pixels"]], r"input 'pixels' to be a batch of shape \(None, 32\)"),
+        (data["pixels"], "a list or a dict of 2 arrays"),
     ]:
-        result = _cli(*args)
-        assert result.returncode == 2 and message in result.stderr
-        assert "Traceback" not in result.stderr
-    corrupt = os.path.join(tmp_path, "corrupt.keras")
-    open(corrupt, "wb").write(open(keras_path, "rb").read()[:100])
-    result = _cli("summary", corrupt)
-    assert (
-        result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+        with pytest.raises(ValueError, match=message):
+            tl.export_tflite(model, path, quantize="int8", representative_data=bad)
+    with pytest.raises(ValueError, match=r"Received: representative_data of shape \(\)"):
+        tl.export_tflite(pruned_mlp("tflite-int8"), path, representative_data=np.float32(1))
+    with pytest.raises(ValueError, match="by name"):
+        tl.run_tflite(tl.export_tflite(model, path).path, {"image": data["pixels"]})
+    assert os.path.exists(path)
+
+
+def test_export_prints_nothing_and_keeps_the_converters_chatter_out_of_the_report(tmp_path, capfd):
+    model = pruned_mlp("tflite-int8", sizes=(64, 32, 10), rounds=2)
+    x = inputs(200)
+    capfd.readouterr()
+    report = tl.export_tflite(
+        model, os.path.join(tmp_path, "m.tflite"), quantize="int8", representative_data=x
     )
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert not report.notes
+
+
+def test_a_sparse_encoding_larger_than_the_dense_one_is_not_written(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tl.wrap(keras.Sequential([keras.Input((8,)), L.Dense(4, name="out")]))
+    tl.prune(model, tl.PruneFraction(0.5, output_rate=0.5))
+    report = tl.export_tflite(model, os.path.join(tmp_path, "m.tflite"))
+    assert report.size == report.dense_size
+    assert "not smaller than the dense one" in report.notes[-1]
+    assert all(t.encoding == "dense" for t in report.tensors)
+
+
+def test_run_tflite_quantizes_the_inputs_and_dequantizes_the_outputs_of_integer_files(tmp_path):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16,)), L.Dense(8, activation="relu"), L.Dense(4)])
+    x = inputs(100, 16)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[i : i + 1]] for i in range(len(x)))
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    with captured_output():
+        content = converter.convert()
+    outputs = tl.run_tflite(content, x)
+    assert outputs.dtype == np.float32
+    np.testing.assert_allclose(outputs, model.predict(x, verbose=0), atol=0.1)
+
+
+class SubclassedForExport(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = tl.PruneWrapper(keras.layers.Dense(16, activation="relu"))
+        self.out = tl.PruneWrapper(keras.layers.Dense(3))
+
+    def call(self, x):
+        return self.out(self.fc(x))
+
+
+keras.saving.register_keras_serializable(package="tests")(SubclassedForExport)
+
+
+@pytest.mark.parametrize("stripped", [False, True])
+def test_a_subclassed_model_exports_like_any_other(tmp_path, stripped):
+    x = inputs(64, 20)
+    model = SubclassedForExport()
+    model(x[:1])
+    tl.prune(model, tl.PruneFraction(0.5))
+    if stripped:
+        model = tl.strip(model)
+    path = str(tmp_path / "sub.tflite")
+    report = tl.export_tflite(model, path, representative_data=x)
+    assert report.verification
+    np.testing.assert_allclose(tl.run_tflite(path, x), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_a_mixed_precision_model_exports_in_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential(
+            [
+                keras.Input((6, 6, 1)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, dtype="float32"),
+            ]
+        )
+        wrapped = tl.wrap(model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    x = np.random.default_rng(0).normal(size=(32, 6, 6, 1)).astype("float32")
+    report = tl.export_tflite(wrapped, str(tmp_path / "mp.tflite"), representative_data=x)
+    assert any("float32" in note for note in report.notes) and report.verification
+
+
+def test_an_lstm_exports_with_a_fixed_batch_size_and_says_so_when_it_cannot(tmp_path):
+    model = keras.Sequential([keras.Input((5, 4)), keras.layers.LSTM(6), keras.layers.Dense(2)])
+    wrapped = tl.wrap(model)
+    tl.prune(wrapped, tl.PruneFraction(0.5))
+    x = np.random.default_rng(0).normal(size=(16, 5, 4)).astype("float32")
+    with pytest.raises(tl.ExportError, match="batch_size=1"):
+        tl.export_tflite(wrapped, str(tmp_path / "lstm.tflite"), representative_data=x)
+    assert not (tmp_path / "lstm.tflite").exists()
+    path = str(tmp_path / "lstm1.tflite")
+    report = tl.export_tflite(wrapped, path, representative_data=x, batch_size=1)
+    assert report.verification
+    np.testing.assert_allclose(tl.run_tflite(path, x), wrapped.predict(x, verbose=0), atol=1e-5)
+    flex = tl.export_tflite(wrapped, str(tmp_path / "flex.tflite"), select_tf_ops=True)
+    assert any("Flex delegate" in note for note in flex.notes) and not flex.delegate_ok

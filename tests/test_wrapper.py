@@ -235,12 +235,11 @@ def test_initial_weights_are_the_fresh_weights_and_a_rewind_lands_on_them(build)
             initial = saved.initial.numpy()
             if (w.name, saved.name) in first:
                 np.testing.assert_array_equal(initial, first[(w.name, saved.name)])
-            if saved.mask is None:
-                np.testing.assert_array_equal(saved.variable.numpy(), initial)
-                continue
-            assert np.count_nonzero(initial) == initial.size, "θ0 has zeros"
-            np.testing.assert_array_equal(saved.variable.numpy(), initial * saved.mask.numpy())
-            assert np.count_nonzero(saved.variable.numpy()) == saved.mask.numpy().sum()
+            mask = np.ones_like(initial) if saved.mask is None else saved.mask.numpy()
+            np.testing.assert_array_equal(saved.variable.numpy(), initial * mask)
+            if saved.name == "kernel":
+                assert np.count_nonzero(initial) == initial.size, "θ0 has zeros"
+                assert np.count_nonzero(saved.variable.numpy()) == mask.sum()
 
 
 def test_strip_gives_a_plain_model_with_the_same_predictions(tmp_path):
@@ -289,6 +288,22 @@ def test_weights_h5_round_trip(tmp_path):
     other.load_weights(path)
     for a, b in zip(wrapped.weights, other.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_no_threshold_reads_as_nan_but_no_variable_holds_nan():
+    # Multi-process JAX refuses to put a NaN on its devices (NaN != NaN in its
+    # same-value-in-every-process check), so "no threshold" is stored as -inf.
+    from tf_lottery.wrapper import read_threshold
+
+    wrapped = tl.wrap(mlp())
+    thresholds = [m.threshold for w in tl.find_wrappers(wrapped) for m in w.masked_weights]
+    assert all(np.isnan(read_threshold(t)) for t in thresholds)
+    # A rate too small to prune a single weight: the round has no threshold.
+    assert all(np.isnan(t) for t in tl.prune(wrapped, tl.PruneFraction(0.001)).values())
+    assert all(np.isnan(read_threshold(t)) for t in thresholds)
+    assert not any(np.isnan(keras.ops.convert_to_numpy(v.value)).any() for v in wrapped.weights)
+    thresholds_used = tl.prune(wrapped, tl.PruneFraction(0.5))
+    assert [read_threshold(t) for t in thresholds] == list(thresholds_used.values())
 
 
 def test_wrapper_get_config_round_trip():

@@ -13,8 +13,17 @@ plain = tf_lottery.strip(model)
 ```
 """
 
-from tf_lottery.callbacks import GradualPruning
-from tf_lottery.callbacks import IterativePruning
+# Importing Keras loads its backend; TensorFlow's logs that C++ prints at load
+# time ignore TF_CPP_MIN_LOG_LEVEL, so they are captured here and dropped. The
+# package imports Keras eagerly so that its classes are registered for
+# `keras.models.load_model` as soon as `tf_lottery` is imported.
+from tf_lottery.capture import captured_output as _captured_output
+
+with _captured_output():
+    import keras  # noqa: F401
+
+from tf_lottery.callbacks import GradualPruning  # noqa: E402
+from tf_lottery.callbacks import IterativePruning  # noqa: E402
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import NMSparsity
 from tf_lottery.criteria import PruneFraction
@@ -39,6 +48,13 @@ from tf_lottery.schedules import ConstantSparsity
 from tf_lottery.schedules import EveryEpochs
 from tf_lottery.schedules import PolynomialDecay
 from tf_lottery.schedules import Schedule
+from tf_lottery.shrink import ShrinkReport
+from tf_lottery.shrink import shrink
+from tf_lottery.shrink import shrink_report
+from tf_lottery.structured import BatchNormScale
+from tf_lottery.structured import UnitCriterion
+from tf_lottery.structured import UnitNorm
+from tf_lottery.structured import UnitStdThreshold
 from tf_lottery.sensitivity import SensitivityReport
 from tf_lottery.sensitivity import sensitivity
 from tf_lottery.tflite import ExportError
@@ -57,6 +73,7 @@ from tf_lottery.wrapper import find_wrappers
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNormScale",
     "ConstantSparsity",
     "Criterion",
     "EveryEpochs",
@@ -76,9 +93,13 @@ __all__ = [
     "RoundResult",
     "Schedule",
     "SensitivityReport",
+    "ShrinkReport",
     "SparsityReport",
     "StdThreshold",
     "TFLiteReport",
+    "UnitCriterion",
+    "UnitNorm",
+    "UnitStdThreshold",
     "apply_masks",
     "erk_targets",
     "export_tflite",
@@ -94,6 +115,8 @@ __all__ = [
     "rewind",
     "run_tflite",
     "sensitivity",
+    "shrink",
+    "shrink_report",
     "sparsity",
     "strip",
     "wrap",

@@ -17,7 +17,9 @@ import numpy as np
 
 from tf_lottery.files import write_atomically
 from tf_lottery.pruning import apply_masks
+from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
+from tf_lottery.wrapper import read_threshold
 
 
 def describe_layers(model):
@@ -89,10 +91,7 @@ def masks_of(model, layers):
 
 def thresholds_of(model, layers):
     """A dict from "layer/weight" to the last round's threshold (NaN before one)."""
-    return {
-        key: float(keras.ops.convert_to_numpy(masked.threshold.value))
-        for key, masked in _keys(model, layers)
-    }
+    return {key: read_threshold(masked.threshold) for key, masked in _keys(model, layers)}
 
 
 def set_masks(model, masks, layers):
@@ -109,7 +108,7 @@ def _state_variables(model):
     """
     copies = {
         id(variable)
-        for wrapper in find_wrappers(model)
+        for wrapper in find_rewind_wrappers(model)
         for saved in wrapper.saved_weights
         for variable in (saved.initial, saved.rewind_point)
     }

@@ -266,6 +266,11 @@ class Criterion:
     # can ask for a target sparsity (see `compute_target_masks`).
     accepts_target = False
 
+    # A criterion that needs the model (its graph, batches of data), not only one
+    # tensor at a time, sets this: `prune` then calls
+    # `compute_masks(targets, model=model)`. The unit criteria do.
+    uses_model = False
+
     def __init__(self, block=(1, 1), block_pooling="avg"):
         self.block = _check_block(block)
         self.block_pooling = check_choice(block_pooling, "block_pooling", ("avg", "max"))

@@ -9,12 +9,15 @@ from keras.src.models.functional import Functional
 
 __all__ = [
     "direct_sublayers",
+    "graph_nodes",
+    "graph_outputs",
     "flatten_layers",
     "get_stateless_scope",
     "input_shape_arg",
     "is_graph_model",
     "optimizer_model_variables",
     "own_variables",
+    "tensor_key",
 ]
 
 
@@ -63,3 +66,43 @@ def optimizer_model_variables(optimizer):
     optimizer only keeps them privately.
     """
     return list(optimizer._trainable_variables)
+
+
+def graph_nodes(model):
+    """The calls of a Sequential or Functional `model`, in topological order.
+
+    Keras keeps the graph of layer calls in private nodes; `model.operations`
+    lists the layers but not which tensor feeds which.
+
+    Returns:
+        A list of `(operation, input_tensors, output_tensors)`, one per call, each
+        call once, producers before consumers.
+    """
+    graph = getattr(model, "_functional", model)  # Sequential keeps a Functional inside
+    order, seen = [], set()
+
+    def visit(tensor):
+        operation, node_index, _ = tensor._keras_history
+        key = (id(operation), node_index)
+        if key in seen:
+            return
+        seen.add(key)
+        node = operation._inbound_nodes[node_index]
+        for parent in node.input_tensors:
+            visit(parent)
+        order.append((operation, list(node.input_tensors), list(node.output_tensors)))
+
+    for output in graph.outputs:
+        visit(output)
+    return order
+
+
+def tensor_key(tensor):
+    """A hashable key for a symbolic tensor of a model's graph."""
+    operation, node_index, tensor_index = tensor._keras_history
+    return id(operation), node_index, tensor_index
+
+
+def graph_outputs(model):
+    """The output tensors of a Sequential or Functional `model`'s graph."""
+    return list(getattr(model, "_functional", model).outputs)

@@ -16,6 +16,8 @@ from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
+from tf_lottery.wrapper import read_threshold
+from tf_lottery.wrapper import write_threshold
 
 
 def require_wrappers(model, caller):
@@ -43,7 +45,7 @@ def prune_targets(wrappers, layers=None):
             layer_type=type(wrapper.layer).__name__,
             weight=masked.variable,
             mask=masked.mask,
-            threshold=float(keras.ops.convert_to_numpy(masked.threshold.value)),
+            threshold=read_threshold(masked.threshold),
             is_output=index == len(wrappers) - 1,
         )
         for index, wrapper in enumerate(wrappers)
@@ -116,17 +118,19 @@ def prune(model, criterion, *, layers=None, sparsity=None):
     masked = [
         m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights
     ]
-    if sparsity is None:
-        masks = criterion.compute_masks(targets)
-    else:
+    if sparsity is not None:
         masks = criterion.compute_target_masks(targets, sparsity)
+    elif criterion.uses_model:
+        masks = criterion.compute_masks(targets, model=model)
+    else:
+        masks = criterion.compute_masks(targets)
     thresholds = {}
     # The masks come from a generator: each tensor is read, masked and written
     # before the next is read, so a round holds about one tensor in memory.
     for target, weight, (mask, threshold) in zip(targets, masked, masks):
         mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
-        weight.threshold.assign(np.float32(threshold))
+        write_threshold(weight.threshold, threshold)
         weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
     for wrapper in wrappers:
@@ -237,7 +241,8 @@ def apply_masks(model):
     tf_lottery.apply_masks(model)  # only needed after manual weight edits
     ```
     """
-    for wrapper in require_wrappers(model, "tf_lottery.apply_masks()"):
+    require_wrappers(model, "tf_lottery.apply_masks()")
+    for wrapper in find_rewind_wrappers(model):
         wrapper.apply_masks()
 
 

@@ -31,6 +31,22 @@ _PRUNABLE_NAMES = (
 )
 
 
+# Layers whose output units (kernel columns, bias entries) can be pruned whole.
+UNIT_LAYERS = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+)
+
+
+def has_unit_axis(layer):
+    """Whether `layer`'s output units can be pruned whole (Dense, convolutions)."""
+    return isinstance(layer, UNIT_LAYERS)
+
+
 def is_prunable(layer):
     """Returns whether `layer` has weights that tf_lottery knows how to prune.
 

@@ -82,7 +82,7 @@ def _copy_weights(source, target, masked):
             assign_copy(variable, value)
 
 
-def _fresh_copy(layer):
+def fresh_copy(layer):
     """A new layer like `layer`, or `layer` itself when it holds no variables.
 
     A layer without variables (Lambda, Flatten, activations) can serve the copy
@@ -174,7 +174,7 @@ def wrap(model, *, exclude=()):
         )
 
     def clone_function(layer):
-        copy = _fresh_copy(layer)
+        copy = fresh_copy(layer)
         if copy is layer or not isinstance(layer, keras.layers.Layer) or not layer.trainable:
             return copy
         # Built like the original, so layers whose build takes more than one
@@ -221,7 +221,7 @@ def strip(model):
     if keras_private.is_graph_model(model):
         clone = keras.models.clone_model(
             model,
-            clone_function=lambda layer: _fresh_copy(
+            clone_function=lambda layer: fresh_copy(
                 layer.layer if isinstance(layer, RewindWrapper) else layer
             ),
             recursive=True,

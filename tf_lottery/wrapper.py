@@ -8,6 +8,7 @@ included. Everything lives in Keras variables, so `model.save()` keeps it.
 """
 
 import contextlib
+import math
 import threading
 from typing import NamedTuple
 
@@ -16,10 +17,28 @@ from keras import ops
 
 from tf_lottery import keras_private
 from tf_lottery.keras_private import get_stateless_scope
+from tf_lottery.registry import has_unit_axis
 from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
 
 REWIND_TARGETS = ("initial", "rewind_point")
+
+# What a threshold variable holds where there is no threshold (before the first
+# round, or from a criterion without one such as RandomPrune); users see NaN.
+# NaN itself is not stored: multi-process JAX checks that a value put on the
+# devices is the same in every process, and NaN != NaN fails that check.
+NO_THRESHOLD = float("-inf")
+
+
+def read_threshold(variable):
+    """The threshold a `MaskedWeight.threshold` variable holds, NaN where there is none."""
+    value = float(ops.convert_to_numpy(variable.value))
+    return math.nan if value == NO_THRESHOLD else value
+
+
+def write_threshold(variable, threshold):
+    """Stores `threshold` (a float, NaN for none) in a `MaskedWeight.threshold` variable."""
+    variable.assign(NO_THRESHOLD if math.isnan(threshold) else threshold)
 
 
 def assign_copy(variable, value):
@@ -42,7 +61,10 @@ def _weight_key(layer, variable):
 
 
 class MaskedWeight(NamedTuple):
-    """A pruned weight of a wrapped layer and the variables kept beside it."""
+    """A pruned weight of a wrapped layer and the variables kept beside it.
+
+    Read `threshold` with `read_threshold`: it holds -inf where there is none.
+    """
 
     name: str
     variable: keras.Variable
@@ -207,6 +229,9 @@ class RewindWrapper(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._saved = []
+        self._constraints = []
+        self._mask_pairs = []
+        self.unit_mask = None
 
     def _build_layer(self, input_shape):
         if self.layer.built:
@@ -246,13 +271,40 @@ class RewindWrapper(keras.layers.Wrapper):
             trainable=False,
         )
 
+    def _mask(self, variable, mask):
+        """Installs `mask` as `variable`'s constraint, after the one it had."""
+        constraint = MaskConstraint(mask, variable.constraint)
+        variable.constraint = constraint
+        self._constraints.append(constraint)
+        self._mask_pairs.append((variable, mask))
+
+    def _add_unit_mask(self, size, variables):
+        """A 0/1 mask over the layer's output units, kept on `variables` (biases, BN γ and β).
+
+        Unit criteria zero a pruned unit here, so that its whole channel is
+        exactly zero and `shrink` can remove it wherever it goes.
+        """
+        self.unit_mask = self.add_weight(
+            name="unit_mask", shape=(size,), dtype="float32", initializer="ones", trainable=False
+        )
+        for variable in variables:
+            self._mask(variable, self.unit_mask)
+        return {id(variable): self.unit_mask for variable in variables}
+
     def build(self, input_shape=None):
         self._build_layer(input_shape)
-        self._add_saved_copies({})
+        masks = {}
+        if isinstance(self.layer, keras.layers.BatchNormalization):
+            channels = self.layer.moving_mean.shape[0]
+            scales = [v for v in (self.layer.gamma, self.layer.beta) if v is not None]
+            masks = self._add_unit_mask(channels, scales)
+        self._add_saved_copies(masks)
         self._add_rewind_epoch()
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
+        for constraint in self._constraints:
+            constraint.remember_step_mask()
         return self.layer(inputs, *args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
@@ -276,6 +328,12 @@ class RewindWrapper(keras.layers.Wrapper):
     def initial_weights(self):
         """A dict from weight name to its initial-weights (θ0) variable."""
         return {s.name: s.initial for s in self._saved}
+
+    def apply_masks(self):
+        """Multiplies every masked weight by its mask: pruned weights, and the biases
+        (or BatchNormalization γ and β) of pruned units."""
+        for variable, mask in self._mask_pairs:
+            variable.assign(ops.multiply(variable.value, ops.cast(mask.value, variable.dtype)))
 
     @property
     def has_rewind_point(self):
@@ -314,7 +372,7 @@ class RewindWrapper(keras.layers.Wrapper):
         for saved in self._saved:
             value = getattr(saved, to).value
             if saved.mask is not None:
-                value = ops.multiply(value, saved.mask.value)
+                value = ops.multiply(value, ops.cast(saved.mask.value, value.dtype))
             assign_copy(saved.variable, value)
 
 
@@ -375,7 +433,6 @@ class PruneWrapper(RewindWrapper):
             )
         super().__init__(layer, **kwargs)
         self._masked = []
-        self._constraints = []
 
     def _prunable_weights(self):
         """The variables of the built layer that get masks; the registry's choice."""
@@ -403,14 +460,18 @@ class PruneWrapper(RewindWrapper):
                 name=f"{_slug(key)}_threshold",
                 shape=(),
                 dtype="float32",
-                initializer=keras.initializers.Constant(float("nan")),
+                initializer=keras.initializers.Constant(NO_THRESHOLD),
                 trainable=False,
             )
-            constraint = MaskConstraint(mask, variable.constraint)
-            variable.constraint = constraint
-            self._constraints.append(constraint)
+            self._mask(variable, mask)
             masks[id(variable)] = mask
             self._masked.append(MaskedWeight(key, variable, mask, threshold))
+        if has_unit_axis(self.layer):
+            bias = [self.layer.bias] if getattr(self.layer, "bias", None) is not None else []
+            units = self.layer.kernel.shape[-1]
+            if isinstance(self.layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+                units *= self.layer.kernel.shape[-2]
+            masks.update(self._add_unit_mask(units, bias))
         self._add_saved_copies(masks)
         self.pruning_round = self.add_weight(
             name="pruning_round", shape=(), dtype="int32", initializer="zeros", trainable=False
@@ -434,11 +495,6 @@ class PruneWrapper(RewindWrapper):
             return
         super().load_own_variables(store)
 
-    def call(self, inputs, *args, **kwargs):
-        for constraint in self._constraints:
-            constraint.remember_step_mask()
-        return self.layer(inputs, *args, **kwargs)
-
     @property
     def masked_weights(self):
         """The pruned weights, each a `MaskedWeight(name, variable, mask, threshold)`."""
@@ -448,11 +504,6 @@ class PruneWrapper(RewindWrapper):
     def masks(self):
         """A dict from weight name (e.g. `"kernel"`) to its mask variable."""
         return {m.name: m.mask for m in self._masked}
-
-    def apply_masks(self):
-        """Sets the pruned weights to zero (weight = weight * mask)."""
-        for masked in self._masked:
-            masked.variable.assign(ops.multiply(masked.variable.value, masked.mask.value))
 
 
 def find_wrappers(model):

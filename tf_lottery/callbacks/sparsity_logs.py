@@ -1,8 +1,7 @@
 """The sparsity figures a pruning callback adds to each epoch's logs."""
 
-import keras
-
 from tf_lottery.report import sparsity
+from tf_lottery.wrapper import read_threshold
 
 
 class SparsityLogs:
@@ -33,5 +32,5 @@ class SparsityLogs:
         self.figures.update({f"sparsity/{r.layer}": r.sparsity for r in self.report.layers})
         for wrapper in self.wrappers:
             for masked in wrapper.masked_weights:
-                threshold = float(keras.ops.convert_to_numpy(masked.threshold.value))
+                threshold = read_threshold(masked.threshold)
                 self.figures[f"threshold/{wrapper.layer.name}/{masked.name}"] = threshold

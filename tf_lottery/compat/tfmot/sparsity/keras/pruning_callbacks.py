@@ -8,6 +8,7 @@ import numpy as np
 from tf_lottery.callbacks.scheduled_masks import ScheduledMasks
 from tf_lottery.compat.tfmot.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 from tf_lottery.wrapper import find_wrappers
+from tf_lottery.wrapper import read_threshold
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
@@ -87,9 +88,8 @@ class PruningSummaries(keras.callbacks.TensorBoard):
         for wrapper in find_wrappers(self.model):
             for masked in wrapper.masked_weights:
                 mask = keras.ops.convert_to_numpy(masked.mask.value)
-                threshold = keras.ops.convert_to_numpy(masked.threshold.value)
                 values[f"{masked.mask.path}/sparsity"] = 1 - float(np.mean(mask))
-                values[f"{masked.threshold.path}/threshold"] = float(threshold)
+                values[f"{masked.threshold.path}/threshold"] = read_threshold(masked.threshold)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         # What tf.summary.scalar writes, without the tensorboard package it needs.
         scalar = self._tf.compat.v1.SummaryMetadata()

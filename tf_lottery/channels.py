@@ -1,0 +1,330 @@
+"""Channel groups: which output units of a model have to be removed together.
+
+Removing output unit c of a Dense or convolution layer changes every layer its
+output reaches: the rows of the next layer's kernel, the parameters of a
+BatchNormalization or depthwise convolution in between, and, through a residual
+`Add`, the units of every other layer added to it. `channel_groups(model)` walks
+the model's graph once and returns these dependencies, in the manner of
+Torch-Pruning's dependency graph (Fang et al. 2023, "DepGraph").
+
+Each group is one channel space: the output units of one or more producers
+(Dense and convolutions; several when joined by an elementwise merge), the
+layers whose per-channel parameters follow those units (BatchNormalization,
+DepthwiseConv with depth_multiplier 1), and the layers that read them
+(consumers, with where the channels sit in their input). A group whose channels
+reach a layer the analysis does not understand (a `Lambda`, a custom layer, a
+`Reshape`, a nested model) or the model's output is *blocked*: it is never
+pruned or shrunk, and `blocked` says why.
+
+The analysis sees through `PruneWrapper` and `RewindWrapper`.
+"""
+
+import dataclasses
+import math
+
+import keras
+
+from tf_lottery import keras_private
+from tf_lottery.wrapper import RewindWrapper
+
+L = keras.layers
+
+PRODUCERS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)
+DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+# Layers that act on each channel separately and keep the channel axis last.
+ELEMENTWISE = (
+    L.Activation,
+    L.ReLU,
+    L.LeakyReLU,
+    L.ELU,
+    L.Softmax,  # only over another axis: checked in _is_elementwise
+    L.Dropout,
+    L.SpatialDropout1D,
+    L.SpatialDropout2D,
+    L.SpatialDropout3D,
+    L.GaussianNoise,
+    L.GaussianDropout,
+    L.Identity,
+    L.MaxPooling1D,
+    L.MaxPooling2D,
+    L.MaxPooling3D,
+    L.AveragePooling1D,
+    L.AveragePooling2D,
+    L.AveragePooling3D,
+    L.ZeroPadding1D,
+    L.ZeroPadding2D,
+    L.ZeroPadding3D,
+    L.Cropping1D,
+    L.Cropping2D,
+    L.Cropping3D,
+    L.UpSampling1D,
+    L.UpSampling2D,
+    L.UpSampling3D,
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D,
+    L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D,
+    L.GlobalMaxPooling3D,
+)
+MERGES = (L.Add, L.Subtract, L.Multiply, L.Maximum, L.Minimum, L.Average)
+
+
+@dataclasses.dataclass
+class Consumer:
+    """A layer that reads a group's channels.
+
+    Attributes:
+        layer: The layer (Dense or convolution, unwrapped).
+        tensor: The symbolic tensor it reads them from.
+        offset: Where the group's first channel sits in the layer's input channels.
+        width: The number of channels of the layer's input.
+        positions: 1, or the number of spatial positions when a `Flatten` lies
+            between: input row `p * width + offset + c` then carries channel c.
+    """
+
+    layer: keras.layers.Layer
+    tensor: object
+    offset: int
+    width: int
+    positions: int = 1
+
+    def rows(self, channel):
+        """The input rows of `layer`'s kernel that read `channel` of the group."""
+        return [p * self.width + self.offset + channel for p in range(self.positions)]
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    """Channels that must be removed together; see the module docstring.
+
+    Attributes:
+        size: Number of channels.
+        producers: Layers whose output units are these channels.
+        followers: `(layer, offset)` of BatchNormalization and depthwise layers
+            whose per-channel parameters follow the channels.
+        consumers: `Consumer`s reading them.
+        blocked: Why the group cannot be pruned; empty if it can.
+    """
+
+    size: int
+    producers: list = dataclasses.field(default_factory=list)
+    followers: list = dataclasses.field(default_factory=list)
+    consumers: list = dataclasses.field(default_factory=list)
+    blocked: list = dataclasses.field(default_factory=list)
+
+    @property
+    def prunable(self):
+        return bool(self.producers) and not self.blocked
+
+    @property
+    def name(self):
+        """The producers' names, for messages: `"conv1+conv2"`."""
+        return "+".join(p.name for p in self.producers) or "(no producer)"
+
+
+def _inner(operation):
+    return operation.layer if isinstance(operation, RewindWrapper) else operation
+
+
+def _channels_last(layer):
+    return getattr(layer, "data_format", "channels_last") == "channels_last"
+
+
+def _last_axis(layer, attribute, rank):
+    axis = getattr(layer, attribute, -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return False
+        axis = axis[0]
+    return axis in (-1, rank - 1)
+
+
+class _Spaces:
+    """Union-find over channel spaces; each space becomes a `ChannelGroup`."""
+
+    def __init__(self):
+        self.parent = []
+        self.groups = []
+
+    def new(self, size, blocked=None):
+        self.parent.append(len(self.parent))
+        self.groups.append(ChannelGroup(size, blocked=[blocked] if blocked else []))
+        return len(self.parent) - 1
+
+    def find(self, space):
+        while self.parent[space] != space:
+            self.parent[space] = self.parent[self.parent[space]]
+            space = self.parent[space]
+        return space
+
+    def group(self, space):
+        return self.groups[self.find(space)]
+
+    def union(self, a, b):
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        self.parent[b] = a
+        ga, gb = self.groups[a], self.groups[b]
+        ga.producers += gb.producers
+        ga.followers += gb.followers
+        ga.consumers += gb.consumers
+        ga.blocked += gb.blocked
+
+    def block(self, description, reason):
+        if description is None:
+            return
+        for space, _ in description.segments:
+            group = self.group(space)
+            if reason not in group.blocked:
+                group.blocked.append(reason)
+
+    def result(self):
+        roots = sorted({self.find(s) for s in range(len(self.parent))})
+        return [self.groups[r] for r in roots]
+
+
+@dataclasses.dataclass
+class _Description:
+    """The channels of one tensor: `(space, offset)` segments, and Flatten positions."""
+
+    segments: list
+    width: int
+    positions: int = 1
+
+
+def _unknown(spaces, layer, inputs, outputs, why=None):
+    kind = "nested model" if keras_private.is_graph_model(layer) else type(layer).__name__
+    reason = why or (
+        f"layer '{layer.name}' ({kind}) reads them, and how it maps channels is not known"
+    )
+    for description in inputs:
+        spaces.block(description, reason)
+    described = []
+    for tensor in outputs:
+        width = tensor.shape[-1] if tensor.shape else None
+        if width is None:
+            described.append(None)
+            continue
+        space = spaces.new(width, f"they come from layer '{layer.name}' ({kind})")
+        described.append(_Description([(space, 0)], width))
+    return described
+
+
+def _is_elementwise(layer, rank):
+    if isinstance(layer, L.Softmax):
+        return not _last_axis(layer, "axis", rank)
+    return isinstance(layer, ELEMENTWISE) and _channels_last(layer)
+
+
+def _flattened(description, shape):
+    positions = math.prod(shape[1:-1])
+    return _Description(description.segments, description.width, positions)
+
+
+def channel_groups(model):
+    """Returns the `ChannelGroup`s of a Sequential or Functional `model`.
+
+    Args:
+        model: A built Sequential or Functional model, wrapped or not.
+
+    Returns:
+        A list of `ChannelGroup`s, in the order of their first producer.
+
+    Example:
+
+    ```python
+    for group in tf_lottery.channels.channel_groups(model):
+        print(group.name, group.size, group.blocked or "prunable")
+    ```
+    """
+    if not keras_private.is_graph_model(model):
+        raise ValueError(
+            "Channel groups need the graph of a Sequential or Functional model. Received: "
+            f"model of type {type(model).__name__}; a subclassed model has no graph to read."
+        )
+    spaces = _Spaces()
+    described = {}  # tensor key -> _Description, or None when unknown
+    for operation, inputs, outputs in keras_private.graph_nodes(model):
+        layer = _inner(operation)
+        ins = [described.get(keras_private.tensor_key(t)) for t in inputs]
+        outs = _describe_call(spaces, layer, inputs, ins, outputs)
+        for tensor, description in zip(outputs, outs):
+            described[keras_private.tensor_key(tensor)] = description
+    for tensor in keras_private.graph_outputs(model):
+        spaces.block(described.get(keras_private.tensor_key(tensor)), "they reach the model output")
+    return [g for g in spaces.result() if g.producers or g.followers or g.consumers]
+
+
+def _describe_call(spaces, layer, inputs, ins, outputs):
+    """The descriptions of `layer`'s outputs, registering its place in the groups."""
+    if isinstance(layer, L.InputLayer) or not inputs:
+        return [
+            _Description([(spaces.new(t.shape[-1], "they are a model input"), 0)], t.shape[-1])
+            for t in outputs
+        ]
+    if any(d is None for d in ins):
+        return _unknown(spaces, layer, ins, outputs)
+    rank = len(inputs[0].shape)
+    (first,) = ins[:1]
+    if isinstance(layer, PRODUCERS) and _channels_last(layer) and getattr(layer, "groups", 1) == 1:
+        if first.positions > 1 and not isinstance(layer, L.Dense):
+            return _unknown(spaces, layer, ins, outputs)
+        _consume(spaces, layer, inputs[0], first)
+        size = layer.units if isinstance(layer, L.Dense) else layer.filters
+        space = spaces.new(size)
+        spaces.group(space).producers.append(layer)
+        return [_Description([(space, 0)], size)]
+    if isinstance(layer, DEPTHWISE) and layer.depth_multiplier == 1 and _channels_last(layer):
+        return [_follow(spaces, layer, first)]
+    if isinstance(layer, L.BatchNormalization) and _last_axis(layer, "axis", rank):
+        return [_follow(spaces, layer, first)]
+    if first.positions > 1:
+        return _unknown(spaces, layer, ins, outputs)
+    if isinstance(layer, L.Flatten):
+        return [_flattened(first, inputs[0].shape) if rank > 2 else first]
+    if _is_elementwise(layer, rank):
+        return [first]
+    if isinstance(layer, MERGES):
+        return _merge(spaces, layer, inputs, ins, outputs)
+    if isinstance(layer, L.Concatenate) and _last_axis(layer, "axis", rank):
+        segments, width = [], 0
+        for description in ins:
+            segments += [(space, offset + width) for space, offset in description.segments]
+            width += description.width
+        return [_Description(segments, width)]
+    return _unknown(spaces, layer, ins, outputs)
+
+
+def _consume(spaces, layer, tensor, description):
+    for space, offset in description.segments:
+        spaces.group(space).consumers.append(
+            Consumer(layer, tensor, offset, description.width, description.positions)
+        )
+
+
+def _follow(spaces, layer, description):
+    for space, offset in description.segments:
+        spaces.group(space).followers.append((layer, offset))
+    return description
+
+
+def _merge(spaces, layer, inputs, ins, outputs):
+    shapes = {tuple(t.shape[1:]) for t in inputs}
+    structures = {tuple(spaces.group(s).size for s, _ in d.segments) for d in ins}
+    offsets = {tuple(o for _, o in d.segments) for d in ins}
+    if len(shapes) != 1 or len(structures) != 1 or len(offsets) != 1:
+        return _unknown(
+            spaces,
+            layer,
+            ins,
+            outputs,
+            why=f"layer '{layer.name}' ({type(layer).__name__}) merges tensors whose channels "
+            "do not line up one to one",
+        )
+    first = ins[0]
+    for other in ins[1:]:
+        for (a, _), (b, _) in zip(first.segments, other.segments):
+            spaces.union(a, b)
+    return [first]

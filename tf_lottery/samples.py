@@ -1,0 +1,128 @@
+"""Samples for a model with one or more inputs: arrays, lists, dicts or a tf.data.Dataset.
+
+Every entry point that takes model inputs (`export_tflite`'s
+`representative_data`, `run_tflite`, the `tf-lottery` command) turns them into
+one array per input, in the model's order, here.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class ModelInput(NamedTuple):
+    """One input of a model or a .tflite file.
+
+    Attributes:
+        name: Its name: a Keras input's name, or the file's signature name.
+        shape: Its shape, batch first, with `None` where any size goes.
+    """
+
+    name: str
+    shape: tuple
+
+
+def _shape_text(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _check_array(array, spec, argument):
+    fits = array.ndim == len(spec.shape) and all(
+        want is None or want == got for want, got in zip(spec.shape[1:], array.shape[1:])
+    )
+    if array.ndim < 1 or len(array) == 0 or not fits:
+        raise ValueError(
+            f"Expected {argument} for input {spec.name!r} to be a batch of shape "
+            f"{_shape_text(spec.shape)}, e.g. x_train[:300]. Received: {argument} of shape "
+            f"{array.shape}"
+        )
+
+
+def arrange(data, inputs, argument):
+    """Returns one array per input, in the order of `inputs`.
+
+    Args:
+        data: An array (one-input models), a list or tuple of arrays in the
+            order of `inputs`, or a dict of arrays by input name. For one input,
+            a list of more than one item is a list of samples.
+        inputs: A list of `ModelInput`.
+        argument: The argument's name, for error messages.
+
+    Returns:
+        A list of numpy arrays with the same number of samples.
+
+    Raises:
+        ValueError: `data` does not fit `inputs`; the message says how.
+    """
+    names = [spec.name for spec in inputs]
+    if isinstance(data, dict):
+        if set(data) != set(names):
+            raise ValueError(
+                f"Expected {argument} to hold one array per input, by name: {names}. "
+                f"Received: {argument} with keys {sorted(data)}"
+            )
+        arrays = [data[name] for name in names]
+    elif isinstance(data, (list, tuple)) and len(inputs) > 1:
+        if len(data) != len(inputs):
+            raise ValueError(
+                f"Expected {argument} to hold {len(inputs)} arrays, one per input {names}. "
+                f"Received: a {type(data).__name__} of {len(data)}"
+            )
+        arrays = list(data)
+    elif len(inputs) > 1:
+        raise ValueError(
+            f"Expected {argument} to be a list or a dict of {len(inputs)} arrays, one per "
+            f"input {names}. Received: {argument} of type {type(data).__name__}"
+        )
+    elif isinstance(data, (list, tuple)) and len(data) == 1:
+        arrays = list(data)
+    else:  # one input: an array, or a list of samples
+        arrays = [data]
+    try:
+        arrays = [np.asarray(array) for array in arrays]
+    except ValueError as error:
+        raise ValueError(
+            f"Expected {argument} to hold arrays, one per input {names}. Received: {error}"
+        ) from error
+    for array, spec in zip(arrays, inputs):
+        _check_array(array, spec, argument)
+    if len({len(array) for array in arrays}) > 1:
+        raise ValueError(
+            f"Expected the arrays of {argument} to hold as many samples each. Received: "
+            f"{[len(array) for array in arrays]} samples for the inputs {names}"
+        )
+    return arrays
+
+
+def _arrange_element(element, inputs, argument):
+    try:
+        return arrange(element, inputs, argument)
+    except ValueError:
+        if isinstance(element, (tuple, list)) and len(element) > 1:  # (x, y[, sample_weight])
+            return arrange(element[0], inputs, argument)
+        raise
+
+
+def take(data, inputs, argument, limit):
+    """`arrange` for arrays, lists, dicts and tf.data Datasets; the first `limit` samples.
+
+    A dataset yields batches: each an array, list or dict of inputs, or an
+    `(x, y)` tuple whose `x` is one of these. It is read only until `limit`
+    samples are in.
+
+    Returns:
+        One array per input, or `None` when `data` is `None`.
+    """
+    if data is None:
+        return None
+    if not hasattr(data, "as_numpy_iterator"):
+        return [array[:limit] for array in arrange(data, inputs, argument)]
+    batches, count = [], 0
+    for element in data.as_numpy_iterator():
+        batches.append(_arrange_element(element, inputs, argument))
+        count += len(batches[-1][0])
+        if count >= limit:
+            break
+    if not batches:
+        raise ValueError(f"Expected {argument} to yield batches. Received: an empty dataset")
+    return [np.concatenate(parts)[:limit] for parts in zip(*batches)]

@@ -1,0 +1,355 @@
+"""Unit criteria: prune whole neurons and filters, so that `shrink` makes models smaller.
+
+A pruned unit is an ordinary mask: its kernel column is zero. The unit's bias,
+and the γ and β of a BatchNormalization that follows it, are masked too (the
+wrappers' `unit_mask`), so its whole channel is exactly zero and `shrink` can
+remove it wherever it goes, also before a `"same"`-padded convolution. So θ0,
+rewinding, `IterativePruning`, `find_winning_ticket`, `sensitivity` and the
+budget rules work unchanged: a structured lottery ticket is the same call with
+another criterion.
+
+Units joined by a residual `Add` (a `ChannelGroup`) are pruned together, scored
+by the sum of their scores. Groups that reach the model's output (its classes)
+or a layer the analysis does not understand are never pruned.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from tf_lottery.channels import channel_groups
+from tf_lottery.criteria import Criterion
+from tf_lottery.criteria import _check_quality
+from tf_lottery.criteria import _check_rate
+from tf_lottery.criteria import _read
+from tf_lottery.validators import check_per_layer
+from tf_lottery.wrapper import find_rewind_wrappers
+
+
+def _check_round_to(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            "Expected round_to to be a positive integer (keep unit counts a multiple of it, "
+            f"e.g. 8). Received: round_to={value!r}"
+        )
+    return value
+
+
+def _column_norms(kernel, p):
+    columns = np.abs(kernel.reshape(-1, kernel.shape[-1]).astype(np.float64))
+    return (columns**p).sum(axis=0) ** (1 / p)
+
+
+def _norm_scores(group, p):
+    """Each producer's column norms over its layer's mean, summed over the group."""
+    total = np.zeros(group.size)
+    for producer in group.producers:
+        norms = _column_norms(_read(producer.kernel), p)
+        total += norms / max(float(norms.mean()), 1e-12)
+    return total
+
+
+class UnitCriterion(Criterion):
+    """Base class of the unit criteria: scores whole output units.
+
+    Subclasses implement `unit_scores(group, wrappers)` (one score per channel
+    of a `ChannelGroup`; larger is kept) and may override `prune_count`.
+    Everything else is shared: groups, `rate` and `scope`, `per_layer`,
+    `round_to`, masks that only shrink, and masking the pruned units' biases and
+    BatchNormalization parameters.
+
+    Args:
+        rate: Fraction of the surviving units of each group to prune per round,
+            in (0, 1). Defaults to `0.2`.
+        scope: `"layer"` (each group loses `rate` of its units) or `"global"`
+            (the `rate` of all surviving units with the lowest scores, scores
+            normalized per layer so that wide layers do not dominate). Defaults
+            to `"layer"`.
+        per_layer: Optional dict from a producing layer's name to its own rate.
+            Defaults to `None`.
+        round_to: Keep the number of surviving units of each group a multiple
+            of this (hardware runs multiples of 4, 8 or 16 channels best).
+            Defaults to `1`.
+    """
+
+    uses_model = True
+
+    def __init__(self, rate=0.2, scope="layer", per_layer=None, round_to=1):
+        super().__init__()
+        self.rate = _check_rate(rate, "rate")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"Expected scope='layer' or 'global'. Received: scope={scope!r}")
+        self.scope = scope
+        self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
+        self.round_to = _check_round_to(round_to)
+
+    def check(self, targets):
+        for target in targets:
+            if target.layer in self.per_layer and target.layer_type in _NO_UNIT_AXIS:
+                raise ValueError(
+                    f"{type(self).__name__} prunes whole output units, but layer "
+                    f"'{target.layer}' ({target.layer_type}) has no unit axis. Unit criteria "
+                    "prune Dense and convolution layers. Received: per_layer names "
+                    f"'{target.layer}'"
+                )
+
+    def unit_scores(self, group, wrappers):
+        """One score per channel of `group`; larger is kept."""
+        raise NotImplementedError
+
+    def prune_count(self, group, wrappers, scores, alive):
+        """How many of the `alive` channels of `group` to prune, scope="layer"."""
+        rate = self.per_layer.get(group.producers[0].name, self.rate)
+        return round(rate * int(alive.sum()))
+
+    def _rounded(self, alive_count, count):
+        keep = max(1, alive_count - count)
+        keep = min(alive_count, math.ceil(keep / self.round_to) * self.round_to)
+        return alive_count - keep
+
+    def compute_masks(self, targets, model=None):
+        if model is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the model's graph: call "
+                "tf_lottery.prune(model, criterion), not criterion.compute_masks(targets)."
+            )
+        self.check(targets)
+        wrappers = {id(w.layer): w for w in find_rewind_wrappers(model)}
+        selected = {t.layer for t in targets}
+        groups = [
+            g
+            for g in channel_groups(model)
+            if g.prunable
+            and all(id(p) in wrappers and hasattr(wrappers[id(p)], "masks") for p in g.producers)
+            and all(p.name in selected for p in g.producers)
+        ]
+        masks = {(t.layer, t.name): _read(t.mask).copy() for t in targets}
+        plans = self._plan(groups, wrappers)
+        for group, pruned in plans:
+            self._apply(group, pruned, wrappers, masks)
+        for target in targets:
+            yield masks[(target.layer, target.name)], math.nan
+
+    def _alive(self, group, wrappers):
+        unit_mask = _read(wrappers[id(group.producers[0])].unit_mask)
+        return unit_mask[: group.size] > 0
+
+    def _plan(self, groups, wrappers):
+        scored = []
+        for group in groups:
+            alive = self._alive(group, wrappers)
+            scores = np.asarray(self.unit_scores(group, wrappers), np.float64)
+            scored.append((group, alive, scores))
+        if self.scope == "layer":
+            return [
+                (
+                    g,
+                    self._smallest(
+                        s, a, self._rounded(int(a.sum()), self.prune_count(g, wrappers, s, a))
+                    ),
+                )
+                for g, a, s in scored
+            ]
+        normalized = [s / max(np.mean(s[a]), 1e-12) if a.any() else s for _, a, s in scored]
+        pool = np.concatenate([s[a] for (_, a, _), s in zip(scored, normalized)])
+        count = round(self.rate * pool.size)
+        cut = np.partition(pool, count - 1)[count - 1] if count > 0 else -np.inf
+        plans = []
+        for (group, alive, _), score in zip(scored, normalized):
+            below = int(np.count_nonzero(alive & (score <= cut)))
+            plans.append(
+                (group, self._smallest(score, alive, self._rounded(int(alive.sum()), below)))
+            )
+        return plans
+
+    @staticmethod
+    def _smallest(scores, alive, count):
+        if count <= 0:
+            return np.array([], int)
+        candidates = np.flatnonzero(alive)
+        order = candidates[np.argsort(scores[candidates], kind="stable")]
+        return order[:count]
+
+    def _apply(self, group, pruned, wrappers, masks):
+        if not len(pruned):
+            return
+        for producer in group.producers:
+            wrapper = wrappers[id(producer)]
+            mask = masks[(producer.name, "kernel")]
+            mask[..., pruned] = 0
+            _zero_units(wrapper, pruned)
+        for follower, offset in group.followers:
+            wrapper = wrappers.get(id(follower))
+            if wrapper is None:
+                continue
+            channels = [offset + c for c in pruned]
+            if (follower.name, "kernel") in masks:  # a depthwise convolution
+                masks[(follower.name, "kernel")][..., channels, :] = 0
+            _zero_units(wrapper, channels)
+
+    def get_config(self):
+        return {
+            "rate": self.rate,
+            "scope": self.scope,
+            "per_layer": dict(self.per_layer),
+            "round_to": self.round_to,
+        }
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+_NO_UNIT_AXIS = (
+    "Embedding",
+    "EinsumDense",
+    "MultiHeadAttention",
+    "SimpleRNN",
+    "LSTM",
+    "GRU",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+)
+
+
+def _zero_units(wrapper, units):
+    if wrapper.unit_mask is None:
+        return
+    unit_mask = _read(wrapper.unit_mask).copy()
+    unit_mask[units] = 0
+    wrapper.unit_mask.assign(unit_mask)
+    wrapper.apply_masks()
+
+
+@keras.saving.register_keras_serializable(package="tf_lottery")
+class UnitNorm(UnitCriterion):
+    """Prunes the output units with the smallest weight norm (Li et al. 2017).
+
+    The score of a unit (a Dense neuron, a convolution filter) is the L1 or L2
+    norm of its incoming weights, its kernel column; units joined by a residual
+    `Add` are scored by the sum of their norms, each divided by its layer's mean.
+
+    Args:
+        rate: Fraction of surviving units to prune per round. Defaults to `0.2`.
+        p: `1` or `2`, the norm. Defaults to `2`.
+        scope: `"layer"` or `"global"`. Defaults to `"layer"`.
+        per_layer: Optional dict from layer name to rate. Defaults to `None`.
+        round_to: Keep unit counts a multiple of this. Defaults to `1`.
+
+    Example:
+
+    ```python
+    tf_lottery.prune(model, tf_lottery.UnitNorm(0.5, round_to=8))
+    small = tf_lottery.shrink(model)
+    ```
+    """
+
+    def __init__(self, rate=0.2, p=2, scope="layer", per_layer=None, round_to=1):
+        super().__init__(rate, scope, per_layer, round_to)
+        if p not in (1, 2):
+            raise ValueError(f"Expected p=1 or p=2 (the norm). Received: p={p!r}")
+        self.p = p
+
+    def unit_scores(self, group, wrappers):
+        return _norm_scores(group, self.p)
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p}
+
+
+@keras.saving.register_keras_serializable(package="tf_lottery")
+class BatchNormScale(UnitCriterion):
+    """Prunes the channels whose BatchNormalization scale |γ| is smallest.
+
+    Network Slimming (Liu et al. 2017): a channel's importance is the |γ| of the
+    BatchNormalization that follows it (train with an L1 penalty on γ to push
+    unimportant ones to zero). Every pruned layer needs a BatchNormalization
+    after it.
+
+    Args:
+        rate: Fraction of surviving channels to prune per round. Defaults to `0.2`.
+        scope: `"layer"` or `"global"`. Defaults to `"layer"`.
+        per_layer: Optional dict from layer name to rate. Defaults to `None`.
+        round_to: Keep channel counts a multiple of this. Defaults to `1`.
+
+    Example:
+
+    ```python
+    tf_lottery.prune(model, tf_lottery.BatchNormScale(0.3, scope="global"))
+    ```
+    """
+
+    def unit_scores(self, group, wrappers):
+        scales = [
+            (np.abs(_read(follower.gamma)), offset)
+            for follower, offset in group.followers
+            if isinstance(follower, keras.layers.BatchNormalization) and follower.scale
+        ]
+        if not scales:
+            raise ValueError(
+                f"BatchNormScale scores channels by the γ of the BatchNormalization that "
+                f"follows them, but layer '{group.name}' has none after it. Use UnitNorm for "
+                "it, or exclude it from wrap()."
+            )
+        total = np.zeros(group.size)
+        for gamma, offset in scales:
+            part = gamma[offset : offset + group.size]
+            total += part / max(float(part.mean()), 1e-12)
+        return total
+
+
+@keras.saving.register_keras_serializable(package="tf_lottery")
+class UnitStdThreshold(UnitCriterion):
+    """Han's rule for whole units: s sets how many, the smallest L2 norms go.
+
+    The literal rule, norm < s·std(norms), almost never fires: unit norms
+    concentrate (the column norms of a 784x300 Gaussian kernel have mean 28 and
+    std 0.67). Instead s means what it means for single weights: the fraction of
+    a group's surviving weights with |w| < s·std(w) is the fraction of its
+    surviving units that is pruned, those of smallest L2 norm, as
+    `StdThreshold` does with blocks.
+
+    Args:
+        quality: The quality parameter s, a non-negative number; larger prunes
+            more. Defaults to `0.5`.
+        per_layer: Optional dict from layer name to its own s. Defaults to `None`.
+        round_to: Keep unit counts a multiple of this. Defaults to `1`.
+
+    Example:
+
+    ```python
+    pruning = tf_lottery.IterativePruning(tf_lottery.UnitStdThreshold(0.7), rewind=None)
+    ```
+    """
+
+    def __init__(self, quality=0.5, per_layer=None, round_to=1):
+        super().__init__(0.5, "layer", None, round_to)
+        self.quality = _check_quality(quality, "quality")
+        self.per_layer = check_per_layer(per_layer, "per_layer", _check_quality)
+
+    def unit_scores(self, group, wrappers):
+        return _norm_scores(group, 2)
+
+    def prune_count(self, group, wrappers, scores, alive):
+        s = self.per_layer.get(group.producers[0].name, self.quality)
+        below, survivors = 0, 0
+        for producer in group.producers:
+            kernel = _read(producer.kernel)
+            mask = _read(wrappers[id(producer)].masks["kernel"])
+            alive_weights = kernel[(mask > 0) & alive.reshape((1,) * (kernel.ndim - 1) + (-1,))]
+            if alive_weights.size:
+                below += int(np.count_nonzero(np.abs(alive_weights) < s * alive_weights.std()))
+                survivors += alive_weights.size
+        fraction = below / survivors if survivors else 0.0
+        return round(fraction * int(alive.sum()))
+
+    def get_config(self):
+        return {
+            "quality": self.quality,
+            "per_layer": dict(self.per_layer),
+            "round_to": self.round_to,
+        }
