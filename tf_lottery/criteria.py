@@ -227,7 +227,9 @@ class Criterion:
     """Base class of pruning criteria.
 
     Subclasses implement `compute_mask(target)`. Everything else (blocks, masks
-    that only shrink, keeping one unit per tensor, serialization) is shared.
+    that only shrink, keeping one unit per tensor, serialization) is shared. A
+    subclass whose `compute_mask` can also prune to `target.sparsity` (a target
+    a schedule asks for, see `compute_target_masks`) sets `accepts_target = True`.
 
     Args:
         block: `(rows, columns)` of the blocks to prune together in 2-D kernels
