@@ -38,7 +38,9 @@ setup(
         "export": EXPORT,
         "examples": EXAMPLES,
         "reference": REFERENCE,
-        "test": EXAMPLES + REFERENCE + JAX + TORCH + ["pytest>=7", "hypothesis>=6"],
+        # tensorboard: keras.callbacks.TensorBoard (and so tfmot's PruningSummaries) needs
+        # it to write metrics, and TensorFlow no longer installs it.
+        "test": EXAMPLES + REFERENCE + JAX + TORCH + ["pytest>=7", "hypothesis>=6", "tensorboard"],
     },
     entry_points={"console_scripts": ["tf-lottery=tf_lottery.cli:main"]},
     license="Apache-2.0",

@@ -1,12 +1,14 @@
 """What pruning costs while a model trains: tf_lottery against tfmot, one process.
 
 Epoch time of (a) a plain Keras 3 model, (b) the same model wrapped by tf_lottery
-with masks at 50% and IterativePruning attached, (c) tensorflow-model-optimization's
-prune_low_magnitude on the same architecture in tf_keras, and (d) plain tf_keras,
-tfmot's own baseline. The variants alternate epoch by epoch (A B C D A B C D ...)
-after one warm-up epoch each; the table gives medians and each pruned variant's
-ratio to its own baseline. Also the wall time of one tf_lottery pruning round
-(prune + rewind + optimizer reset) as a share of the epoch.
+with masks at 50% and IterativePruning attached, (c) the wrapped model under
+GradualPruning, PolynomialDecay from 50% to 90% with a mask update every 100
+steps throughout the run, (d) tensorflow-model-optimization's prune_low_magnitude
+on the same architecture in tf_keras, and (e) plain tf_keras, tfmot's own
+baseline. The variants alternate epoch by epoch (A B C D E A B C D E ...) after
+one warm-up epoch each; the table gives medians and each pruned variant's ratio
+to its own baseline. Also the wall time of one tf_lottery pruning round (prune +
+rewind + optimizer reset) as a share of the epoch.
 
     python benchmarks/train_overhead.py [--repeats=9]
     KERAS_BACKEND=jax python benchmarks/train_overhead.py     # or torch
@@ -31,6 +33,7 @@ from absl import flags  # noqa: E402
 from tf_lottery.datasets import load_mnist  # noqa: E402
 
 flags.DEFINE_integer("repeats", 9, "Timed epochs per variant (after one warm-up epoch).")
+flags.DEFINE_integer("samples", 0, "Images per timed epoch for every model; 0 keeps each model's.")
 FLAGS = flags.FLAGS
 
 
@@ -131,10 +134,12 @@ def main(argv):
     )
     print(
         "| model | plain Keras 3 s/epoch | tf_lottery s/epoch | tf_lottery ratio | "
-        "plain tf_keras s/epoch | tfmot s/epoch | tfmot ratio | one tf_lottery round | round / epoch |"
+        "gradual s/epoch | gradual ratio | plain tf_keras s/epoch | tfmot s/epoch | "
+        "tfmot ratio | one tf_lottery round | round / epoch |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, (build, batch_size, samples) in MODELS.items():
+        samples = FLAGS.samples or samples
         tiles = -(-samples // len(data.train.x))
         x = np.tile(data.train.x[..., None], (tiles, 1, 1, 1))[:samples]
         y = np.tile(data.train.y, tiles)[:samples]
@@ -147,7 +152,17 @@ def main(argv):
         pruning = tf_lottery.IterativePruning(
             tf_lottery.PruneFraction(0.2), every=10_000, verbose=0
         )
-        variants = [(plain, ()), (wrapped, (pruning,))]
+        # Masks updated every 100 steps in every epoch timed, the warm-up included.
+        steps = -(-len(x) // batch_size)
+        gradual = compile_keras3(tf_lottery.wrap(keras3_model(build)))
+        schedule = tf_lottery.PolynomialDecay(
+            0.5, 0.9, begin_step=0, end_step=(FLAGS.repeats + 1) * steps, frequency=100
+        )
+        variants = [
+            (plain, ()),
+            (wrapped, (pruning,)),
+            (gradual, (tf_lottery.GradualPruning(schedule),)),
+        ]
         if with_tfmot:
             tf_plain, tf_pruned, tf_callbacks = tfmot_models(build, len(x) // batch_size)
             variants += [(tf_plain, ()), (tf_pruned, tf_callbacks)]
@@ -157,7 +172,7 @@ def main(argv):
         for _ in range(FLAGS.repeats):
             for index, (model, callbacks) in enumerate(variants):
                 times[index].append(epoch_seconds(model, x, y, batch_size, callbacks))
-        a, b, d, c = [float(np.median(t)) for t in times] + [float("nan")] * (4 - len(times))
+        a, b, g, d, c = [float(np.median(t)) for t in times] + [float("nan")] * (5 - len(times))
         rounds = []
         for _ in range(5):
             start = time.perf_counter()
@@ -167,7 +182,8 @@ def main(argv):
             rounds.append(time.perf_counter() - start)
         round_seconds = float(np.median(rounds))
         print(
-            f"| {name} | {a:.3f} | {b:.3f} | {b / a:.3f}x | {d:.3f} | {c:.3f} | {c / d:.3f}x | "
+            f"| {name} | {a:.3f} | {b:.3f} | {b / a:.3f}x | {g:.3f} | {g / a:.3f}x | "
+            f"{d:.3f} | {c:.3f} | {c / d:.3f}x | "
             f"{round_seconds * 1000:.0f} ms | {round_seconds / b:.1%} |",
             flush=True,
         )

@@ -68,8 +68,8 @@ def test_drop_rule_mode_min_watches_a_loss():
         tl.PruneFraction(0.3), max_drop=0.005, monitor="score", mode="min", verbose=0
     )
     model.fit(x, y, epochs=5, verbose=0, callbacks=[score, pruning])
-    assert pruning.rounds_done == 2 and "epoch 4" in pruning._stopped
-    assert "restored round 2" in pruning._stopped
+    assert pruning.rounds_done == 2 and "epoch 4" in pruning.drop_rule.stopped
+    assert "restored round 2" in pruning.drop_rule.stopped
 
 
 def test_layer_targets_are_met_and_not_overshot_by_more_than_a_round():
@@ -156,7 +156,7 @@ def test_budget_bad_input():
     for kwargs, match in [
         (dict(max_drop=-0.1), "max_drop"),
         (dict(layer_targets={"fc1": 1.5}), "layer_targets"),
-        (dict(layer_targets={"fc1": 0}), "layer_targets"),
+        (dict(layer_targets={"fc1": 1}), "layer_targets"),
         (dict(mode="up"), "mode"),
         (dict(frozen=[3]), "frozen"),
         (dict(restore_best="yes"), "restore_best"),
@@ -197,3 +197,41 @@ def test_budget_bad_input():
         tl.sensitivity(model, (x, y), metric="auc")
     with pytest.raises(ValueError, match="layers.*fc9"):
         tl.prune(model, tl.PruneFraction(), layers=["fc9"])
+
+
+def test_erk_targets_work_as_layer_targets():
+    model = compile_model(tl.wrap(mlp(inputs=64, hidden=64, outputs=3)))
+    targets = tl.erk_targets(model, 0.8)
+    # ERK keeps the small output layer denser; the total is the target.
+    assert targets["out"] < targets["fc1"]
+    sizes = {
+        w.layer.name: w.layer.kernel.shape[0] * w.layer.kernel.shape[1]
+        for w in tl.find_wrappers(model)
+    }
+    overall = sum(targets[n] * sizes[n] for n in sizes) / sum(sizes.values())
+    assert overall == pytest.approx(0.8, abs=1e-3)
+    x, y = data(inputs=64)
+    model.fit(
+        x,
+        y,
+        epochs=8,
+        verbose=0,
+        callbacks=[
+            tl.IterativePruning(
+                tl.PruneFraction(0.5, output_rate=0.5), layer_targets=targets, verbose=0
+            )
+        ],
+    )
+    for name, target in targets.items():
+        assert tl.sparsity(model)[name].sparsity >= target
+    # A layer ERK keeps dense (target 0) is never pruned.
+    model = compile_model(tl.wrap(mlp()))
+    model.fit(
+        *data(),
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            tl.IterativePruning(tl.PruneFraction(0.5), layer_targets={"out": 0.0}, verbose=0)
+        ],
+    )
+    assert tl.sparsity(model)["out"].sparsity == 0 and tl.sparsity(model)["fc1"].sparsity > 0

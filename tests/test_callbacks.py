@@ -235,6 +235,19 @@ def test_resume_after_save_and_load_equals_an_uninterrupted_run(tmp_path):
         assert int(w.pruning_round.numpy()) == 3
 
 
+def test_arguments_stay_readable_as_attributes():
+    pruning = tl.IterativePruning(
+        tl.PruneFraction(), every=3, start=2, max_drop=0.01, monitor="val_loss", mode="min"
+    )
+    assert (pruning.every, pruning.start, pruning.schedule.first) == (3, 2, 5)
+    assert (pruning.max_drop, pruning.monitor, pruning.mode, pruning.restore_best) == (
+        0.01,
+        "val_loss",
+        "min",
+        True,
+    )
+
+
 def test_callback_bad_input():
     with pytest.raises(ValueError, match="criterion"):
         tl.IterativePruning("magnitude")

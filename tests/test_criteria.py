@@ -7,6 +7,7 @@ import pytest
 
 import tf_lottery as tl
 from tf_lottery.criteria import PruneTarget
+from tf_lottery.criteria import erk_sparsities
 
 
 def target(weight, mask=None, layer="fc", name="kernel", layer_type="Dense", **kwargs):
@@ -182,6 +183,11 @@ def test_ties_still_prune_the_exact_count():
         (lambda: tl.PruneFraction(block=(4,)), "block"),
         (lambda: tl.PruneFraction(block="tflite"), "block"),
         (lambda: tl.RandomPrune(seed="x"), "seed"),
+        (lambda: tl.PruneFraction(block_pooling="MAX"), "block_pooling"),
+        (lambda: tl.PruneFraction(scope="erk", per_layer={"a": 0.1}), "per_layer"),
+        (lambda: tl.NMSparsity(4, 4), "n < m"),
+        (lambda: tl.NMSparsity(0, 4), "n"),
+        (lambda: tl.NMSparsity(2, 2.0), "m"),
     ],
 )
 def test_bad_arguments_name_themselves(make, match):
@@ -201,6 +207,8 @@ def test_block_on_a_non_2d_weight_is_refused():
         tl.StdThreshold(0.7, per_layer={"fc1": 0.3}, block=(4, 1), fixed_std=True),
         tl.PruneFraction(0.3, scope="global", block="tflite-float"),
         tl.RandomPrune(0.1, output_rate=0.05, seed=4),
+        tl.PruneFraction(0.3, scope="erk", block=(2, 2), block_pooling="max"),
+        tl.NMSparsity(1, 4),
     ],
 )
 def test_config_round_trip(criterion):
@@ -252,3 +260,125 @@ def test_the_last_weight_warning_comes_once_per_tensor():
             (new,) = masks(criterion, target(weight, mask))
             assert new.tolist() == [[0, 1]]
     assert len([w for w in caught if "every surviving weight" in str(w.message)]) == 1
+
+
+def targets_of(criterion, sparsity, *targets):
+    return [m for m, _ in criterion.compute_target_masks(list(targets), sparsity)]
+
+
+def test_a_target_sparsity_keeps_tfmots_count_of_the_largest_weights():
+    weight = np.arange(1, 11, dtype="float32").reshape(2, 5)
+    # round(10 * (1 - 0.35)) = round(6.5) = 6 kept (half to even, as tf.round).
+    (mask,) = targets_of(tl.PruneFraction(), 0.35, target(weight))
+    assert mask.ravel().tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    # Counts are over the whole tensor, pruned weights included, and masks only
+    # shrink: a target below the current sparsity changes nothing.
+    (again,) = targets_of(tl.PruneFraction(), 0.2, target(weight, mask))
+    np.testing.assert_array_equal(again, mask)
+    (more,) = targets_of(tl.PruneFraction(), 0.8, target(weight, mask))
+    assert more.ravel().tolist() == [0] * 8 + [1, 1]
+    # The output layer is not halved: a target is the same for every layer.
+    (out,) = targets_of(tl.PruneFraction(), 0.5, target(weight, is_output=True))
+    assert out.sum() == 5
+
+
+def test_targets_per_layer_global_and_erk():
+    small = target(np.arange(1, 5, dtype="float32").reshape(2, 2), layer="small")
+    big = target(np.arange(5, 69, dtype="float32").reshape(8, 8), layer="big")
+    a, b = targets_of(tl.PruneFraction(), {"small": 0.5, "big": 0.25}, small, big)
+    assert (a.sum(), b.sum()) == (2, 48)
+    # Global: 68 weights, 34 kept, the largest: all in the big layer, and the
+    # small one keeps its largest weight, with a warning.
+    with pytest.warns(UserWarning, match="small/kernel"):
+        a, b = targets_of(tl.PruneFraction(scope="global"), 0.5, small, big)
+    assert (a.sum(), b.sum()) == (1, 34) and a[1, 1] == 1
+    # ERK: the small layer stays denser than the big one; the total is kept.
+    a, b = targets_of(tl.PruneFraction(scope="erk"), 0.5, small, big)
+    assert a.mean() > b.mean() and a.sum() + b.sum() == 34
+    with pytest.raises(ValueError, match="scope='global'"):
+        targets_of(tl.PruneFraction(scope="global"), {"small": 0.5, "big": 0.5}, small, big)
+    with pytest.raises(ValueError, match="no value for layers \\['small'\\]"):
+        targets_of(tl.PruneFraction(), {"big": 0.5}, small, big)
+    with pytest.raises(ValueError, match="sparsity of small/kernel"):
+        targets_of(tl.PruneFraction(), 1.0, small)
+
+
+def test_criteria_that_cannot_aim_at_a_target_say_so():
+    for criterion in (tl.StdThreshold(0.5), tl.NMSparsity(2, 4)):
+        with pytest.raises(ValueError, match="cannot aim at a target sparsity"):
+            criterion.check_target()
+        with pytest.raises(ValueError, match="cannot aim at a target sparsity"):
+            targets_of(criterion, 0.5, target(W))
+    with pytest.raises(ValueError, match="per_layer and output_rate"):
+        tl.PruneFraction(output_rate=0.1).check_target()
+    tl.RandomPrune(seed=0).check_target()
+
+
+def test_random_prune_reaches_the_same_target_count():
+    weight = np.arange(1, 101, dtype="float32").reshape(10, 10)
+    (mask,) = targets_of(tl.RandomPrune(seed=3), 0.7, target(weight))
+    assert mask.sum() == 30 and mask[0, :3].sum() > 0
+
+
+def test_erk_sparsities_follow_the_rigl_formula():
+    shapes = [(3, 3, 1, 8), (3, 3, 8, 16), (400, 100), (100, 10)]
+    sizes = [np.prod(s) for s in shapes]
+    values = erk_sparsities(shapes, 0.9)
+    kept = sum((1 - v) * n for v, n in zip(values, sizes))
+    # RigL keeps n - floor(0.9 n) weights of each tensor, in total.
+    assert kept == pytest.approx(sum(n - np.floor(0.9 * n) for n in sizes), rel=1e-9)
+    # Density proportional to sum(shape) / prod(shape) among the layers not kept dense.
+    dense = [v == 0 for v in values]
+    assert dense[0]  # the first convolution would need a density above 1
+    ratios = [(1 - v) / (np.sum(s) / np.prod(s)) for v, s, d in zip(values, shapes, dense) if not d]
+    assert max(ratios) == pytest.approx(min(ratios))
+
+
+def test_erk_scope_in_rounds_takes_rate_of_the_survivors_overall():
+    small = target(np.arange(1, 5, dtype="float32").reshape(2, 2), layer="small")
+    big = target(np.arange(5, 69, dtype="float32").reshape(8, 8), layer="big")
+    a, b = masks(tl.PruneFraction(0.5, scope="erk"), small, big)
+    assert a.sum() + b.sum() == 34 and a.mean() > b.mean()
+
+
+def test_max_block_pooling_scores_a_block_by_its_largest_weight():
+    weight = np.array([[0.1, 0.4], [0.1, 0.0], [0.3, 0.3], [0.3, 0.3]], dtype="float32")
+    # Blocks of 2 rows: column 0 = (0.1, 0.1), (0.3, 0.3); column 1 = (0.4, 0.0), (0.3, 0.3).
+    (avg,) = masks(tl.PruneFraction(0.5, output_rate=0.5, block=(2, 1)), target(weight))
+    (big,) = masks(
+        tl.PruneFraction(0.5, output_rate=0.5, block=(2, 1), block_pooling="max"), target(weight)
+    )
+    # Mean: (0.1, 0.2 | 0.3, 0.3) prunes the first blocks of both columns.
+    assert avg[:2].sum() == 0 and avg[2:].all()
+    # Max: (0.1, 0.4 | 0.3, 0.3) keeps the block holding 0.4.
+    assert big[:2, 1].all() and big[:2, 0].sum() == 0 and big[2:].sum() == 2
+
+
+def test_n_m_sparsity_keeps_n_of_every_m_inputs():
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(8, 3)).astype("float32")  # [in, out]
+    (mask,) = masks(tl.NMSparsity(2, 4), target(weight))
+    groups = mask.T.reshape(3, 2, 4)
+    assert (groups.sum(axis=-1) == 2).all()
+    magnitude = np.abs(weight).T.reshape(3, 2, 4)
+    kept_min = np.where(groups > 0, magnitude, np.inf).min(axis=-1)
+    pruned_max = np.where(groups == 0, magnitude, -np.inf).max(axis=-1)
+    assert (kept_min > pruned_max).all()
+    # Convolutions group along the input channels, for each position and output.
+    conv = rng.normal(size=(3, 3, 8, 4)).astype("float32")
+    (mask,) = masks(tl.NMSparsity(1, 4), target(conv, layer_type="Conv2D"))
+    assert (mask.reshape(3, 3, 2, 4, 4).sum(axis=3) == 1).all()
+
+
+def test_n_m_sparsity_only_shrinks_and_handles_a_partial_group():
+    weight = np.array([[4.0], [3.0], [2.0], [1.0], [5.0], [0.5]], dtype="float32")
+    # Groups (4, 3, 2, 1) and the partial (5, 0.5): at most 2 kept in each.
+    (mask,) = masks(tl.NMSparsity(2, 4), target(weight))
+    assert mask.ravel().tolist() == [1, 1, 0, 0, 1, 1]
+    dead = np.array([[0.0], [1], [1], [1], [1], [1]], dtype="float32")
+    (mask,) = masks(tl.NMSparsity(2, 4), target(weight, dead))
+    assert mask.ravel().tolist() == [0, 1, 1, 0, 1, 1]
+    (again,) = masks(tl.NMSparsity(2, 4), target(weight, mask))
+    np.testing.assert_array_equal(again, mask)
+    with pytest.raises(ValueError, match="input dimension.*shape \\(6,\\)"):
+        masks(tl.NMSparsity(2, 4), target(weight[:, 0]))

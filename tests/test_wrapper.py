@@ -10,6 +10,7 @@ from conftest import data
 from conftest import mlp
 
 import tf_lottery as tl
+from tf_lottery import keras_private
 
 L = keras.layers
 
@@ -393,3 +394,21 @@ def test_frozen_layers_are_left_unwrapped_with_a_true_message():
     head_frozen.get_layer("head").trainable = False
     with pytest.raises(ValueError, match=r"\['base_fc', 'head'\] are frozen \(trainable=False\)"):
         tl.wrap(head_frozen)
+
+
+def test_the_pruning_step_is_saved_and_files_without_it_still_load(tmp_path):
+    model = tl.wrap(mlp())
+    for wrapper in tl.find_wrappers(model):
+        wrapper.pruning_step.assign(7)
+    tl.prune(model, tl.PruneFraction(0.5))
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert [int(w.pruning_step.numpy()) for w in tl.find_wrappers(loaded)] == [7, 7]
+    # A file written before pruning_step existed has one variable less per wrapper.
+    source = tl.find_wrappers(model)[0]
+    older = {str(i): v.numpy() for i, v in enumerate(keras_private.own_variables(source)[:-1])}
+    fresh = tl.find_wrappers(tl.wrap(mlp()))[0]
+    fresh.load_own_variables(older)
+    np.testing.assert_array_equal(fresh.masks["kernel"].numpy(), source.masks["kernel"].numpy())
+    assert int(fresh.pruning_step.numpy()) == 0

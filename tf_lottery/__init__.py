@@ -27,8 +27,10 @@ with _captured_output():
     # on a machine without a GPU).
     keras.ops.convert_to_tensor(0.0)
 
+from tf_lottery.callbacks import GradualPruning  # noqa: E402
 from tf_lottery.callbacks import IterativePruning  # noqa: E402
 from tf_lottery.criteria import Criterion
+from tf_lottery.criteria import NMSparsity
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.criteria import RandomPrune
@@ -39,6 +41,7 @@ from tf_lottery.lottery import find_winning_ticket
 from tf_lottery.lottery import load_round
 from tf_lottery.lottery import plot_history
 from tf_lottery.pruning import apply_masks
+from tf_lottery.pruning import erk_targets
 from tf_lottery.pruning import prune
 from tf_lottery.pruning import reset_optimizer
 from tf_lottery.pruning import rewind
@@ -46,6 +49,10 @@ from tf_lottery.report import LayerSparsity
 from tf_lottery.report import SparsityReport
 from tf_lottery.report import sparsity
 from tf_lottery.saving import load_model
+from tf_lottery.schedules import ConstantSparsity
+from tf_lottery.schedules import EveryEpochs
+from tf_lottery.schedules import PolynomialDecay
+from tf_lottery.schedules import Schedule
 from tf_lottery.shrink import ShrinkReport
 from tf_lottery.shrink import shrink
 from tf_lottery.shrink import shrink_report
@@ -72,18 +79,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNormScale",
+    "ConstantSparsity",
     "Criterion",
+    "EveryEpochs",
     "ExportError",
     "ExportReport",
+    "GradualPruning",
     "IterativePruning",
     "LayerSparsity",
     "LotteryHistory",
+    "NMSparsity",
+    "PolynomialDecay",
     "PruneFraction",
     "PruneTarget",
     "PruneWrapper",
     "RandomPrune",
     "RewindWrapper",
     "RoundResult",
+    "Schedule",
     "SensitivityReport",
     "ShrinkReport",
     "SparsityReport",
@@ -93,6 +106,7 @@ __all__ = [
     "UnitNorm",
     "UnitStdThreshold",
     "apply_masks",
+    "erk_targets",
     "export_tflite",
     "find_rewind_wrappers",
     "find_winning_ticket",

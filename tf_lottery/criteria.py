@@ -19,6 +19,13 @@ import warnings
 import keras
 import numpy as np
 
+from tf_lottery.validators import check_bool
+from tf_lottery.validators import check_choice
+from tf_lottery.validators import check_fraction
+from tf_lottery.validators import check_int
+from tf_lottery.validators import check_number
+from tf_lottery.validators import check_per_layer
+
 # Block shapes in the Keras kernel's [in, out] layout that TFLite's sparse
 # FULLY_CONNECTED kernels can use: 1x4 (float) or 1x16 (int8) blocks along the
 # input dimension of TFLite's [out, in] weights.
@@ -40,8 +47,12 @@ class PruneTarget:
         threshold: The threshold of the previous round, or NaN before the first.
         is_output: Whether this is the model's last prunable layer.
         block: The block shape used for this tensor, `(1, 1)` for single weights.
-        scores: Magnitude of each unit: |w|, or the mean |w| of each block.
+        scores: Magnitude of each unit: |w|, or the mean (or max) |w| of each
+            block.
         alive: Boolean array, True for units that still survive.
+        sparsity: The fraction of this tensor's units to have pruned when a
+            schedule asks for a target (see `Criterion.compute_target_masks`),
+            or `None` for one round of the criterion's own rule.
     """
 
     layer: str
@@ -54,24 +65,17 @@ class PruneTarget:
     block: tuple = (1, 1)
     scores: np.ndarray | None = None
     alive: np.ndarray | None = None
+    sparsity: float | None = None
 
 
 def _check_rate(value, argument):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(
-            f"Expected {argument} to be a number strictly between 0 and 1 (the fraction "
-            f"of surviving weights to prune). Received: {argument}={value!r}"
-        )
-    return float(value)
+    return check_fraction(value, argument, meaning="the fraction of surviving weights to prune")
 
 
 def _check_quality(value, argument):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(
-            f"Expected {argument} to be a non-negative number (the threshold in units of "
-            f"the layer's standard deviation). Received: {argument}={value!r}"
-        )
-    return float(value)
+    return check_number(
+        value, argument, meaning="the threshold in units of the layer's standard deviation"
+    )
 
 
 def _check_block(block):
@@ -94,17 +98,6 @@ def _check_block(block):
     return tuple(block)
 
 
-def _check_per_layer(per_layer, check_value, argument):
-    if per_layer is None:
-        return {}
-    if not isinstance(per_layer, dict):
-        raise ValueError(
-            f"Expected {argument} to be a dict from layer name to value. "
-            f"Received: {argument}={per_layer!r}"
-        )
-    return {name: check_value(v, f"{argument}[{name!r}]") for name, v in per_layer.items()}
-
-
 def _read(value):
     """A numpy array from a numpy array or a Keras variable."""
     if isinstance(value, np.ndarray):
@@ -122,14 +115,17 @@ def _block_view(array, block, reduce):
     return reduce(blocks, axis=(1, 3))
 
 
-def _units(weight, mask, block):
+def _units(weight, mask, block, pooling):
     """Scores and alive flags per unit (a weight, or a block of weights)."""
     if block == (1, 1):
         return np.abs(weight), mask > 0
+    alive = _block_view(mask > 0, block, np.any)
+    if pooling == "max":
+        # Padding is zero, which never exceeds a magnitude.
+        return _block_view(np.abs(weight), block, np.max), alive
     magnitude = np.abs(weight).astype(np.float64)
     sums = _block_view(magnitude, block, np.sum)
     counts = _block_view(np.ones_like(magnitude), block, np.sum)
-    alive = _block_view(mask > 0, block, np.any)
     return (sums / counts).astype(np.float32), alive
 
 
@@ -139,6 +135,74 @@ def _expand(keep, block, shape):
         return keep
     r, c = block
     return np.repeat(np.repeat(keep, r, axis=0), c, axis=1)[: shape[0], : shape[1]]
+
+
+def keep_count(units, sparsity):
+    """How many of `units` a tensor keeps at a target `sparsity`.
+
+    tfmot's rule, `max(round(units * (1 - sparsity)), 1)`, computed in float32
+    with round-half-to-even as tfmot does, so that the same schedule keeps the
+    same number of weights.
+    """
+    kept = np.round(np.float32(units) * (np.float32(1) - np.float32(sparsity)))
+    return max(int(kept), 1)
+
+
+def _with_sparsity(targets, sparsity):
+    """`targets` with their `sparsity` set: one value, a dict by layer, or a list."""
+    if isinstance(sparsity, dict):
+        missing = sorted({t.layer for t in targets} - set(sparsity))
+        if missing:
+            raise ValueError(
+                f"The target sparsity names no value for layers {missing}. Give every "
+                f"pruned layer a value. Received: sparsity={sparsity!r}"
+            )
+        values = [sparsity[t.layer] for t in targets]
+    elif isinstance(sparsity, (list, tuple)):
+        values = list(sparsity)
+    else:
+        values = [sparsity] * len(targets)
+    for target, value in zip(targets, values):
+        check_fraction(value, f"sparsity of {target.layer}/{target.name}", allow_zero=True)
+    return [dataclasses.replace(t, sparsity=float(v)) for t, v in zip(targets, values)]
+
+
+def erk_sparsities(shapes, sparsity, power_scale=1.0):
+    """Spreads an overall target sparsity over tensors by Erdős–Rényi-kernel scaling.
+
+    Evci et al. 2020 (RigL): a tensor of shape (k_1, ..., k_n) gets a density
+    proportional to ((k_1 + ... + k_n) / (k_1 · ... · k_n)) ** power_scale, so
+    small layers stay denser than large ones, with the factor chosen so that the
+    tensors together keep `1 - sparsity` of their weights. A tensor whose
+    density would exceed 1 is kept dense and the factor is found again for the
+    others, as RigL does.
+
+    Args:
+        shapes: Shapes of the tensors, in order.
+        sparsity: The overall target, in [0, 1).
+        power_scale: Exponent on the ratio; below 1 makes the spread gentler.
+            Defaults to `1.0` (ERK as published).
+
+    Returns:
+        A list of sparsities, one per shape.
+    """
+    check_fraction(sparsity, "sparsity", allow_zero=True)
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    raw = [(float(np.sum(shape)) / size) ** power_scale for shape, size in zip(shapes, sizes)]
+    dense = set()
+    while True:
+        # With the dense tensors D fixed, eps·Σ_{i∉D} raw_i·n_i keeps what the
+        # target allows: Σ_{i∉D} (n_i − zeros_i) − Σ_{i∈D} zeros_i.
+        zeros = [int(np.floor(sparsity * size)) for size in sizes]
+        kept = sum(n - z for i, (n, z) in enumerate(zip(sizes, zeros)) if i not in dense)
+        kept -= sum(z for i, z in enumerate(zeros) if i in dense)
+        divisor = sum(r * n for i, (r, n) in enumerate(zip(raw, sizes)) if i not in dense)
+        eps = kept / divisor if divisor else 0.0
+        largest = max((r for i, r in enumerate(raw) if i not in dense), default=0.0)
+        if largest * eps <= 1:
+            break
+        dense |= {i for i, r in enumerate(raw) if r == largest and i not in dense}
+    return [0.0 if i in dense else 1.0 - eps * r for i, r in enumerate(raw)]
 
 
 def _prune_smallest(scores, alive, count):
@@ -163,7 +227,9 @@ class Criterion:
     """Base class of pruning criteria.
 
     Subclasses implement `compute_mask(target)`. Everything else (blocks, masks
-    that only shrink, keeping one unit per tensor, serialization) is shared.
+    that only shrink, keeping one unit per tensor, serialization) is shared. A
+    subclass whose `compute_mask` can also prune to `target.sparsity` (a target
+    a schedule asks for, see `compute_target_masks`) sets `accepts_target = True`.
 
     Args:
         block: `(rows, columns)` of the blocks to prune together in 2-D kernels
@@ -175,6 +241,9 @@ class Criterion:
             Dense kernel that do not fill a whole block are pruned at the first
             round: LiteRT computes wrong int8 results when a partial block is
             stored. Defaults to `(1, 1)`: single weights.
+        block_pooling: How a block is scored: `"avg"`, the mean |w| of its
+            weights, or `"max"`, the largest |w| (tfmot's `block_pooling_type`).
+            Defaults to `"avg"`.
 
     Example, a criterion of your own:
 
@@ -195,13 +264,18 @@ class Criterion:
     ```
     """
 
+    # Whether `compute_mask` honours `PruneTarget.sparsity`, so that a schedule
+    # can ask for a target sparsity (see `compute_target_masks`).
+    accepts_target = False
+
     # A criterion that needs the model (its graph, batches of data), not only one
     # tensor at a time, sets this: `prune` then calls
     # `compute_masks(targets, model=model)`. The unit criteria do.
     uses_model = False
 
-    def __init__(self, block=(1, 1)):
+    def __init__(self, block=(1, 1), block_pooling="avg"):
         self.block = _check_block(block)
+        self.block_pooling = check_choice(block_pooling, "block_pooling", ("avg", "max"))
         self._warned = set()
 
     def block_for(self, layer_type, shape):
@@ -224,6 +298,21 @@ class Criterion:
                     f"shape {tuple(t.weight.shape)}. Exclude that layer from wrap(), or "
                     "use block='tflite-float'/'tflite-int8', which blocks Dense kernels only."
                 )
+
+    def check_target(self):
+        """Raises a ValueError if this criterion cannot prune to a target sparsity.
+
+        Schedules such as `ConstantSparsity` and `PolynomialDecay` say which
+        sparsity to reach; a criterion that decides by its own rule (a threshold,
+        a fixed pattern) cannot follow them.
+        """
+        if not self.accepts_target:
+            raise ValueError(
+                f"{self!r} prunes by its own rule and cannot aim at a target sparsity, "
+                "which a schedule such as ConstantSparsity or PolynomialDecay asks for. "
+                "Use tf_lottery.PruneFraction (magnitude) or RandomPrune with a schedule, "
+                f"or run {type(self).__name__} in rounds with IterativePruning."
+            )
 
     def compute_mask(self, target):
         """Returns (keep, threshold) for one tensor.
@@ -248,10 +337,25 @@ class Criterion:
             target = self._with_units(target)
             yield self._finish(target, *self.compute_mask(target))
 
+    def compute_target_masks(self, targets, sparsity):
+        """Yields (new 0/1 mask, threshold) for each `PruneTarget`, pruning to a target.
+
+        Instead of one round of its rule, the criterion prunes each tensor until
+        `sparsity` of its units (weights, or blocks) are pruned, or leaves it as
+        it is if it is already that sparse: masks only shrink.
+
+        Args:
+            targets: The `PruneTarget`s, as for `compute_masks`.
+            sparsity: A fraction in [0, 1) for every tensor, a dict from layer
+                name to a fraction, or a list with one fraction per target.
+        """
+        self.check_target()
+        yield from self.compute_masks(_with_sparsity(targets, sparsity))
+
     def _with_units(self, target):
         target = dataclasses.replace(target, weight=_read(target.weight), mask=_read(target.mask))
         block = self.block_for(target.layer_type, target.weight.shape)
-        scores, alive = _units(target.weight, target.mask, block)
+        scores, alive = _units(target.weight, target.mask, block, self.block_pooling)
         rows = target.weight.shape[0]
         if isinstance(self.block, str) and block != (1, 1) and rows % block[0] and rows > block[0]:
             # LiteRT's sparse int8 kernel computes wrong results when a partial
@@ -280,7 +384,12 @@ class Criterion:
         return np.where(element_keep, target.mask, target.mask.dtype.type(0)), threshold
 
     def get_config(self):
-        return {"block": list(self.block) if isinstance(self.block, tuple) else self.block}
+        config = {"block": list(self.block) if isinstance(self.block, tuple) else self.block}
+        if self.block_pooling != "avg":
+            # Left out at its default, so that the settings of lottery runs
+            # written before the option existed still match.
+            config["block_pooling"] = self.block_pooling
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -320,6 +429,7 @@ class StdThreshold(Criterion):
             more (smaller s) or less sensitive. Defaults to `None`.
         block: Block shape, see `Criterion`. Defaults to `(1, 1)`.
         fixed_std: Take the std once from the dense weights. Defaults to `False`.
+        block_pooling: `"avg"` or `"max"`, see `Criterion`. Defaults to `"avg"`.
 
     Example:
 
@@ -328,15 +438,13 @@ class StdThreshold(Criterion):
     ```
     """
 
-    def __init__(self, quality=0.5, per_layer=None, block=(1, 1), fixed_std=False):
-        super().__init__(block)
+    def __init__(
+        self, quality=0.5, per_layer=None, block=(1, 1), fixed_std=False, block_pooling="avg"
+    ):
+        super().__init__(block, block_pooling)
         self.quality = _check_quality(quality, "quality")
-        self.per_layer = _check_per_layer(per_layer, _check_quality, "per_layer")
-        if not isinstance(fixed_std, bool):
-            raise ValueError(
-                f"Expected fixed_std to be True or False. Received: fixed_std={fixed_std!r}"
-            )
-        self.fixed_std = fixed_std
+        self.per_layer = check_per_layer(per_layer, "per_layer", _check_quality)
+        self.fixed_std = check_bool(fixed_std, "fixed_std")
 
     def compute_mask(self, target):
         s = self.per_layer.get(target.layer, self.quality)
@@ -373,39 +481,71 @@ class PruneFraction(Criterion):
     `output_rate` or `per_layer` says otherwise. The output layer is the model's
     last prunable layer.
 
+    It also prunes to a target sparsity, which is what the schedules of
+    `GradualPruning` (`ConstantSparsity`, `PolynomialDecay`) ask for: then
+    `rate`, `per_layer` and `output_rate` do not apply, and `scope` says how the
+    target is spread over the layers: the same in each (`"layer"`, as tfmot
+    does), one ranking of all weights (`"global"`), or Erdős–Rényi-kernel
+    scaling (`"erk"`, Evci et al. 2020: small layers stay denser). In rounds,
+    `scope="erk"` makes the round's overall target `1 - (1 - s)(1 - rate)` from
+    the current sparsity s, spread by ERK. A target counts units: with blocks,
+    the fraction of blocks, as tfmot counts them.
+
     Args:
         rate: Fraction of the surviving weights to prune per round, in (0, 1).
             Defaults to `0.2`.
-        scope: `"layer"` (each tensor loses `rate` of its weights) or `"global"`
-            (the smallest `rate` of all surviving weights, wherever they are).
-            Defaults to `"layer"`.
+        scope: `"layer"` (each tensor loses `rate` of its weights), `"global"`
+            (the smallest `rate` of all surviving weights, wherever they are) or
+            `"erk"`. Defaults to `"layer"`.
         per_layer: Optional dict from layer name to its own rate. Only with
             `scope="layer"`. Defaults to `None`.
         block: Block shape, see `Criterion`. Defaults to `(1, 1)`.
         output_rate: Rate of the output layer with `scope="layer"`; `None` means
             `rate / 2`. Defaults to `None`.
+        block_pooling: `"avg"` or `"max"`, see `Criterion`. Defaults to `"avg"`.
 
     Example:
 
     ```python
     criterion = tf_lottery.PruneFraction(0.2)              # 20% per round, 10% output
     global_criterion = tf_lottery.PruneFraction(0.2, scope="global")
+    # With a schedule: every layer to 80% sparsity by step 2000.
+    pruning = tf_lottery.GradualPruning(
+        tf_lottery.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=2000),
+        tf_lottery.PruneFraction(scope="layer"))
     ```
     """
 
-    def __init__(self, rate=0.2, scope="layer", per_layer=None, block=(1, 1), output_rate=None):
-        super().__init__(block)
+    accepts_target = True
+
+    def __init__(
+        self,
+        rate=0.2,
+        scope="layer",
+        per_layer=None,
+        block=(1, 1),
+        output_rate=None,
+        block_pooling="avg",
+    ):
+        super().__init__(block, block_pooling)
         self.rate = _check_rate(rate, "rate")
-        if scope not in ("layer", "global"):
-            raise ValueError(f"Expected scope='layer' or 'global'. Received: scope={scope!r}")
-        self.scope = scope
-        self.per_layer = _check_per_layer(per_layer, _check_rate, "per_layer")
-        if scope == "global" and self.per_layer:
+        self.scope = check_choice(scope, "scope", ("layer", "global", "erk"))
+        self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
+        if scope != "layer" and self.per_layer:
             raise ValueError(
-                "per_layer rates only apply with scope='layer'; global pruning ranks all "
-                f"weights together. Received: scope='global', per_layer={per_layer!r}"
+                f"per_layer rates only apply with scope='layer'; scope={scope!r} spreads "
+                f"one rate over all layers. Received: scope={scope!r}, per_layer={per_layer!r}"
             )
         self.output_rate = None if output_rate is None else _check_rate(output_rate, "output_rate")
+
+    def check_target(self):
+        if self.per_layer or self.output_rate is not None:
+            raise ValueError(
+                "per_layer and output_rate set the rates of rounds; a target sparsity from a "
+                "schedule applies to every layer, spread by scope ('layer', 'global' or "
+                f"'erk'). Received: per_layer={self.per_layer!r}, "
+                f"output_rate={self.output_rate!r}"
+            )
 
     def rate_for(self, target):
         """The rate for one tensor: per_layer, then output_rate, then rate."""
@@ -427,11 +567,33 @@ class PruneFraction(Criterion):
         return None
 
     def compute_mask(self, target):
-        count = round(self.rate_for(target) * int(target.alive.sum()))
+        alive = int(target.alive.sum())
+        if target.sparsity is None:
+            count = round(self.rate_for(target) * alive)
+        else:
+            count = alive - keep_count(target.alive.size, target.sparsity)
         return _prune_smallest(self.scores(target, (self._draw_seed(),)), target.alive, count)
 
+    def compute_target_masks(self, targets, sparsity):
+        if self.scope != "layer" and isinstance(sparsity, (dict, list, tuple)):
+            raise ValueError(
+                f"scope={self.scope!r} spreads one overall target over the layers; per-layer "
+                f"targets need scope='layer'. Received: sparsity={sparsity!r}"
+            )
+        if self.scope == "erk":
+            check_fraction(sparsity, "sparsity", allow_zero=True)
+            sparsity = erk_sparsities([t.weight.shape for t in targets], sparsity)
+        yield from super().compute_target_masks(targets, sparsity)
+
     def compute_masks(self, targets):
-        if self.scope == "layer":
+        if self.scope == "erk" and targets and targets[0].sparsity is None:
+            units = [self._with_units(t) for t in targets]
+            total = sum(u.alive.size for u in units)
+            now = 1 - sum(int(u.alive.sum()) for u in units) / total
+            del units
+            yield from self.compute_target_masks(targets, 1 - (1 - now) * (1 - self.rate))
+            return
+        if self.scope != "global":
             yield from super().compute_masks(targets)
             return
         # Global scope: the same ranking over all tensors at once, in two passes
@@ -439,13 +601,17 @@ class PruneFraction(Criterion):
         # tensor's weights together.
         self.check(targets)
         seed = self._draw_seed()
-        parts = []
+        parts, total = [], 0
         for index, target in enumerate(targets):
             unit = self._with_units(target)
             parts.append(self.scores(unit, (seed, index))[unit.alive])
+            total += unit.alive.size
         alive_scores = np.concatenate(parts)
         del parts
-        count = round(self.rate * alive_scores.size)
+        if targets and targets[0].sparsity is not None:
+            count = alive_scores.size - keep_count(total, targets[0].sparsity)
+        else:
+            count = round(self.rate * alive_scores.size)
         if count > 0:
             alive_scores.partition(count - 1)
             cut = float(alive_scores[count - 1])
@@ -497,12 +663,16 @@ class RandomPrune(PruneFraction):
     """
 
     def __init__(
-        self, rate=0.2, scope="layer", per_layer=None, block=(1, 1), output_rate=None, seed=None
+        self,
+        rate=0.2,
+        scope="layer",
+        per_layer=None,
+        block=(1, 1),
+        output_rate=None,
+        seed=None,
     ):
         super().__init__(rate, scope, per_layer, block, output_rate)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"Expected seed to be an integer or None. Received: seed={seed!r}")
-        self.seed = seed
+        self.seed = check_int(seed, "seed", allow_none=True)
         self._rng = np.random.default_rng(seed)
 
     def _draw_seed(self):
@@ -517,3 +687,68 @@ class RandomPrune(PruneFraction):
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tf_lottery")
+class NMSparsity(Criterion):
+    """N:M sparsity: keeps the `n` largest of every `m` consecutive weights.
+
+    The groups run along the input dimension: the second-to-last axis of the
+    kernel, which is the input of Dense and convolution kernels ([in, out],
+    [h, w, in, out]), as NVIDIA's 2:4 sparse tensor cores and tfmot's
+    `sparsity_m_by_n` use it. `NMSparsity(2, 4)` leaves at most 2 non-zeros in
+    every 4 consecutive inputs of each output (50% sparsity). Masks only shrink:
+    a group keeps the `n` largest of its surviving weights, so a group with
+    fewer survivors keeps them all, and pruning again changes nothing. When `m`
+    does not divide the input dimension, the last group of each row is shorter
+    and keeps at most `n` of its weights, as tfmot does with its zero padding.
+
+    The sparsity is fixed by the pattern, so this criterion does not take a
+    target from a schedule: apply it once with `tf_lottery.prune`, or in the
+    rounds of `IterativePruning`.
+
+    Args:
+        n: Weights kept in every group, a positive integer smaller than `m`.
+            Defaults to `2`.
+        m: Size of the groups. Defaults to `4`.
+
+    Example:
+
+    ```python
+    tf_lottery.prune(model, tf_lottery.NMSparsity(2, 4))   # 2:4 sparsity
+    ```
+    """
+
+    def __init__(self, n=2, m=4):
+        super().__init__()
+        self.n = check_int(n, "n", minimum=1)
+        self.m = check_int(m, "m", minimum=2)
+        if n >= m:
+            raise ValueError(
+                f"Expected n < m: n weights are kept in every group of m. Received: n={n}, m={m}"
+            )
+
+    def check(self, targets):
+        for t in targets:
+            if len(t.weight.shape) < 2:
+                raise ValueError(
+                    f"NMSparsity groups weights along the input dimension, but "
+                    f"{t.layer}/{t.name} has shape {tuple(t.weight.shape)}, with none. "
+                    "Exclude that layer from wrap() or from the pruned layers."
+                )
+
+    def compute_mask(self, target):
+        scores = np.where(target.alive, target.scores, -np.inf)
+        rows = np.moveaxis(scores, -2, -1)
+        inputs = rows.shape[-1]
+        pad = [(0, 0)] * (rows.ndim - 1) + [(0, -inputs % self.m)]
+        groups = np.pad(rows, pad, constant_values=-np.inf)
+        groups = groups.reshape(*groups.shape[:-1], -1, self.m)
+        # Rank within the group, largest first; ties go to the earlier weight.
+        order = np.argsort(-groups, axis=-1, kind="stable")
+        rank = np.argsort(order, axis=-1, kind="stable")
+        keep = (rank < self.n).reshape(*rows.shape[:-1], -1)[..., :inputs]
+        return np.moveaxis(keep, -1, -2) & target.alive, math.nan
+
+    def get_config(self):
+        return {"n": self.n, "m": self.m}

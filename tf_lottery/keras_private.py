@@ -13,6 +13,7 @@ __all__ = [
     "graph_outputs",
     "flatten_layers",
     "get_stateless_scope",
+    "input_shape_arg",
     "is_graph_model",
     "optimizer_model_variables",
     "own_variables",
@@ -37,6 +38,15 @@ def direct_sublayers(layer):
 def own_variables(layer):
     """The variables `layer` created itself, not those of its sublayers."""
     return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def input_shape_arg(layer):
+    """The `input_shape=` a layer was given (Keras 2 style), or `None`.
+
+    `keras.Sequential` builds its input from its first layer's; a wrapper made
+    around such a layer passes it on, so that the Sequential is built.
+    """
+    return getattr(layer, "_input_shape_arg", None)
 
 
 def is_graph_model(model):

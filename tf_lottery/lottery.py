@@ -30,7 +30,6 @@ from tf_lottery.artifacts import save_arrays
 from tf_lottery.artifacts import save_state
 from tf_lottery.artifacts import set_masks
 from tf_lottery.artifacts import thresholds_of
-from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.evaluation import evaluate_metric
 from tf_lottery.files import save_figure
@@ -40,6 +39,9 @@ from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
 from tf_lottery.transforms import wrap
+from tf_lottery.validators import check_criterion
+from tf_lottery.validators import check_int
+from tf_lottery.validators import is_int
 from tf_lottery.wrapper import find_wrappers
 
 CONTROLS = ("reinit", "random_prune")
@@ -482,20 +484,14 @@ def find_winning_ticket(
     ```
     """
     criterion = PruneFraction(0.2) if criterion is None else criterion
-    if not isinstance(criterion, Criterion):
-        raise ValueError(
-            f"Expected criterion to be a tf_lottery criterion. Received: criterion={criterion!r}"
-        )
+    check_criterion(criterion)
     if not callable(build_model):
         raise ValueError(
             f"Expected build_model to be a function returning a Keras model. Received: {build_model!r}"
         )
-    for name, value, low in (("rounds", rounds, 0), ("epochs_per_round", epochs_per_round, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(
-                f"Expected {name} to be an integer >= {low}. Received: {name}={value!r}"
-            )
-    if isinstance(rewind, int) and not isinstance(rewind, bool):
+    check_int(rounds, "rounds")
+    check_int(epochs_per_round, "epochs_per_round", minimum=1)
+    if is_int(rewind):
         if not 0 <= rewind < epochs_per_round:
             raise ValueError(
                 f"rewind={rewind} must be an epoch count within round 0: 0 <= rewind < "

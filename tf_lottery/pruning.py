@@ -5,11 +5,13 @@ custom training loop or an experiment runner can do the same steps itself.
 """
 
 import keras
+import numpy as np
 
 from tf_lottery import keras_private
 
-from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import PruneTarget
+from tf_lottery.criteria import erk_sparsities
+from tf_lottery.validators import check_criterion as check_criterion_type
 from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.wrapper import find_rewind_wrappers
@@ -54,12 +56,7 @@ def prune_targets(wrappers, layers=None):
 
 def check_criterion(criterion, wrappers):
     """Raises a ValueError if `criterion` does not fit the wrapped layers."""
-    if not isinstance(criterion, Criterion):
-        raise ValueError(
-            "Expected criterion to be a tf_lottery criterion such as "
-            "tf_lottery.PruneFraction(0.2) or tf_lottery.StdThreshold(0.5). "
-            f"Received: criterion={criterion!r}"
-        )
+    check_criterion_type(criterion)
     check_layer_names("per_layer", getattr(criterion, "per_layer", {}), wrappers)
     criterion.check(prune_targets(wrappers))
 
@@ -85,7 +82,7 @@ def _check_layers(layers, wrappers):
     return set(layers)
 
 
-def prune(model, criterion, *, layers=None):
+def prune(model, criterion, *, layers=None, sparsity=None):
     """Runs one pruning round on the `PruneWrapper`s of `model`.
 
     Computes the new masks with `criterion`, multiplies them into the old ones,
@@ -98,6 +95,11 @@ def prune(model, criterion, *, layers=None):
         layers: Names of the wrapped layers to prune; `None` prunes all. With
             `scope="global"` the ranking covers these layers only. Defaults to
             `None`.
+        sparsity: Instead of one round of the criterion's rule, prune to this
+            target sparsity: a fraction in [0, 1), or (with `scope="layer"`) a
+            dict from layer name to a fraction such as `erk_targets` gives. Only
+            criteria that accept a target (`PruneFraction`, `RandomPrune`) take
+            it. Defaults to `None`.
 
     Returns:
         A dict from `"layer/weight"` to the threshold used.
@@ -116,14 +118,16 @@ def prune(model, criterion, *, layers=None):
     masked = [
         m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights
     ]
-    thresholds = {}
-    # compute_masks is a generator: each tensor is read, masked and written
-    # before the next is read, so a round holds about one tensor in memory.
-    if criterion.uses_model:
-        new_masks = criterion.compute_masks(targets, model=model)
+    if sparsity is not None:
+        masks = criterion.compute_target_masks(targets, sparsity)
+    elif criterion.uses_model:
+        masks = criterion.compute_masks(targets, model=model)
     else:
-        new_masks = criterion.compute_masks(targets)
-    for target, weight, (mask, threshold) in zip(targets, masked, new_masks):
+        masks = criterion.compute_masks(targets)
+    thresholds = {}
+    # The masks come from a generator: each tensor is read, masked and written
+    # before the next is read, so a round holds about one tensor in memory.
+    for target, weight, (mask, threshold) in zip(targets, masked, masks):
         mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
         write_threshold(weight.threshold, threshold)
@@ -133,6 +137,43 @@ def prune(model, criterion, *, layers=None):
         if layers is None or wrapper.layer.name in layers:
             wrapper.pruning_round.assign(wrapper.pruning_round + 1)
     return thresholds
+
+
+def erk_targets(model, sparsity, *, power_scale=1.0):
+    """Per-layer target sparsities that spread `sparsity` by Erdős–Rényi-kernel scaling.
+
+    Evci et al. 2020 (RigL): each pruned tensor gets a density proportional to
+    the sum of its dimensions over their product, so that small layers (the
+    first convolution, the output layer) stay denser than large ones while the
+    model as a whole keeps `1 - sparsity` of its prunable weights. A layer with
+    several pruned tensors gets their combined sparsity.
+
+    Args:
+        model: A Keras model with `PruneWrapper` layers.
+        sparsity: The overall target, in [0, 1).
+        power_scale: Exponent on the ratio; below 1 spreads more evenly.
+            Defaults to `1.0`.
+
+    Returns:
+        A dict from layer name to its target sparsity (0 for layers kept
+        dense), for `IterativePruning(layer_targets=...)` or
+        `tf_lottery.prune(model, PruneFraction(), sparsity=...)`.
+
+    Example:
+
+    ```python
+    targets = tf_lottery.erk_targets(model, 0.9)
+    tf_lottery.prune(model, tf_lottery.PruneFraction(), sparsity=targets)
+    ```
+    """
+    targets = prune_targets(require_wrappers(model, "tf_lottery.erk_targets()"))
+    values = erk_sparsities([t.weight.shape for t in targets], sparsity, power_scale)
+    pruned, total = {}, {}
+    for target, value in zip(targets, values):
+        size = int(np.prod(target.weight.shape))
+        pruned[target.layer] = pruned.get(target.layer, 0.0) + value * size
+        total[target.layer] = total.get(target.layer, 0) + size
+    return {layer: pruned[layer] / total[layer] for layer in pruned}
 
 
 def rewind(model, to="initial", *, layers=None):

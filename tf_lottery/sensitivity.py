@@ -20,6 +20,10 @@ from tf_lottery.evaluation import evaluate_metric
 from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
 from tf_lottery.report import count_nonzero
+from tf_lottery.validators import check_choice
+from tf_lottery.validators import check_fraction
+from tf_lottery.validators import check_int
+from tf_lottery.validators import check_number
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -62,10 +66,7 @@ class SensitivityReport:
             max_drop: The allowed drop, in the metric's units (0.005 = half a
                 point of accuracy).
         """
-        if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
-            raise ValueError(
-                f"Expected max_drop to be a non-negative number. Received: max_drop={max_drop!r}"
-            )
+        check_number(max_drop, "max_drop")
         chosen = {}
         for layer, values in self.results.items():
             # Levels are in increasing order: take the last before the first failure.
@@ -87,10 +88,7 @@ class SensitivityReport:
             raise ValueError(
                 "fraction_rates needs a report made with sparsities=..., not qualities."
             )
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(
-                f"Expected rounds to be a positive integer. Received: rounds={rounds!r}"
-            )
+        check_int(rounds, "rounds", minimum=1)
         rates = {}
         for layer, target in self.settings(max_drop).items():
             rate = 1.0 - (1.0 - target) ** (1.0 / rounds)
@@ -198,24 +196,18 @@ def sensitivity(
     wrappers = pruning.require_wrappers(model, "tf_lottery.sensitivity()")
     if sparsities is not None and qualities is not None:
         raise ValueError("Pass sparsities or qualities, not both.")
-    if mode not in ("max", "min"):
-        raise ValueError(f"Expected mode='max' or 'min'. Received: mode={mode!r}")
+    check_choice(mode, "mode", ("max", "min"))
     if not model.compiled:
         raise ValueError(
             "sensitivity() evaluates the model: compile it first, with the metric you want."
         )
     kind = "quality" if qualities is not None else "sparsity"
     levels = tuple(qualities if qualities is not None else (sparsities or DEFAULT_SPARSITIES))
-    for level in levels:
-        bad = isinstance(level, bool) or not isinstance(level, (int, float))
-        if bad or (kind == "sparsity" and not 0 < level < 1) or (kind == "quality" and level < 0):
-            argument = "qualities" if kind == "quality" else "sparsities"
-            expected = (
-                "non-negative numbers" if kind == "quality" else "numbers strictly between 0 and 1"
-            )
-            raise ValueError(
-                f"Expected {argument} to be {expected}. Received: {argument}={list(levels)}"
-            )
+    for index, level in enumerate(levels):
+        if kind == "quality":
+            check_number(level, f"qualities[{index}]")
+        else:
+            check_fraction(level, f"sparsities[{index}]")
     levels = tuple(sorted(float(v) for v in levels))
     baseline = evaluate_metric(model, data, metric)
     results, sparsities_reached = {}, {}

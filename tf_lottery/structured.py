@@ -21,10 +21,10 @@ import numpy as np
 
 from tf_lottery.channels import channel_groups
 from tf_lottery.criteria import Criterion
-from tf_lottery.criteria import _check_per_layer
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
+from tf_lottery.validators import check_per_layer
 from tf_lottery.wrapper import find_rewind_wrappers
 
 
@@ -82,7 +82,7 @@ class UnitCriterion(Criterion):
         if scope not in ("layer", "global"):
             raise ValueError(f"Expected scope='layer' or 'global'. Received: scope={scope!r}")
         self.scope = scope
-        self.per_layer = _check_per_layer(per_layer, _check_rate, "per_layer")
+        self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
         self.round_to = _check_round_to(round_to)
 
     def check(self, targets):
@@ -343,7 +343,7 @@ class UnitStdThreshold(UnitCriterion):
     def __init__(self, quality=0.5, per_layer=None, round_to=1):
         super().__init__(0.5, "layer", None, round_to)
         self.quality = _check_quality(quality, "quality")
-        self.per_layer = _check_per_layer(per_layer, _check_quality, "per_layer")
+        self.per_layer = check_per_layer(per_layer, "per_layer", _check_quality)
 
     def unit_scores(self, group, wrappers):
         return _norm_scores(group, 2)

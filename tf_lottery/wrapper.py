@@ -434,9 +434,13 @@ class PruneWrapper(RewindWrapper):
         super().__init__(layer, **kwargs)
         self._masked = []
 
+    def _prunable_weights(self):
+        """The variables of the built layer that get masks; the registry's choice."""
+        return prunable_weights(self.layer)
+
     def build(self, input_shape=None):
         self._build_layer(input_shape)
-        weights = prunable_weights(self.layer)
+        weights = self._prunable_weights()
         if not weights:
             raise ValueError(
                 f"Layer '{self.layer.name}' has no prunable weights once built; "
@@ -473,7 +477,23 @@ class PruneWrapper(RewindWrapper):
             name="pruning_round", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
         self._add_rewind_epoch()
+        # Training steps taken under a step schedule (GradualPruning): a variable
+        # of its own, so that model.save keeps it and reset_optimizer (which
+        # zeroes optimizer.iterations) leaves it alone.
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
         self.built = True
+
+    def load_own_variables(self, store):
+        own = keras_private.own_variables(self)
+        if len(store.keys()) == len(own) - 1:
+            # Written before pruning_step existed (its last variable): load the
+            # others, and the step stays 0.
+            for index, variable in enumerate(own[:-1]):
+                variable.assign(store[str(index)])
+            return
+        super().load_own_variables(store)
 
     @property
     def masked_weights(self):
