@@ -4,6 +4,13 @@
 import tf_lottery  # noqa: F401
 import keras
 
+from tf_lottery.capture import captured_output
+
+# The backend's devices start with the first tensor, and log too (cuInit where the
+# TensorFlow wheel has GPU support and the machine has no GPU): start them here, quietly.
+with captured_output():
+    keras.ops.convert_to_tensor(0.0)
+
 
 def lenet_300_100():
     """LeNet-300-100 (784-300-100-10, ReLU), as in Frankle & Carbin and Han et al."""

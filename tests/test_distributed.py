@@ -134,8 +134,10 @@ def test_two_jax_processes_prune_one_model_and_only_process_0_writes(tmp_path):
     every, rounds = worker.PRUNING["every"], worker.PRUNING["rounds"]
     expected = [min((epoch + 1) // every, rounds) for epoch in range(worker.EPOCHS)]
     assert [int(d["rounds"]) for d in first] == expected
-    masks = [k for k in first[0] if k.endswith("/mask")]
+    # Kernels carry weight masks; biases carry the unit masks of their layers.
+    masks = [k for k in first[0] if k.endswith("/kernel/mask")]
     assert masks == ["fc1/kernel/mask", "fc2/kernel/mask", "out/kernel/mask"]
+    assert all(k.endswith("/bias/mask") for k in first[0] if k.endswith("/mask") and k not in masks)
     for epoch, arrays in enumerate(first):
         for mask_key in masks:
             key = mask_key[: -len("/mask")]

@@ -21,11 +21,9 @@ plain = tf_lottery.strip(model)
 from tf_lottery.capture import captured_output as _captured_output
 
 with _captured_output():
-    import keras
-
-    # The first tensor initializes the backend's devices, which logs too (cuInit
-    # on a machine without a GPU).
-    keras.ops.convert_to_tensor(0.0)
+    # Devices are left uninitialized: jax.distributed.initialize() and
+    # tf.config's device settings must come before that.
+    import keras  # noqa: F401
 
 from tf_lottery.callbacks import GradualPruning  # noqa: E402
 from tf_lottery.callbacks import IterativePruning  # noqa: E402
