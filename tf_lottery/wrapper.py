@@ -302,9 +302,13 @@ class RewindWrapper(keras.layers.Wrapper):
         self._add_rewind_epoch()
         self.built = True
 
-    def call(self, inputs, *args, **kwargs):
+    def call(self, inputs, *args, training=None, **kwargs):
         for constraint in self._constraints:
             constraint.remember_step_mask()
+        # Named, so that Keras passes the training flag to the wrapper, as older
+        # Keras releases do only for a call that declares it (BatchNormalization).
+        if training is not None:
+            kwargs["training"] = training
         return self.layer(inputs, *args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
