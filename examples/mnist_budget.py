@@ -8,7 +8,7 @@
    when validation accuracy falls more than --max_drop below the dense network's,
    and go back to the last round within the budget.
 
-    python examples/mnist_budget.py                  # offline defaults, ~2 min on 2 CPUs
+    python examples/mnist_budget.py                  # offline defaults, ~30 s on 2 CPUs
 """
 
 import os

@@ -5,7 +5,7 @@ the survivors (`rewind=None`), with the std-scaled threshold of "Learning both
 Weights and Connections". Han et al. report 12x fewer weights (8% left) with the
 error going from 1.64% to 1.59% on the full MNIST.
 
-    python examples/mnist_han.py                     # offline defaults, ~1 min on 2 CPUs
+    python examples/mnist_han.py                     # offline defaults, ~20 s on 2 CPUs
     python examples/mnist_han.py --quality=1.2 --rounds=5
 """
 

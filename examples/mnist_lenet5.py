@@ -6,7 +6,7 @@ convolution weights (convolutions are more sensitive, as both papers found) and
 10% of the output layer, rewind to θ0 and retrain; the random-reinitialization
 control runs beside the ticket.
 
-    python examples/mnist_lenet5.py                  # offline defaults, ~3 min on 2 CPUs
+    python examples/mnist_lenet5.py                  # offline defaults, ~2 min on 2 CPUs
 """
 
 import os

@@ -235,3 +235,18 @@ def test_erk_targets_work_as_layer_targets():
         ],
     )
     assert tl.sparsity(model)["out"].sparsity == 0 and tl.sparsity(model)["fc1"].sparsity > 0
+
+
+def test_a_missing_monitor_is_reported_after_the_first_epoch_not_at_the_first_round():
+    model = compile_model(tl.wrap(mlp()))
+    x, y = data()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.3), every=5, max_drop=0.01, verbose=0)
+    epochs = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epochs.append(epoch)
+
+    with pytest.raises(ValueError, match="monitor='val_accuracy' is not in the epoch logs"):
+        model.fit(x, y, epochs=10, verbose=0, callbacks=[Count(), pruning])
+    assert epochs == [0]

@@ -46,7 +46,9 @@ def _load_model(path):
     _import("tf_lottery.wrapper")  # registers the wrapper classes with Keras
     try:
         with captured_output():
-            return saving.load_model(path)
+            # Not compiled: exporting and summarizing need no optimizer, and the
+            # optimizer of a model saved under another backend is that backend's class.
+            return saving.load_model(path, compile=False)
     except ValueError as error:
         raise CommandError(str(error)) from error
 

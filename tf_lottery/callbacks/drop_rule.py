@@ -49,6 +49,18 @@ class DropRule:
         self.stopped = None
         self._last_good = None
 
+    def check_logs(self, logs):
+        """Raises a ValueError if the rule is on and `logs` lack its monitor.
+
+        Called at the end of every epoch, so that a missing `validation_data`
+        is reported after the first epoch rather than at the first round.
+        """
+        if self.max_drop is not None and self.monitor not in logs:
+            raise ValueError(
+                f"monitor={self.monitor!r} is not in the epoch logs, which have: {sorted(logs)}. "
+                "Pass validation_data to fit for 'val_' metrics, or choose one of these keys."
+            )
+
     def allows(self, model, epoch, logs, state):
         """Whether pruning may go on after this boundary.
 
@@ -68,11 +80,7 @@ class DropRule:
             return True
         if self.stopped:
             return False
-        if self.monitor not in logs:
-            raise ValueError(
-                f"monitor={self.monitor!r} is not in the epoch logs, which have: {sorted(logs)}. "
-                "Pass validation_data to fit for 'val_' metrics, or choose one of these keys."
-            )
+        self.check_logs(logs)
         value = float(logs[self.monitor])
         if self.baseline is None:
             self.baseline = value

@@ -188,6 +188,7 @@ class IterativePruning(keras.callbacks.Callback):
                 wrapper.save_rewind_point(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        self.drop_rule.check_logs(logs or {})
         self._end_of_epoch(epoch, logs or {})
         if logs is not None:
             logs.update(self._logs.figures)
