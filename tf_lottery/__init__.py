@@ -28,11 +28,22 @@ from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.criteria import RandomPrune
 from tf_lottery.criteria import StdThreshold
-from tf_lottery.lottery import LotteryHistory
-from tf_lottery.lottery import RoundResult
+from tf_lottery.history import LotteryHistory
+from tf_lottery.history import RoundResult
+from tf_lottery.history import RoundSummary
+from tf_lottery.history import Statistic
+from tf_lottery.history import plot_history
+from tf_lottery.init_criteria import GraSP
+from tf_lottery.init_criteria import InitCriterion
+from tf_lottery.init_criteria import SNIP
+from tf_lottery.init_criteria import SynFlow
+from tf_lottery.instability import InterpolationResult
+from tf_lottery.instability import instability
+from tf_lottery.instability import interpolate
+from tf_lottery.instability import plot_interpolation
+from tf_lottery.lottery import collect_history
 from tf_lottery.lottery import find_winning_ticket
 from tf_lottery.lottery import load_round
-from tf_lottery.lottery import plot_history
 from tf_lottery.pruning import apply_masks
 from tf_lottery.pruning import prune
 from tf_lottery.pruning import reset_optimizer
@@ -70,6 +81,9 @@ __all__ = [
     "Criterion",
     "ExportError",
     "ExportReport",
+    "GraSP",
+    "InitCriterion",
+    "InterpolationResult",
     "IterativePruning",
     "LayerSparsity",
     "LotteryHistory",
@@ -79,23 +93,31 @@ __all__ = [
     "RandomPrune",
     "RewindWrapper",
     "RoundResult",
+    "RoundSummary",
+    "SNIP",
     "SensitivityReport",
     "ShrinkReport",
     "SparsityReport",
+    "Statistic",
     "StdThreshold",
+    "SynFlow",
     "TFLiteReport",
     "UnitCriterion",
     "UnitNorm",
     "UnitStdThreshold",
     "apply_masks",
+    "collect_history",
     "export_tflite",
     "find_rewind_wrappers",
     "find_winning_ticket",
     "find_wrappers",
     "inspect_tflite",
+    "instability",
+    "interpolate",
     "load_model",
     "load_round",
     "plot_history",
+    "plot_interpolation",
     "prune",
     "reset_optimizer",
     "rewind",
