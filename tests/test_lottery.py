@@ -364,7 +364,7 @@ def test_controls_at_the_tickets_overall_sparsity_choose_their_own_layers(tmp_pa
             total = sum(int(m.sum()) for m in control.values())
             if arm == "random_even":  # the overall density in each tensor, rounded per tensor
                 assert abs(total - kept) <= len(ticket)
-                for key, m in control.items():
+                for m in control.values():
                     assert abs(m.mean() - kept / sum(t.size for t in ticket.values())) < 1 / m.size
             else:
                 assert total == kept, arm
