@@ -381,3 +381,18 @@ def test_controls_at_the_tickets_overall_sparsity_choose_their_own_layers(tmp_pa
         run(str(tmp_path / "twice"), controls=(snip, tl.SNIP(data=(x, y))))
     with pytest.raises(ValueError, match="Expected controls from"):
         run(str(tmp_path / "name"), controls=("snip",))
+
+
+def test_instability_points_measure_every_rounds_error_barrier(tmp_path):
+    out = str(tmp_path / "run")
+    history = run(out, rounds=1, controls=("random_prune",), instability_points=3, epochs=1)
+    for row in history.rows:
+        folder = RunPaths(out).round_dir(row.arm, row.round)
+        path = json.load(open(os.path.join(folder, "instability.json")))
+        assert path["alphas"] == [0.0, 0.5, 1.0]
+        assert row.error_barrier == path["error_barrier"] >= 0.0
+        # The path starts at the round's own trained network.
+        assert path["accuracy"][0] == pytest.approx(row.final_test_accuracy)
+    assert "err barrier" in str(history)
+    with pytest.raises(ValueError, match="instability_points=2"):
+        run(str(tmp_path / "bad"), instability_points=2)

@@ -38,7 +38,7 @@ from tf_lottery.init_criteria import InitCriterion
 from tf_lottery.init_criteria import SNIP
 from tf_lottery.init_criteria import SynFlow
 from tf_lottery.instability import InterpolationResult
-from tf_lottery.instability import instability
+from tf_lottery.instability import instability_analysis
 from tf_lottery.instability import interpolate
 from tf_lottery.instability import plot_interpolation
 from tf_lottery.lottery import collect_history
@@ -112,7 +112,7 @@ __all__ = [
     "find_winning_ticket",
     "find_wrappers",
     "inspect_tflite",
-    "instability",
+    "instability_analysis",
     "interpolate",
     "load_model",
     "load_round",

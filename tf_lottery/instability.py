@@ -80,14 +80,16 @@ def check_points(points, argument="points"):
     return points
 
 
-def _check_same_network(model_a, model_b):
-    shapes_a = [tuple(v.shape) for v in model_a.weights]
-    shapes_b = [tuple(v.shape) for v in model_b.weights]
-    if shapes_a != shapes_b:
+def _check_shapes(model_a, model_b, what="The two networks have"):
+    if [tuple(v.shape) for v in model_a.weights] != [tuple(v.shape) for v in model_b.weights]:
         raise ValueError(
-            "The two networks have different weights (by shape, in order), so there is no "
-            "line between them. Interpolate two copies of one architecture."
+            f"{what} different weights (by shape, in order), so there is no line between "
+            "them. Interpolate two copies of one architecture."
         )
+
+
+def _check_same_network(model_a, model_b):
+    _check_shapes(model_a, model_b)
     for wa, wb in zip(find_wrappers(model_a), find_wrappers(model_b)):
         for ma, mb in zip(wa.masked_weights, wb.masked_weights):
             if not np.array_equal(_numpy(ma.mask), _numpy(mb.mask)):
@@ -133,8 +135,8 @@ def recompute_batch_norm(model, train_data, batch_size=32):
         return
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
-        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
+        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean.value))
+        layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance.value))
     try:
         for step, x in enumerate(_batches(train_data, batch_size)):
             for layer in layers:
@@ -204,7 +206,7 @@ def interpolate(model_a, model_b, data, *, points=11, train_data=None, batch_siz
     points = check_points(points)
     _check_same_network(model_a, model_b)
     work = _clone(model_a) if model is None else model
-    _check_same_network(model_a, work)
+    _check_shapes(model_a, work, "model and model_a have")
     if _batch_norm_layers(work) and train_data is None:
         raise ValueError(
             "The networks have BatchNormalization, whose statistics are recomputed at each "
@@ -242,7 +244,7 @@ def _check_seeds(seeds):
     return tuple(seeds)
 
 
-def instability(model, train_data, data, *, epochs, seeds=(1, 2), points=11, fit_kwargs=None):
+def instability_analysis(model, train_data, data, *, epochs, seeds=(1, 2), points=11, fit_kwargs=None):
     """Trains two copies of `model` on two data orders and interpolates between them.
 
     Frankle et al. 2020's instability analysis. Both copies start from `model`'s
@@ -271,7 +273,7 @@ def instability(model, train_data, data, *, epochs, seeds=(1, 2), points=11, fit
 
     ```python
     tf_lottery.rewind(model)     # back to θ0, masks kept
-    result = tf_lottery.instability(
+    result = tf_lottery.instability_analysis(
         model, (x_train, y_train), (x_test, y_test), epochs=10,
         fit_kwargs={"batch_size": 60})
     print(f"error barrier {result.error_barrier:.2%}")
