@@ -244,7 +244,9 @@ def _check_seeds(seeds):
     return tuple(seeds)
 
 
-def instability_analysis(model, train_data, data, *, epochs, seeds=(1, 2), points=11, fit_kwargs=None):
+def instability_analysis(
+    model, train_data, data, *, epochs, seeds=(1, 2), points=11, fit_kwargs=None
+):
     """Trains two copies of `model` on two data orders and interpolates between them.
 
     Frankle et al. 2020's instability analysis. Both copies start from `model`'s
