@@ -506,10 +506,20 @@ def _print_round(row, prefix, resumed):
     )
 
 
-def _run_seed(experiment, rounds, prefix):
-    """Runs every training of one seed that is not finished yet."""
+def _run_seed(experiment, rounds, arms, prefix):
+    """Runs the trainings of one seed's `arms` that are not finished yet.
+
+    A control's round whose ticket round is not finished (by another process)
+    is left for a later call.
+    """
     paths = experiment.paths
+    waiting = []
     for arm, round_index in _trainings(rounds, list(experiment.controls)):
+        if arm not in arms:
+            continue
+        if arm != TICKET and not os.path.isdir(paths.round_dir(TICKET, round_index)):
+            waiting.append(f"{arm} round {round_index}")
+            continue
         resumed = os.path.isdir(paths.round_dir(arm, round_index))
         if not resumed:
             experiment.run_round(arm, round_index)
@@ -517,6 +527,12 @@ def _run_seed(experiment, rounds, prefix):
         if experiment.verbose:
             row = next(r for r in history.rows if (r.arm, r.round) == (arm, round_index))
             _print_round(row, prefix, resumed)
+    if waiting and experiment.verbose:
+        print(
+            f"{prefix}Not started, as their ticket rounds are not finished yet: "
+            f"{', '.join(waiting)}. Run again once they are.",
+            flush=True,
+        )
 
 
 def find_winning_ticket(
@@ -534,6 +550,7 @@ def find_winning_ticket(
     seed=0,
     seeds=None,
     instability_points=None,
+    arms=None,
     compile_kwargs=None,
     fit_kwargs=None,
     keep_weights="compressed",
@@ -592,6 +609,13 @@ def find_winning_ticket(
             `tf_lottery.instability`), in `RoundResult.error_barrier` and the
             round's instability.json. Doubles the training time. Defaults to
             `None`.
+        arms: The arms this call trains, by name (`"ticket"` and control
+            names); the others are left as they are. Processes can split one
+            seed this way: the ticket's rounds form a chain, and a control's
+            round N needs only the ticket's round N, so a call with the controls
+            alone trains those whose ticket round is finished and leaves the
+            rest for a later call. Not a setting: calls may differ in it.
+            Defaults to `None`: the ticket and every control.
         compile_kwargs: Keyword arguments of `model.compile`, if `build_model`
             does not compile. Defaults to `None`.
         fit_kwargs: Extra keyword arguments of `model.fit`, e.g. `batch_size`.
@@ -661,6 +685,12 @@ def find_winning_ticket(
             f"Expected rewind to be 'init', None or an epoch count. Received: rewind={rewind!r}"
         )
     controls = check_controls(controls, rewind)
+    names = [TICKET, *(name_of(c) for c in controls)]
+    arms = names if arms is None else ([arms] if isinstance(arms, str) else list(arms))
+    if not arms or any(a not in names for a in arms):
+        raise ValueError(
+            f"Expected arms to name some of this run's arms, {names}. Received: arms={arms!r}"
+        )
     if not isinstance(out_dir, (str, os.PathLike)):
         raise ValueError(f"Expected out_dir to be a folder path. Received: out_dir={out_dir!r}")
     if keep_weights not in KEEP_WEIGHTS:
@@ -727,7 +757,7 @@ def find_winning_ticket(
             lambda experiment=experiment: describe_layers(experiment.new_model(experiment.seed)),
         )
         experiment.layers = saved["layers"]
-        _run_seed(experiment, rounds, prefix)
+        _run_seed(experiment, rounds, arms, prefix)
         if seeds is not None:
             collect_history(out_dir)
     return collect_history(out_dir)
