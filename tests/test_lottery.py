@@ -464,3 +464,25 @@ def test_controls_can_run_in_a_call_of_their_own_once_their_ticket_rounds_exist(
     assert [(r.arm, r.round) for r in both.rows] == [("ticket", 0), ("ticket", 1), ("reinit", 1)]
     with pytest.raises(ValueError, match="arms to name some of this run's arms"):
         run(out, rounds=1, controls=("reinit",), arms=["random_prune"])
+
+
+def test_a_run_resumes_with_an_optimizer_that_keras_named_differently(tmp_path):
+    x, y = data(64)
+
+    def again(optimizer):
+        return tl.find_winning_ticket(
+            build,
+            (x, y),
+            validation_data=(x, y),
+            rounds=0,
+            epochs_per_round=1,
+            out_dir=str(tmp_path / "run"),
+            compile_kwargs=dict(COMPILE, optimizer=optimizer),
+            verbose=0,
+        )
+
+    first = again(keras.optimizers.Adam(1e-3))
+    # Keras names each new optimizer of a process anew: adam, adam_1, ...
+    assert again(keras.optimizers.Adam(1e-3)).rows == first.rows
+    with pytest.raises(ValueError, match="other settings.*compile_kwargs"):
+        again(keras.optimizers.Adam(2e-3))

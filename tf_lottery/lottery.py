@@ -121,6 +121,26 @@ def _describe(value):
         return type(value).__name__
 
 
+def _comparable(value):
+    """A described setting less the names of Keras objects, which never change results.
+
+    Keras names an optimizer "adam", then "adam_1" for the next one made in the
+    same process, so a process that runs a second seed describes its optimizer
+    under another name.
+    """
+    if isinstance(value, dict):
+        serialized = "class_name" in value and isinstance(value.get("config"), dict)
+        return {
+            k: _comparable(
+                {n: c for n, c in v.items() if n != "name"} if serialized and k == "config" else v
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
 def _claim_settings(paths, sweep, settings, first_layers=None):
     """The settings of a run (or, with `sweep=True`, of a sweep), written on first use.
 
@@ -144,7 +164,8 @@ def _claim_settings(paths, sweep, settings, first_layers=None):
     different = sorted(
         k
         for k in set(saved) | set(settings)
-        if k not in ("format", "layers") and saved.get(k) != settings.get(k)
+        if k not in ("format", "layers")
+        and _comparable(saved.get(k)) != _comparable(settings.get(k))
     )
     if different:
         details = "; ".join(
