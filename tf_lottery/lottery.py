@@ -346,7 +346,8 @@ class _Experiment:
 
     def train_round(self, arm, round_index, folder):
         model = self.start_model(arm, round_index)
-        start = [keras.ops.convert_to_numpy(v.value) for v in model.weights]
+        if self.instability_points:  # the second copy starts where this one does
+            start = [keras.ops.convert_to_numpy(v.value) for v in model.weights]
         save_arrays(RunPaths.masks(folder), masks_of(model, self.layers))
         if self.keep_weights == "full":
             model.save_weights(RunPaths.keras_start_weights(folder))
@@ -501,7 +502,7 @@ def collect_history(out_dir):
             return history
 
 
-def _check_seeds(seeds):
+def _check_seeds(seeds, seed):
     values = tuple(seeds) if isinstance(seeds, (tuple, list, range)) else None
     if (
         not values
@@ -512,7 +513,77 @@ def _check_seeds(seeds):
             "Expected seeds to be distinct non-negative integers, one run each, e.g. "
             f"seeds=(0, 1, 2). Received: seeds={seeds!r}"
         )
+    if seed != 0:
+        raise ValueError(
+            "Pass seed for a run with one seed or seeds for several, not both. "
+            f"Received: seed={seed!r}, seeds={seeds!r}"
+        )
     return values
+
+
+def _check_arguments(build_model, criterion, rounds, epochs_per_round, seed, rewind, out_dir):
+    """Raises a ValueError naming the first argument of `find_winning_ticket` that is wrong."""
+    if not isinstance(criterion, Criterion):
+        raise ValueError(
+            f"Expected criterion to be a tf_lottery criterion. Received: criterion={criterion!r}"
+        )
+    if not callable(build_model):
+        raise ValueError(
+            f"Expected build_model to be a function returning a Keras model. Received: {build_model!r}"
+        )
+    for name, value, low in (
+        ("rounds", rounds, 0),
+        ("epochs_per_round", epochs_per_round, 1),
+        ("seed", seed, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(
+                f"Expected {name} to be an integer >= {low}. Received: {name}={value!r}"
+            )
+    if isinstance(rewind, int) and not isinstance(rewind, bool):
+        if not 0 <= rewind < epochs_per_round:
+            raise ValueError(
+                f"rewind={rewind} must be an epoch count within round 0: 0 <= rewind < "
+                f"epochs_per_round={epochs_per_round}."
+            )
+    elif rewind not in ("init", None):
+        raise ValueError(
+            f"Expected rewind to be 'init', None or an epoch count. Received: rewind={rewind!r}"
+        )
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ValueError(f"Expected out_dir to be a folder path. Received: out_dir={out_dir!r}")
+
+
+def _check_arms(arms, controls):
+    """The arms a call trains: all of them by default, else the names given."""
+    names = [TICKET, *(name_of(c) for c in controls)]
+    if arms is None:
+        return names
+    arms = [arms] if isinstance(arms, str) else list(arms)
+    if not arms or any(a not in names for a in arms):
+        raise ValueError(
+            f"Expected arms to name some of this run's arms, {names}. Received: arms={arms!r}"
+        )
+    return arms
+
+
+def _units(paths, seed, seeds, settings):
+    """(seed, RunPaths, prefix for printing) of each seed's run: `out_dir` itself for
+    one seed, `out_dir/seed_<s>` for each of `seeds` (after checking the sweep's settings)."""
+    if seeds is None:
+        if paths.read_sweep_settings() is not None:
+            raise ValueError(
+                f"out_dir {paths.root!r} holds a sweep over seeds (sweep.json). Pass "
+                "seeds=(...) to run or extend it, or a new out_dir for a run with one seed."
+            )
+        return [(seed, paths, "")]
+    if paths.read_settings() is not None:
+        raise ValueError(
+            f"out_dir {paths.root!r} holds a run with one seed (settings.json), not a "
+            "sweep over seeds. Use a new out_dir for seeds=(...)."
+        )
+    _claim_settings(paths, True, settings)
+    return [(s, RunPaths(paths.seed_dir(s)), f"[seed {s}] ") for s in seeds]
 
 
 def _print_round(row, prefix, resumed):
@@ -669,51 +740,12 @@ def find_winning_ticket(
     ```
     """
     criterion = PruneFraction(0.2) if criterion is None else criterion
-    if not isinstance(criterion, Criterion):
-        raise ValueError(
-            f"Expected criterion to be a tf_lottery criterion. Received: criterion={criterion!r}"
-        )
-    if not callable(build_model):
-        raise ValueError(
-            f"Expected build_model to be a function returning a Keras model. Received: {build_model!r}"
-        )
-    for name, value, low in (
-        ("rounds", rounds, 0),
-        ("epochs_per_round", epochs_per_round, 1),
-        ("seed", seed, 0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(
-                f"Expected {name} to be an integer >= {low}. Received: {name}={value!r}"
-            )
-    if seeds is not None:
-        seeds = _check_seeds(seeds)
-        if seed != 0:
-            raise ValueError(
-                f"Pass seed for a run with one seed or seeds for several, not both. "
-                f"Received: seed={seed!r}, seeds={seeds!r}"
-            )
+    _check_arguments(build_model, criterion, rounds, epochs_per_round, seed, rewind, out_dir)
+    seeds = None if seeds is None else _check_seeds(seeds, seed)
     if instability_points is not None:
         check_points(instability_points, "instability_points")
-    if isinstance(rewind, int) and not isinstance(rewind, bool):
-        if not 0 <= rewind < epochs_per_round:
-            raise ValueError(
-                f"rewind={rewind} must be an epoch count within round 0: 0 <= rewind < "
-                f"epochs_per_round={epochs_per_round}."
-            )
-    elif rewind not in ("init", None):
-        raise ValueError(
-            f"Expected rewind to be 'init', None or an epoch count. Received: rewind={rewind!r}"
-        )
     controls = check_controls(controls, rewind)
-    names = [TICKET, *(name_of(c) for c in controls)]
-    arms = names if arms is None else ([arms] if isinstance(arms, str) else list(arms))
-    if not arms or any(a not in names for a in arms):
-        raise ValueError(
-            f"Expected arms to name some of this run's arms, {names}. Received: arms={arms!r}"
-        )
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise ValueError(f"Expected out_dir to be a folder path. Received: out_dir={out_dir!r}")
+    arms = _check_arms(arms, controls)
     if keep_weights not in KEEP_WEIGHTS:
         raise ValueError(
             f"Expected keep_weights to be one of {KEEP_WEIGHTS}. "
@@ -737,23 +769,7 @@ def find_winning_ticket(
         "instability_points": instability_points,
     }
     settings = json.loads(json.dumps(settings))
-    paths = RunPaths(out_dir)
-    if seeds is None:
-        if paths.read_sweep_settings() is not None:
-            raise ValueError(
-                f"out_dir {paths.root!r} holds a sweep over seeds (sweep.json). Pass "
-                "seeds=(...) to run or extend it, or a new out_dir for a run with one seed."
-            )
-        runs = [(seed, paths, "")]
-    else:
-        if paths.read_settings() is not None:
-            raise ValueError(
-                f"out_dir {paths.root!r} holds a run with one seed (settings.json), not a "
-                "sweep over seeds. Use a new out_dir for seeds=(...)."
-            )
-        _claim_settings(paths, True, settings)
-        runs = [(s, RunPaths(paths.seed_dir(s)), f"[seed {s}] ") for s in seeds]
-    for run_seed, run_paths, prefix in runs:
+    for run_seed, run_paths, prefix in _units(RunPaths(out_dir), seed, seeds, settings):
         experiment = _Experiment(
             build_model,
             train_data,

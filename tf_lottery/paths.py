@@ -5,7 +5,8 @@ A run with one seed (`find_winning_ticket(..., seed=s)`) is one folder:
     out_dir/
       settings.json              the run's settings and layers, written once; "format": 2
       initial.npz                θ0, shared by the ticket and the controls that start from it
-      history.json, history.csv  the LotteryHistory, gathered from the round folders
+      history.json, history.csv, summary.csv
+                                 the LotteryHistory, gathered from the round folders
       round_N/                   the ticket's round N
         masks.npz                one boolean mask per pruned weight ("layer/weight")
         trained.npz              the weights after training (masked, compressed)
