@@ -17,6 +17,8 @@ TORCH = ["torch>=2.1"]
 LITERT = ["ai-edge-litert>=2.0"]
 EXPORT = TENSORFLOW + LITERT
 EXAMPLES = ["mlxtend>=0.23", "matplotlib>=3.7"] + EXPORT
+# examples/ray_sweep.py runs a sweep's seeds in parallel; tf_lottery never imports Ray.
+SWEEPS = ["ray>=2.9"]
 # tensorflow-model-optimization is the reference that tests and benchmarks compare
 # against; it runs on tf_keras and is never imported by tf_lottery itself.
 REFERENCE = ["tensorflow-model-optimization>=0.8", "tf_keras>=2.16"]
@@ -37,6 +39,7 @@ setup(
         "litert": LITERT,
         "export": EXPORT,
         "examples": EXAMPLES,
+        "sweeps": SWEEPS,
         "reference": REFERENCE,
         # tensorboard: keras.callbacks.TensorBoard (and so tfmot's PruningSummaries) needs
         # it to write metrics, and TensorFlow no longer installs it.

@@ -14,7 +14,15 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 @pytest.mark.parametrize(
     "example",
-    ["mnist_lottery.py", "mnist_han.py", "mnist_lenet5.py", "mnist_budget.py", "export_tflite.py"],
+    [
+        "mnist_lottery.py",
+        "mnist_han.py",
+        "mnist_lenet5.py",
+        "mnist_budget.py",
+        "export_tflite.py",
+        "mnist_instability.py",
+        "ray_sweep.py",
+    ],
 )
 def test_help_lists_the_shared_data_flags(example):
     result = subprocess.run(

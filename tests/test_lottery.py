@@ -24,7 +24,15 @@ def build():
     return mlp()
 
 
-def run(out_dir, rounds=2, controls=("reinit", "random_prune"), builder=build, **kwargs):
+def run(
+    out_dir,
+    rounds=2,
+    controls=("reinit", "random_prune"),
+    builder=build,
+    epochs=3,
+    verbose=0,
+    **kwargs,
+):
     x, y = data(192)
     return tl.find_winning_ticket(
         builder,
@@ -33,12 +41,12 @@ def run(out_dir, rounds=2, controls=("reinit", "random_prune"), builder=build, *
         test_data=(x[160:], y[160:]),
         criterion=tl.PruneFraction(0.5),
         rounds=rounds,
-        epochs_per_round=3,
+        epochs_per_round=epochs,
         controls=controls,
         out_dir=out_dir,
         compile_kwargs=COMPILE,
         fit_kwargs={"batch_size": 32},
-        verbose=0,
+        verbose=verbose,
         **kwargs,
     )
 
@@ -188,19 +196,19 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     real_fit = lottery._Experiment.fit
     calls = []
 
-    def crash_in_round_two(self, model, folder, round_index):
+    def crash_in_round_two(self, model, round_index, *args, **kwargs):
         calls.append(round_index)
         if round_index == 2:
             raise KeyboardInterrupt("killed")
-        return real_fit(self, model, folder, round_index)
+        return real_fit(self, model, round_index, *args, **kwargs)
 
     monkeypatch.setattr(lottery._Experiment, "fit", crash_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         run(out, controls=("reinit",))
     monkeypatch.undo()
-    assert os.path.isdir(os.path.join(out, "round_2.partial"))
+    # The interrupted round leaves neither a round folder nor its temporary one.
+    assert sorted(n for n in os.listdir(out) if n.startswith("round_")) == ["round_0", "round_1"]
     resumed = run(out, controls=("reinit",))
-    assert not os.path.exists(os.path.join(out, "round_2.partial"))
     for a, b in zip(whole.rows, resumed.rows):
         assert (a.arm, a.round, a.remaining, a.early_stop_epoch) == (
             b.arm,
@@ -276,3 +284,205 @@ def test_tf_data_datasets_work_as_data(tmp_path):
     )
     assert [r.round for r in history.rows] == [0, 1]
     assert history.rows[1].test_accuracy is not None and history.rows[1].remaining < 0.85
+
+
+def test_seeds_run_one_folder_each_and_the_summary_is_across_them(tmp_path):
+    out = tmp_path / "sweep"
+    history = run(str(out), rounds=1, controls=("random_prune",), seeds=(0, 1))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.csv",
+        "history.json",
+        "seed_0",
+        "seed_1",
+        "summary.csv",
+        "sweep.json",
+    ]
+    assert "seed" not in json.loads((out / "sweep.json").read_text())
+    for seed in (0, 1):
+        folder = out / f"seed_{seed}"
+        assert json.loads((folder / "settings.json").read_text())["seed"] == seed
+        assert (folder / "round_1").is_dir() and (folder / "random_prune" / "round_1").is_dir()
+    assert [(r.seed, r.arm, r.round) for r in history.rows] == [
+        (s, arm, r)
+        for s in (0, 1)
+        for arm, r in [("ticket", 0), ("ticket", 1), ("random_prune", 1)]
+    ]
+    # Each seed draws its own θ0.
+    first, second = (np.load(out / f"seed_{s}" / "initial.npz")["0"] for s in (0, 1))
+    assert not np.allclose(first, second)
+    # The summary is the hand computation over the seeds' own reports.
+    for summary in history.summary():
+        folders = [
+            RunPaths(out / f"seed_{s}").round_dir(summary.arm, summary.round) for s in (0, 1)
+        ]
+        reports = [json.loads(open(os.path.join(f, "report.json")).read()) for f in folders]
+        tests = [r["test_accuracy"] for r in reports]
+        assert summary.count == 2
+        assert summary.stats["test_accuracy"].mean == pytest.approx(np.mean(tests))
+        assert summary.stats["test_accuracy"].std == pytest.approx(np.std(tests, ddof=1))
+    on_disk = tl.LotteryHistory.from_json(out / "history.json")
+    assert on_disk.rows == history.rows
+    # Running again loads every round; one more seed adds a folder.
+    assert run(str(out), rounds=1, controls=("random_prune",), seeds=(0, 1)).rows == history.rows
+    more = run(str(out), rounds=1, controls=("random_prune",), seeds=(2,))
+    assert more.seeds == [0, 1, 2] and [s.count for s in more.summary()] == [3, 3, 3]
+    model = tl.load_round(build, str(out), 1, "random_prune", compile_kwargs=COMPILE, seed=1)
+    x, y = data(192)
+    accuracy = model.evaluate(x[160:], y[160:], verbose=0, return_dict=True)["accuracy"]
+    row = next(r for r in history.rows if (r.seed, r.arm, r.round) == (1, "random_prune", 1))
+    assert accuracy == pytest.approx(row.final_test_accuracy)
+    with pytest.raises(ValueError, match=r"sweep over seeds \[0, 1, 2\]; pass one"):
+        tl.load_round(build, str(out), 1, compile_kwargs=COMPILE)
+
+
+@pytest.mark.parametrize("seeds", [(0, 0), (0, "1"), (), (1.0, 2), (True, 2), (-1, 2), "012", 3])
+def test_seeds_that_are_not_distinct_integers_are_refused(tmp_path, seeds):
+    with pytest.raises(ValueError, match=r"Expected seeds to be distinct non-negative integers"):
+        run(str(tmp_path / "r"), seeds=seeds)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sweep_and_a_run_with_one_seed_do_not_share_an_out_dir(tmp_path):
+    with pytest.raises(ValueError, match="seed for a run with one seed or seeds"):
+        run(str(tmp_path / "r"), seed=3, seeds=(1, 2))
+    single = str(tmp_path / "single")
+    run(single, rounds=0, controls=())
+    with pytest.raises(ValueError, match="holds a run with one seed"):
+        run(single, rounds=0, controls=(), seeds=(0,))
+    sweep = str(tmp_path / "sweep")
+    run(sweep, rounds=0, controls=(), seeds=(0,))
+    with pytest.raises(ValueError, match="holds a sweep over seeds"):
+        run(sweep, rounds=0, controls=())
+    with pytest.raises(ValueError, match="other settings.*epochs_per_round"):
+        run(sweep, rounds=0, controls=(), seeds=(5,), epochs=2)
+
+
+def test_controls_at_the_tickets_overall_sparsity_choose_their_own_layers(tmp_path):
+    x, y = data(192)
+    snip = tl.SNIP(data=(x[:64], y[:64]))
+    controls = (snip, tl.SynFlow(iterations=5), "random_global", "random_even")
+    out = str(tmp_path / "run")
+    history = run(out, rounds=1, controls=controls, epochs=1)
+    assert history.arms == ["ticket", "snip", "synflow", "random_global", "random_even"]
+    for r in (1,):
+        ticket = masks(os.path.join(out, f"round_{r}"))
+        kept = sum(int(m.sum()) for m in ticket.values())
+        for arm in ("snip", "synflow", "random_global", "random_even"):
+            control = masks(os.path.join(out, arm, f"round_{r}"))
+            total = sum(int(m.sum()) for m in control.values())
+            if arm == "random_even":  # the overall density in each tensor, rounded per tensor
+                assert abs(total - kept) <= len(ticket)
+                for m in control.values():
+                    assert abs(m.mean() - kept / sum(t.size for t in ticket.values())) < 1 / m.size
+            else:
+                assert total == kept, arm
+        snip_masks = masks(os.path.join(out, "snip", f"round_{r}"))
+        assert any(snip_masks[k].sum() != ticket[k].sum() for k in ticket)  # its own spread
+    rows = {(row.arm, row.round): row for row in history.rows}
+    for arm in ("snip", "synflow", "random_global"):
+        assert rows[(arm, 1)].remaining == pytest.approx(rows[("ticket", 1)].remaining)
+    # A control that starts from θ0: its round-1 start weights are θ0 times its masks.
+    model = lottery.load_round(build, out, 1, "snip", compile_kwargs=COMPILE)
+    theta0 = model.layers[0].initial_weights["kernel"].numpy()
+    assert np.array_equal(theta0, np.load(os.path.join(out, "initial.npz"))["0"])
+    with pytest.raises(ValueError, match="each once"):
+        run(str(tmp_path / "twice"), controls=(snip, tl.SNIP(data=(x, y))))
+    with pytest.raises(ValueError, match="Expected controls from"):
+        run(str(tmp_path / "name"), controls=("snip",))
+
+
+def test_instability_points_measure_every_rounds_error_barrier(tmp_path):
+    out = str(tmp_path / "run")
+    history = run(out, rounds=1, controls=("random_prune",), instability_points=3, epochs=1)
+    for row in history.rows:
+        folder = RunPaths(out).round_dir(row.arm, row.round)
+        path = json.load(open(os.path.join(folder, "instability.json")))
+        assert path["alphas"] == [0.0, 0.5, 1.0]
+        assert row.error_barrier == path["error_barrier"] >= 0.0
+        # The path starts at the round's own trained network.
+        assert path["accuracy"][0] == pytest.approx(row.final_test_accuracy)
+    assert "err barrier" in str(history)
+    with pytest.raises(ValueError, match="instability_points=2"):
+        run(str(tmp_path / "bad"), instability_points=2)
+
+
+@pytest.mark.slow  # two processes start Keras: about 30 s on 2 busy cores
+def test_two_processes_run_seeds_into_one_out_dir_without_corrupting_it(tmp_path):
+    import subprocess
+    import sys
+
+    import sweep_worker
+
+    out = tmp_path / "shared"
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep_worker.py")
+    # Each process runs both seeds, in opposite orders: they run different units
+    # at first, then meet on the same ones, round folder against round folder.
+    processes = [
+        subprocess.Popen(
+            [sys.executable, worker, str(out), *order],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        for order in (("0", "1"), ("1", "0"))
+    ]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        assert stdout.strip().endswith("done")
+    leftovers = [p for p in out.rglob("*") if ".partial-" in p.name or ".tf_lottery-" in p.name]
+    assert leftovers == []
+    history = tl.LotteryHistory.from_json(out / "history.json")  # the last writer saw every round
+    assert sorted((r.seed, r.arm, r.round) for r in history.rows) == sorted(
+        (s, arm, r) for s in (0, 1) for arm, r in [("ticket", 0), ("ticket", 1), ("reinit", 1)]
+    )
+    assert tl.collect_history(str(out)).rows == history.rows
+    # Every unit holds what one process alone writes.
+    alone = tmp_path / "alone"
+    sweep_worker.sweep(str(alone), (0, 1))
+    for seed in (0, 1):
+        for name in ("initial.npz", "round_1/masks.npz", "reinit/round_1/masks.npz"):
+            with (
+                np.load(out / f"seed_{seed}" / name) as a,
+                np.load(alone / f"seed_{seed}" / name) as b,
+            ):
+                for key in a.files:
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=f"{seed}/{name}/{key}")
+    # A process with other settings is refused, for a new seed too.
+    with pytest.raises(ValueError, match="other settings.*rounds|other settings"):
+        run(str(out), rounds=1, controls=("reinit",), seeds=(2,))
+
+
+def test_controls_can_run_in_a_call_of_their_own_once_their_ticket_rounds_exist(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    early = run(out, rounds=1, controls=("reinit",), arms=["reinit"], verbose=1)
+    assert early.rows == [] and "Not started" in capsys.readouterr().out
+    ticket = run(out, rounds=1, controls=("reinit",), arms=["ticket"])
+    assert [(r.arm, r.round) for r in ticket.rows] == [("ticket", 0), ("ticket", 1)]
+    both = run(out, rounds=1, controls=("reinit",), arms=["reinit"])
+    assert [(r.arm, r.round) for r in both.rows] == [("ticket", 0), ("ticket", 1), ("reinit", 1)]
+    with pytest.raises(ValueError, match="arms to name some of this run's arms"):
+        run(out, rounds=1, controls=("reinit",), arms=["random_prune"])
+
+
+def test_a_run_resumes_with_an_optimizer_that_keras_named_differently(tmp_path):
+    x, y = data(64)
+
+    def again(optimizer):
+        return tl.find_winning_ticket(
+            build,
+            (x, y),
+            validation_data=(x, y),
+            rounds=0,
+            epochs_per_round=1,
+            out_dir=str(tmp_path / "run"),
+            compile_kwargs=dict(COMPILE, optimizer=optimizer),
+            verbose=0,
+        )
+
+    first = again(keras.optimizers.Adam(1e-3))
+    # Keras names each new optimizer of a process anew: adam, adam_1, ...
+    assert again(keras.optimizers.Adam(1e-3)).rows == first.rows
+    with pytest.raises(ValueError, match="other settings.*compile_kwargs"):
+        again(keras.optimizers.Adam(2e-3))

@@ -33,11 +33,22 @@ from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.criteria import RandomPrune
 from tf_lottery.criteria import StdThreshold
-from tf_lottery.lottery import LotteryHistory
-from tf_lottery.lottery import RoundResult
+from tf_lottery.history import LotteryHistory
+from tf_lottery.history import RoundResult
+from tf_lottery.history import RoundSummary
+from tf_lottery.history import Statistic
+from tf_lottery.history import plot_history
+from tf_lottery.init_criteria import GraSP
+from tf_lottery.init_criteria import InitCriterion
+from tf_lottery.init_criteria import SNIP
+from tf_lottery.init_criteria import SynFlow
+from tf_lottery.instability import InterpolationResult
+from tf_lottery.instability import instability_analysis
+from tf_lottery.instability import interpolate
+from tf_lottery.instability import plot_interpolation
+from tf_lottery.lottery import collect_history
 from tf_lottery.lottery import find_winning_ticket
 from tf_lottery.lottery import load_round
-from tf_lottery.lottery import plot_history
 from tf_lottery.pruning import apply_masks
 from tf_lottery.pruning import erk_targets
 from tf_lottery.pruning import prune
@@ -83,6 +94,9 @@ __all__ = [
     "ExportError",
     "ExportReport",
     "GradualPruning",
+    "GraSP",
+    "InitCriterion",
+    "InterpolationResult",
     "IterativePruning",
     "LayerSparsity",
     "LotteryHistory",
@@ -95,24 +109,32 @@ __all__ = [
     "RewindWrapper",
     "RoundResult",
     "Schedule",
+    "RoundSummary",
+    "SNIP",
     "SensitivityReport",
     "ShrinkReport",
     "SparsityReport",
+    "Statistic",
     "StdThreshold",
+    "SynFlow",
     "TFLiteReport",
     "UnitCriterion",
     "UnitNorm",
     "UnitStdThreshold",
     "apply_masks",
     "erk_targets",
+    "collect_history",
     "export_tflite",
     "find_rewind_wrappers",
     "find_winning_ticket",
     "find_wrappers",
     "inspect_tflite",
+    "instability_analysis",
+    "interpolate",
     "load_model",
     "load_round",
     "plot_history",
+    "plot_interpolation",
     "prune",
     "reset_optimizer",
     "rewind",

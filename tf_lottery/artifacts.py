@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from tf_lottery.files import write_atomically
+from tf_lottery.files import write_once
 from tf_lottery.pruning import apply_masks
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
@@ -130,18 +131,24 @@ def _state_variables(model):
     return [v for v in model.weights if id(v) not in copies]
 
 
-def save_arrays(path, arrays):
-    """Writes a dict of numpy arrays to a compressed `.npz` file, atomically."""
+def save_arrays(path, arrays, once=False):
+    """Writes a dict of numpy arrays to a compressed `.npz` file, atomically.
+
+    With `once=True` an existing file is kept (see `files.write_once`).
+    """
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    write_atomically(path, buffer.getvalue())
+    (write_once if once else write_atomically)(path, buffer.getvalue())
 
 
-def save_state(model, path):
-    """Writes `model`'s weights, less masks and θ0/rewind copies, to a compressed `.npz`."""
+def save_state(model, path, once=False):
+    """Writes `model`'s weights, less masks and θ0/rewind copies, to a compressed `.npz`.
+
+    With `once=True` an existing file is kept.
+    """
     variables = _state_variables(model)
     save_arrays(
-        path, {f"{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(variables)}
+        path, {f"{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(variables)}, once
     )
 
 

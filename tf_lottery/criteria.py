@@ -268,9 +268,11 @@ class Criterion:
     # can ask for a target sparsity (see `compute_target_masks`).
     accepts_target = False
 
-    # A criterion that needs the model (its graph, batches of data), not only one
-    # tensor at a time, sets this: `prune` then calls
-    # `compute_masks(targets, model=model)`. The unit criteria do.
+    # A criterion that needs the model (its graph, gradients on batches of data),
+    # not only one tensor at a time, sets this and implements
+    # `compute_masks(targets, model=None)`: `prune` then passes the model. Data
+    # comes to the criterion's constructor, e.g. `SNIP(data=(x, y))`. The unit
+    # criteria (structured.py) and pruning at initialization (init_criteria.py) do.
     uses_model = False
 
     def __init__(self, block=(1, 1), block_pooling="avg"):

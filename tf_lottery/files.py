@@ -36,6 +36,31 @@ def write_atomically(path, content):
         raise
 
 
+def write_once(path, content):
+    """Writes `content` to `path` unless the file exists; returns whether it did.
+
+    Like `write_atomically`, but the complete file is linked into place, which
+    fails if `path` exists: of several processes writing the same file at once,
+    exactly one succeeds and the others find its file.
+    """
+    data = content.encode() if isinstance(content, str) else content
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tf_lottery-")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.remove(temporary)
+
+
 def save_figure(figure, path):
     """Saves a matplotlib figure as PNG, atomically, and closes it."""
     import matplotlib.pyplot as plt

@@ -1,12 +1,16 @@
-"""Lottery-ticket experiments: one training per round, controls, artifacts, resume.
+"""Lottery-ticket experiments: one training per round, controls, seeds, artifacts, resume.
 
 `find_winning_ticket` runs the experiment the way open_lth does: round 0 trains
 the dense network; each later round prunes the previous round's trained weights,
-rewinds the survivors and trains again. Controls train beside the ticket from the
-same seed: `"reinit"` (the ticket's masks, fresh random weights) and
-`"random_prune"` (random masks with the ticket's per-layer sparsity, from θ0).
-Every round is kept on disk (see `tf_lottery.paths`), and a run started again with
-the same `out_dir` skips the rounds it already finished.
+rewinds the survivors and trains again. Controls (see `tf_lottery.controls`)
+train beside the ticket from the same seed, each round at the ticket's sparsity
+of that round. With `seeds=(...)` the experiment runs once per seed, each in a
+folder of its own, and the history summarizes the seeds.
+
+Every round is kept on disk (see `tf_lottery.paths`, which also says what a unit
+of work is). A run started again with the same `out_dir` skips the rounds it
+already finished, and processes may run different seeds into one `out_dir` at
+the same time; `collect_history` gathers whatever has finished.
 """
 
 import dataclasses
@@ -30,10 +34,22 @@ from tf_lottery.artifacts import save_arrays
 from tf_lottery.artifacts import save_state
 from tf_lottery.artifacts import set_masks
 from tf_lottery.artifacts import thresholds_of
+from tf_lottery.controls import arm_names
+from tf_lottery.controls import check_controls
+from tf_lottery.controls import describe as describe_control
+from tf_lottery.controls import name_of
+from tf_lottery.controls import random_masks
+from tf_lottery.controls import remaining
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.evaluation import evaluate_metric
-from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
+from tf_lottery.files import write_once
+from tf_lottery.history import LotteryHistory
+from tf_lottery.history import RoundResult
+from tf_lottery.history import plot_history  # noqa: F401  (tf_lottery.lottery.plot_history)
+from tf_lottery.init_criteria import InitCriterion
+from tf_lottery.instability import check_points
+from tf_lottery.instability import interpolate
 from tf_lottery.paths import FORMAT
 from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
@@ -42,91 +58,13 @@ from tf_lottery.transforms import wrap
 from tf_lottery.validators import check_criterion
 from tf_lottery.validators import check_int
 from tf_lottery.validators import is_int
+from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
 
-CONTROLS = ("reinit", "random_prune")
 KEEP_WEIGHTS = ("compressed", "full")
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundResult:
-    """One round of one arm.
-
-    Attributes:
-        arm: `"ticket"`, `"reinit"` or `"random_prune"`.
-        round: Round index; 0 is the dense network.
-        remaining: Fraction of prunable weights remaining.
-        best_val_accuracy: Best validation accuracy over the round's epochs.
-        early_stop_epoch: Epoch (from 1) of minimum validation loss.
-        test_accuracy: Test accuracy at the early-stop epoch, or `None` without
-            test data.
-        final_test_accuracy: Test accuracy after the last epoch, or `None`.
-        seconds: Wall time of the round's training.
-    """
-
-    arm: str
-    round: int
-    remaining: float
-    best_val_accuracy: float
-    early_stop_epoch: int
-    test_accuracy: float | None
-    final_test_accuracy: float | None
-    seconds: float
-
-
-class LotteryHistory:
-    """The results of `find_winning_ticket`: one `RoundResult` per round and arm.
-
-    Prints as a table; `to_json`/`to_csv` save it, `LotteryHistory.from_json`
-    reads it back, and `plot_history` draws it.
-    """
-
-    def __init__(self, rows=()):
-        self.rows = list(rows)
-
-    @property
-    def arms(self):
-        """The arms in the order they first appear."""
-        return list(dict.fromkeys(row.arm for row in self.rows))
-
-    def arm(self, name):
-        """The rows of one arm, by round."""
-        return sorted((r for r in self.rows if r.arm == name), key=lambda r: r.round)
-
-    def __str__(self):
-        lines = [
-            f"{'arm':<13} {'round':>5} {'remaining':>9} {'best val acc':>12} "
-            f"{'test acc @ES':>12} {'ES epoch':>8} {'seconds':>8}"
-        ]
-        for row in sorted(self.rows, key=lambda r: (r.round, self.arms.index(r.arm))):
-            test = "-" if row.test_accuracy is None else f"{row.test_accuracy:.2%}"
-            lines.append(
-                f"{row.arm:<13} {row.round:>5} {row.remaining:>9.1%} {row.best_val_accuracy:>12.2%} "
-                f"{test:>12} {row.early_stop_epoch:>8} {row.seconds:>8.1f}"
-            )
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-    def to_dicts(self):
-        return [dataclasses.asdict(row) for row in self.rows]
-
-    def to_json(self, path):
-        """Writes the rows as a JSON list."""
-        write_atomically(path, json.dumps(self.to_dicts(), indent=2))
-
-    def to_csv(self, path):
-        """Writes the rows as CSV with a header."""
-        fields = [f.name for f in dataclasses.fields(RoundResult)]
-        lines = [",".join(fields)]
-        for row in self.to_dicts():
-            lines.append(",".join("" if row[f] is None else str(row[f]) for f in fields))
-        write_atomically(path, "\n".join(lines) + "\n")
-
-    @classmethod
-    def from_json(cls, path):
-        with open(path) as file:
-            return cls(RoundResult(**row) for row in json.load(file))
+# Added to the seed of the second copy's data order in an instability analysis,
+# so that it differs from the data order of every round's own training.
+_INSTABILITY_SEED = 104729
 
 
 def _accuracy_key(logs, prefix=""):
@@ -160,16 +98,6 @@ class _RecordEpochs(keras.callbacks.Callback):
         self.epochs.append(record)
 
 
-def _random_masks(masks, rng):
-    """Random masks with the same number of survivors per tensor."""
-    result = {}
-    for key, mask in masks.items():
-        flat = np.zeros(mask.size, dtype=mask.dtype)
-        flat[rng.permutation(mask.size)[: int(mask.sum())]] = 1
-        result[key] = flat.reshape(mask.shape)
-    return result
-
-
 def _fingerprint(data):
     """A short hash of a dataset's arrays, so a resumed run checks its data."""
     if not isinstance(data, tuple):
@@ -196,22 +124,51 @@ def _describe(value):
         return type(value).__name__
 
 
-def _open_run(paths, settings, first_model):
-    """The run's layers: from its settings.json, or from `first_model()` for a new run.
+def _comparable(value):
+    """A described setting less the names of Keras objects, which never change results.
 
-    A new run writes its settings; an existing one must have the same settings.
+    Keras names an optimizer "adam", then "adam_1" for the next one made in the
+    same process, so a process that runs a second seed describes its optimizer
+    under another name.
     """
-    saved = paths.read_settings()
+    if isinstance(value, dict):
+        serialized = "class_name" in value and isinstance(value.get("config"), dict)
+        return {
+            k: _comparable(
+                {n: c for n, c in v.items() if n != "name"} if serialized and k == "config" else v
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _claim_settings(paths, sweep, settings, first_layers=None):
+    """The settings of a run (or, with `sweep=True`, of a sweep), written on first use.
+
+    A new run writes `settings` (with the layers of `first_layers()`) unless a
+    process beside it has just done so; an existing one must have the same
+    settings.
+
+    Returns:
+        The saved settings.
+    """
+    read = paths.read_sweep_settings if sweep else paths.read_settings
+    path = paths.sweep_settings if sweep else paths.settings
+    saved = read()
     if saved is None:
-        layers = describe_layers(first_model())
+        written = {"format": FORMAT, **settings}
+        if first_layers is not None:
+            written["layers"] = first_layers()
         os.makedirs(paths.root, exist_ok=True)
-        written = {"format": FORMAT, **settings, "layers": layers}
-        write_atomically(paths.settings, json.dumps(written, indent=2))
-        return layers
+        write_once(path, json.dumps(written, indent=2))
+        saved = read()
     different = sorted(
         k
         for k in set(saved) | set(settings)
-        if k not in ("format", "layers") and saved.get(k) != settings.get(k)
+        if k not in ("format", "layers")
+        and _comparable(saved.get(k)) != _comparable(settings.get(k))
     )
     if different:
         details = "; ".join(
@@ -221,15 +178,29 @@ def _open_run(paths, settings, first_model):
             f"out_dir {paths.root!r} holds a run with other settings ({details}). Use a new "
             "out_dir, or the same settings to resume that run."
         )
-    return saved["layers"]
+    return saved
+
+
+def _publish(partial, folder):
+    """Renames a finished round's folder into place, unless another process was first.
+
+    A round folder that exists is finished and never replaced: renaming onto it
+    fails, and the caller removes its own copy.
+    """
+    try:
+        os.rename(partial, folder)
+    except OSError:
+        if not os.path.isdir(folder):
+            raise
 
 
 @dataclasses.dataclass
 class _Experiment:
-    """The state shared by the rounds of one `find_winning_ticket` call.
+    """The state shared by the rounds of one seed's run.
 
     `layers` describes the run's first model; every model built afterwards must
-    match it (see `tf_lottery.artifacts`).
+    match it (see `tf_lottery.artifacts`). `controls` maps each control's arm
+    name to the control (see `tf_lottery.controls`).
     """
 
     build_model: object
@@ -246,6 +217,8 @@ class _Experiment:
     verbose: int = 0
     keep_weights: str = "compressed"
     layers: list = None
+    controls: dict = dataclasses.field(default_factory=dict)
+    instability_points: int | None = None
 
     def new_model(self, seed):
         """A freshly initialized, wrapped and compiled model."""
@@ -280,17 +253,17 @@ class _Experiment:
     def initial_model(self, arm, round_index):
         """A model holding the arm's θ0, and the ticket's rewind point once there is one.
 
-        θ0 is the run's (initial.npz, written by the first call) except for the
-        reinit control, which draws new weights every round.
+        θ0 is the run's (initial.npz, written by the first process to get here
+        and then read by every process) except for the reinit control, which
+        draws new weights every round.
         """
         if arm == "reinit" and round_index > 0:
             return self.new_model(self.seed + 7919 * round_index)
         model = self.new_model(self.seed)
         if not os.path.exists(self.paths.initial_weights):
-            save_state(model, self.paths.initial_weights)
-            return model
+            save_state(model, self.paths.initial_weights, once=True)
         load_state(model, self.paths.initial_weights)
-        for wrapper in find_wrappers(model):
+        for wrapper in find_rewind_wrappers(model):
             wrapper.save_initial_weights()
         rewind_point = RunPaths.rewind_point(self.paths.round_dir(TICKET, 0))
         if arm == TICKET and os.path.exists(rewind_point):
@@ -307,6 +280,11 @@ class _Experiment:
             set_masks(model, dict(archive), self.layers)
         load_state(model, RunPaths.trained_weights(folder))
         return model
+
+    def ticket_masks(self, round_index):
+        """The masks of the ticket's finished round."""
+        with np.load(RunPaths.masks(self.paths.round_dir(TICKET, round_index))) as archive:
+            return dict(archive)
 
     def start_model(self, arm, round_index):
         """The model a round trains, with its masks set and its weights rewound."""
@@ -325,23 +303,32 @@ class _Experiment:
             set_masks(model, masks_of(trained, self.layers), self.layers)
             copy_unit_masks(trained, model)
             return model
-        with np.load(RunPaths.masks(self.paths.round_dir(TICKET, round_index))) as archive:
-            masks = dict(archive)
-        if arm == "random_prune":
-            masks = _random_masks(masks, np.random.default_rng(self.seed + round_index))
+        ticket = self.ticket_masks(round_index)
+        control = self.controls[arm]
         model = self.initial_model(arm, round_index)
+        if isinstance(control, InitCriterion):
+            # θ0 pruned by the criterion to the ticket's overall sparsity; the
+            # criterion spreads it over the layers its own way.
+            pruning.prune(model, control.with_sparsity(1.0 - remaining(ticket)))
+            return model
+        masks = ticket if arm == "reinit" else random_masks(ticket, arm, self.seed, round_index)
         set_masks(model, masks, self.layers)
         if arm == "reinit":  # the ticket's units; its trained state holds its unit masks
             copy_unit_masks(self.trained_model(TICKET, round_index), model)
         return model
 
-    def fit(self, model, folder, round_index):
+    def fit(self, model, round_index, data_seed, folder=None, test=True):
+        """Trains a round; `folder` receives round 0's rewind point, with rewind=k."""
         rewind_epoch = self.rewind if isinstance(self.rewind, int) and round_index == 0 else None
-        recorder = _RecordEpochs(self.test_data, rewind_epoch, RunPaths.rewind_point(folder))
+        recorder = _RecordEpochs(
+            self.test_data if test else None,
+            rewind_epoch if folder else None,
+            folder and RunPaths.rewind_point(folder),
+        )
         kwargs = dict(self.fit_kwargs)
         kwargs.setdefault("verbose", 1 if self.verbose >= 2 else 0)
         kwargs["callbacks"] = [recorder, *kwargs.get("callbacks", [])]
-        keras.utils.set_random_seed(self.seed + 1 + round_index)
+        keras.utils.set_random_seed(data_seed)
         start = time.time()
         if isinstance(self.train_data, tuple):
             model.fit(
@@ -354,18 +341,26 @@ class _Experiment:
         return recorder.epochs, time.time() - start
 
     def run_round(self, arm, round_index):
-        folder = self.paths.round_dir(arm, round_index)
+        """Trains one round into a folder of its own, then moves it into place."""
         partial = self.paths.partial_dir(arm, round_index)
-        shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
+        try:
+            self.train_round(arm, round_index, partial)
+            _publish(partial, self.paths.round_dir(arm, round_index))
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def train_round(self, arm, round_index, folder):
         model = self.start_model(arm, round_index)
-        save_arrays(RunPaths.masks(partial), masks_of(model, self.layers))
+        if self.instability_points:  # the second copy starts where this one does
+            start = [keras.ops.convert_to_numpy(v.value) for v in model.weights]
+        save_arrays(RunPaths.masks(folder), masks_of(model, self.layers))
         if self.keep_weights == "full":
-            model.save_weights(RunPaths.keras_start_weights(partial))
-        epochs, seconds = self.fit(model, partial, round_index)
-        save_state(model, RunPaths.trained_weights(partial))
+            model.save_weights(RunPaths.keras_start_weights(folder))
+        epochs, seconds = self.fit(model, round_index, self.seed + 1 + round_index, folder)
+        save_state(model, RunPaths.trained_weights(folder))
         if self.keep_weights == "full":
-            model.save_weights(RunPaths.keras_trained_weights(partial))
+            model.save_weights(RunPaths.keras_trained_weights(folder))
         val_key = _accuracy_key(epochs[0], "val_")
         if val_key is None or "val_loss" not in epochs[0]:
             raise ValueError(
@@ -383,7 +378,10 @@ class _Experiment:
             "test_accuracy": epochs[early].get("test_accuracy"),
             "final_test_accuracy": epochs[-1].get("test_accuracy"),
             "seconds": seconds,
+            "seed": self.seed,
         }
+        if self.instability_points:
+            record["error_barrier"] = self.measure_instability(model, start, round_index, folder)
         # The run's layer names, which a builder that leaves naming to Keras
         # changes from call to call.
         names = {w.layer.name: layer["name"] for w, layer in zip(find_wrappers(model), self.layers)}
@@ -398,14 +396,232 @@ class _Experiment:
             },
             "epochs": epochs,
         }
-        write_atomically(RunPaths.report(partial), json.dumps({**record, **details}, indent=2))
-        os.replace(partial, folder)
+        write_atomically(RunPaths.report(folder), json.dumps({**record, **details}, indent=2))
+
+    def measure_instability(self, trained, start, round_index, folder):
+        """The error barrier between `trained` and a copy trained from `start` on another
+        data order; the whole path is written to the round's instability.json."""
+        copy = self.new_model(self.seed)
+        for variable, value in zip(copy.weights, start):
+            variable.assign(value)
+        self.fit(copy, round_index, self.seed + _INSTABILITY_SEED + round_index, test=False)
+        result = interpolate(
+            trained,
+            copy,
+            self.validation_data if self.test_data is None else self.test_data,
+            points=self.instability_points,
+            train_data=self.train_data,
+            batch_size=self.fit_kwargs.get("batch_size") or 32,
+            model=self.new_model(self.seed),
+        )
+        write_atomically(RunPaths.instability(folder), json.dumps(result.to_dict(), indent=2))
+        return result.error_barrier
 
 
-def _load_result(paths, arm, round_index):
-    with open(RunPaths.report(paths.round_dir(arm, round_index))) as file:
-        report = json.load(file)
-    return RoundResult(**{f.name: report[f.name] for f in dataclasses.fields(RoundResult)})
+def _trainings(rounds, controls):
+    """Every training of a seed's run, as (arm, round), in an order that respects
+    what each needs: the ticket's round N needs its round N - 1, and a control's
+    round N the ticket's round N."""
+    yield TICKET, 0
+    for round_index in range(1, rounds + 1):
+        yield TICKET, round_index
+        for arm in controls:
+            yield arm, round_index
+
+
+def _finished_rounds(run):
+    """The report.json of every finished round of a run folder, by arm then round."""
+    settings = run.read_settings()
+    if settings is None:
+        return []
+    reports = []
+    for arm in [TICKET, *arm_names(settings["controls"])]:
+        parent = os.path.dirname(run.round_dir(arm, 0))
+        names = os.listdir(parent) if os.path.isdir(parent) else []
+        rounds = sorted(int(n[6:]) for n in names if n.startswith("round_") and n[6:].isdigit())
+        reports += [RunPaths.report(run.round_dir(arm, r)) for r in rounds]
+    return reports
+
+
+def _runs(paths):
+    """The run folders under `out_dir`: one per seed of a sweep, or the run itself."""
+    if paths.read_sweep_settings() is not None:
+        return [RunPaths(paths.seed_dir(seed)) for seed in paths.seeds()]
+    return [paths] if paths.read_settings() is not None else []
+
+
+def _history(reports):
+    rows = []
+    for path in reports:
+        with open(path) as file:
+            report = json.load(file)
+        fields = {f.name: f for f in dataclasses.fields(RoundResult)}
+        rows.append(
+            RoundResult(**{name: report.get(name, f.default) for name, f in fields.items()})
+        )
+    arms = list(dict.fromkeys(r.arm for r in rows))
+    seeds = list(dict.fromkeys(r.seed for r in rows))
+    rows.sort(key=lambda r: (seeds.index(r.seed), r.round, r.arm != TICKET, arms.index(r.arm)))
+    return LotteryHistory(rows)
+
+
+def collect_history(out_dir):
+    """Gathers every finished round under `out_dir` into one `LotteryHistory`.
+
+    Reads the round folders of a run, or of every seed of a sweep, including
+    seeds that other processes ran or are still running, and writes
+    history.json, history.csv (one row per round, arm and seed) and summary.csv
+    (mean, std, min, max and count across seeds) in `out_dir`. The files are
+    derived from the round folders and can be written again at any time; when
+    several processes finish at once, the last one to write sees every round.
+
+    Args:
+        out_dir: The `out_dir` given to `find_winning_ticket`.
+
+    Returns:
+        The `LotteryHistory`.
+
+    Example:
+
+    ```python
+    history = tf_lottery.collect_history("runs/lenet_sweep")
+    print(history)                  # mean ± std across the seeds finished so far
+    ```
+    """
+    paths = RunPaths(out_dir)
+    runs = _runs(paths)
+    if not runs:
+        raise ValueError(
+            f"No lottery run in out_dir={os.fspath(out_dir)!r}: it has neither settings.json "
+            "nor sweep.json. Pass the out_dir given to find_winning_ticket."
+        )
+    while True:
+        reports = [r for run in runs for r in _finished_rounds(run)]
+        history = _history(reports)
+        history.to_json(paths.history_json)
+        history.to_csv(paths.history_csv)
+        history.to_csv(paths.summary_csv, summary=True)
+        # A round that finished meanwhile may be missing from what was just
+        # written: write again, so that the last writer's files hold everything.
+        runs = _runs(paths)
+        if [r for run in runs for r in _finished_rounds(run)] == reports:
+            return history
+
+
+def _check_seeds(seeds, seed):
+    values = tuple(seeds) if isinstance(seeds, (tuple, list, range)) else None
+    if (
+        not values
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ValueError(
+            "Expected seeds to be distinct non-negative integers, one run each, e.g. "
+            f"seeds=(0, 1, 2). Received: seeds={seeds!r}"
+        )
+    if seed != 0:
+        raise ValueError(
+            "Pass seed for a run with one seed or seeds for several, not both. "
+            f"Received: seed={seed!r}, seeds={seeds!r}"
+        )
+    return values
+
+
+def _check_arguments(build_model, criterion, rounds, epochs_per_round, seed, rewind, out_dir):
+    """Raises a ValueError naming the first argument of `find_winning_ticket` that is wrong."""
+    check_criterion(criterion)
+    if not callable(build_model):
+        raise ValueError(
+            f"Expected build_model to be a function returning a Keras model. Received: {build_model!r}"
+        )
+    check_int(rounds, "rounds")
+    check_int(epochs_per_round, "epochs_per_round", minimum=1)
+    check_int(seed, "seed")
+    if is_int(rewind):
+        if not 0 <= rewind < epochs_per_round:
+            raise ValueError(
+                f"rewind={rewind} must be an epoch count within round 0: 0 <= rewind < "
+                f"epochs_per_round={epochs_per_round}."
+            )
+    elif rewind not in ("init", None):
+        raise ValueError(
+            f"Expected rewind to be 'init', None or an epoch count. Received: rewind={rewind!r}"
+        )
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ValueError(f"Expected out_dir to be a folder path. Received: out_dir={out_dir!r}")
+
+
+def _check_arms(arms, controls):
+    """The arms a call trains: all of them by default, else the names given."""
+    names = [TICKET, *(name_of(c) for c in controls)]
+    if arms is None:
+        return names
+    arms = [arms] if isinstance(arms, str) else list(arms)
+    if not arms or any(a not in names for a in arms):
+        raise ValueError(
+            f"Expected arms to name some of this run's arms, {names}. Received: arms={arms!r}"
+        )
+    return arms
+
+
+def _units(paths, seed, seeds, settings):
+    """(seed, RunPaths, prefix for printing) of each seed's run: `out_dir` itself for
+    one seed, `out_dir/seed_<s>` for each of `seeds` (after checking the sweep's settings)."""
+    if seeds is None:
+        if paths.read_sweep_settings() is not None:
+            raise ValueError(
+                f"out_dir {paths.root!r} holds a sweep over seeds (sweep.json). Pass "
+                "seeds=(...) to run or extend it, or a new out_dir for a run with one seed."
+            )
+        return [(seed, paths, "")]
+    if paths.read_settings() is not None:
+        raise ValueError(
+            f"out_dir {paths.root!r} holds a run with one seed (settings.json), not a "
+            "sweep over seeds. Use a new out_dir for seeds=(...)."
+        )
+    _claim_settings(paths, True, settings)
+    return [(s, RunPaths(paths.seed_dir(s)), f"[seed {s}] ") for s in seeds]
+
+
+def _print_round(row, prefix, resumed):
+    test = "" if row.test_accuracy is None else f", test acc {row.test_accuracy:.2%}"
+    barrier = "" if row.error_barrier is None else f", error barrier {row.error_barrier:.2%}"
+    print(
+        f"{prefix}[{row.arm}] round {row.round}: {row.remaining:.1%} of weights remain, "
+        f"best val acc {row.best_val_accuracy:.2%}{test} (early stop epoch "
+        f"{row.early_stop_epoch}){barrier}, {row.seconds:.1f} s"
+        + (" (finished earlier, loaded from disk)" if resumed else ""),
+        flush=True,
+    )
+
+
+def _run_seed(experiment, rounds, arms, prefix):
+    """Runs the trainings of one seed's `arms` that are not finished yet.
+
+    A control's round whose ticket round is not finished (by another process)
+    is left for a later call.
+    """
+    paths = experiment.paths
+    waiting = []
+    for arm, round_index in _trainings(rounds, list(experiment.controls)):
+        if arm not in arms:
+            continue
+        if arm != TICKET and not os.path.isdir(paths.round_dir(TICKET, round_index)):
+            waiting.append(f"{arm} round {round_index}")
+            continue
+        resumed = os.path.isdir(paths.round_dir(arm, round_index))
+        if not resumed:
+            experiment.run_round(arm, round_index)
+        history = collect_history(paths.root)
+        if experiment.verbose:
+            row = next(r for r in history.rows if (r.arm, r.round) == (arm, round_index))
+            _print_round(row, prefix, resumed)
+    if waiting and experiment.verbose:
+        print(
+            f"{prefix}Not started, as their ticket rounds are not finished yet: "
+            f"{', '.join(waiting)}. Run again once they are.",
+            flush=True,
+        )
 
 
 def find_winning_ticket(
@@ -421,6 +637,9 @@ def find_winning_ticket(
     controls=(),
     out_dir,
     seed=0,
+    seeds=None,
+    instability_points=None,
+    arms=None,
     compile_kwargs=None,
     fit_kwargs=None,
     keep_weights="compressed",
@@ -432,7 +651,8 @@ def find_winning_ticket(
     previous round's trained weights with `criterion`, resets the survivors
     (to θ0 with `rewind="init"`, to round 0's weights after `k` epochs with
     `rewind=k`, or not at all with `rewind=None`) and trains `epochs_per_round`
-    epochs with a fresh optimizer. Controls use the same seed and epochs.
+    epochs with a fresh optimizer. Controls use the same seed and epochs, and
+    each of their rounds the ticket's sparsity of that round.
 
     Args:
         build_model: A function returning a Keras model, compiled or not (then
@@ -450,11 +670,41 @@ def find_winning_ticket(
         epochs_per_round: Training epochs in every round.
         rewind: `"init"`, an epoch count `k < epochs_per_round`, or `None`.
             Defaults to `"init"`.
-        controls: Any of `"reinit"` and `"random_prune"`. Defaults to `()`.
+        controls: Arms to train beside the ticket (see `tf_lottery.controls`):
+            `"reinit"` (the ticket's masks, new random weights), `"random_prune"`
+            (random masks, the ticket's per-layer sparsity), `"random_global"`
+            and `"random_even"` (random masks, the ticket's overall sparsity,
+            spread over all weights at once or equally over the layers), and
+            pruning-at-initialization criteria such as `tf_lottery.SNIP(data=...)`,
+            `tf_lottery.SynFlow()` or `tf_lottery.GraSP(data=...)` (θ0 pruned to
+            the ticket's overall sparsity, their own per-layer spread). Each at
+            most once. Defaults to `()`.
         out_dir: Folder for the artifacts (see `tf_lottery.paths`). Started again
             with the same settings, the run skips finished rounds; with other
-            settings it is refused. `rounds` may grow to extend a run.
-        seed: Seed of initialization, data order and controls. Defaults to `0`.
+            settings it is refused. `rounds` may grow to extend a run, and
+            `seeds` to add seeds.
+        seed: Seed of initialization, data order and controls, for a run with
+            one seed in `out_dir` itself. Defaults to `0`.
+        seeds: Distinct non-negative integers: run the whole experiment once per
+            seed, each in `out_dir/seed_<seed>/`, and summarize across seeds
+            (mean, standard deviation, minimum, maximum and count per round; see
+            `LotteryHistory.summary`). Other processes may run other seeds into
+            the same `out_dir` at the same time. Use either `seed` or `seeds`.
+            Defaults to `None`.
+        instability_points: With an integer >= 3, every round also trains a
+            second copy from the round's starting point (same masks, another
+            data order) and records the error barrier along the straight line
+            between the two networks at this many points (see
+            `tf_lottery.instability`), in `RoundResult.error_barrier` and the
+            round's instability.json. Doubles the training time. Defaults to
+            `None`.
+        arms: The arms this call trains, by name (`"ticket"` and control
+            names); the others are left as they are. Processes can split one
+            seed this way: the ticket's rounds form a chain, and a control's
+            round N needs only the ticket's round N, so a call with the controls
+            alone trains those whose ticket round is finished and leaves the
+            rest for a later call. Not a setting: calls may differ in it.
+            Defaults to `None`: the ticket and every control.
         compile_kwargs: Keyword arguments of `model.compile`, if `build_model`
             does not compile. Defaults to `None`.
         fit_kwargs: Extra keyword arguments of `model.fit`, e.g. `batch_size`.
@@ -470,7 +720,9 @@ def find_winning_ticket(
             Defaults to `1`.
 
     Returns:
-        A `LotteryHistory`, also saved as `out_dir/history.json` and `.csv`.
+        A `LotteryHistory` of every finished round in `out_dir` (of every seed,
+        also those run by other processes), also saved as `out_dir/history.json`,
+        `history.csv` and `summary.csv`.
 
     Example:
 
@@ -478,41 +730,19 @@ def find_winning_ticket(
     history = tf_lottery.find_winning_ticket(
         build_lenet, (x_train, y_train), validation_data=(x_val, y_val),
         test_data=(x_test, y_test), rounds=10, epochs_per_round=8,
-        controls=["reinit"], out_dir="runs/lenet", fit_kwargs={"batch_size": 60})
-    print(history)
+        controls=["reinit", "random_prune"], seeds=(0, 1, 2), out_dir="runs/lenet",
+        fit_kwargs={"batch_size": 60})
+    print(history)                   # mean ± std across the three seeds
     tf_lottery.plot_history(history, "runs/lenet/lottery.png")
     ```
     """
     criterion = PruneFraction(0.2) if criterion is None else criterion
-    check_criterion(criterion)
-    if not callable(build_model):
-        raise ValueError(
-            f"Expected build_model to be a function returning a Keras model. Received: {build_model!r}"
-        )
-    check_int(rounds, "rounds")
-    check_int(epochs_per_round, "epochs_per_round", minimum=1)
-    if is_int(rewind):
-        if not 0 <= rewind < epochs_per_round:
-            raise ValueError(
-                f"rewind={rewind} must be an epoch count within round 0: 0 <= rewind < "
-                f"epochs_per_round={epochs_per_round}."
-            )
-    elif rewind not in ("init", None):
-        raise ValueError(
-            f"Expected rewind to be 'init', None or an epoch count. Received: rewind={rewind!r}"
-        )
-    controls = (controls,) if isinstance(controls, str) else tuple(controls)
-    unknown = [c for c in controls if c not in CONTROLS]
-    if unknown or len(set(controls)) != len(controls):
-        raise ValueError(
-            f"Expected controls from {CONTROLS}, each once. Received: controls={controls!r}"
-        )
-    if rewind is None and "reinit" in controls:
-        raise ValueError(
-            "The 'reinit' control compares with rewinding; it needs rewind='init' or an int."
-        )
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise ValueError(f"Expected out_dir to be a folder path. Received: out_dir={out_dir!r}")
+    _check_arguments(build_model, criterion, rounds, epochs_per_round, seed, rewind, out_dir)
+    seeds = None if seeds is None else _check_seeds(seeds, seed)
+    if instability_points is not None:
+        check_points(instability_points, "instability_points")
+    controls = check_controls(controls, rewind)
+    arms = _check_arms(arms, controls)
     if keep_weights not in KEEP_WEIGHTS:
         raise ValueError(
             f"Expected keep_weights to be one of {KEEP_WEIGHTS}. "
@@ -522,69 +752,63 @@ def find_winning_ticket(
     for reserved in ("epochs", "validation_data", "x", "y"):
         if reserved in fit_kwargs:
             raise ValueError(f"fit_kwargs may not set {reserved!r}; find_winning_ticket sets it.")
-    paths = RunPaths(out_dir)
     settings = {
         "build_model": getattr(build_model, "__qualname__", repr(build_model)),
         "criterion": {"class": type(criterion).__name__, **criterion.get_config()},
         "epochs_per_round": epochs_per_round,
         "rewind": rewind,
-        "controls": list(controls),
-        "seed": seed,
+        "controls": [describe_control(c, _fingerprint) for c in controls],
         "compile_kwargs": _describe(compile_kwargs),
         "fit_kwargs": _describe(fit_kwargs),
         "train_data": _fingerprint(train_data),
         "validation_data": _fingerprint(validation_data),
         "test_data": None if test_data is None else _fingerprint(test_data),
+        "instability_points": instability_points,
     }
-    experiment = _Experiment(
-        build_model,
-        train_data,
-        validation_data,
-        test_data,
-        criterion,
-        epochs_per_round,
-        rewind,
-        seed,
-        compile_kwargs,
-        fit_kwargs,
-        paths,
-        verbose,
-        keep_weights,
-    )
-    experiment.layers = _open_run(
-        paths, json.loads(json.dumps(settings)), lambda: experiment.new_model(seed)
-    )
-    history = LotteryHistory()
-    for round_index in range(rounds + 1):
-        for arm in (TICKET, *controls) if round_index else (TICKET,):
-            resumed = os.path.isdir(paths.round_dir(arm, round_index))
-            if not resumed:
-                experiment.run_round(arm, round_index)
-            row = _load_result(paths, arm, round_index)
-            history.rows.append(row)
-            history.to_json(paths.history_json)
-            history.to_csv(paths.history_csv)
-            if verbose:
-                test = "" if row.test_accuracy is None else f", test acc {row.test_accuracy:.2%}"
-                print(
-                    f"[{arm}] round {round_index}: {row.remaining:.1%} of weights remain, "
-                    f"best val acc {row.best_val_accuracy:.2%}{test} (early stop epoch "
-                    f"{row.early_stop_epoch}), {row.seconds:.1f} s"
-                    + (" (finished earlier, loaded from disk)" if resumed else ""),
-                    flush=True,
-                )
-    return history
+    settings = json.loads(json.dumps(settings))
+    for run_seed, run_paths, prefix in _units(RunPaths(out_dir), seed, seeds, settings):
+        experiment = _Experiment(
+            build_model,
+            train_data,
+            validation_data,
+            test_data,
+            criterion,
+            epochs_per_round,
+            rewind,
+            run_seed,
+            compile_kwargs,
+            fit_kwargs,
+            run_paths,
+            verbose,
+            keep_weights,
+            controls={name_of(c): c for c in controls},
+            instability_points=instability_points,
+        )
+        saved = _claim_settings(
+            run_paths,
+            False,
+            {**settings, "seed": run_seed},
+            lambda experiment=experiment: describe_layers(experiment.new_model(experiment.seed)),
+        )
+        experiment.layers = saved["layers"]
+        _run_seed(experiment, rounds, arms, prefix)
+        if seeds is not None:
+            collect_history(out_dir)
+    return collect_history(out_dir)
 
 
-def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=None):
+def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=None, seed=None):
     """Rebuilds the trained model of one round from its artifacts.
 
     Args:
         build_model: The same function given to `find_winning_ticket`.
         out_dir: The experiment's folder.
         round_index: Which round.
-        arm: `"ticket"`, `"reinit"` or `"random_prune"`. Defaults to `"ticket"`.
+        arm: `"ticket"` or a control's name, e.g. `"reinit"` or `"snip"`.
+            Defaults to `"ticket"`.
         compile_kwargs: As given to `find_winning_ticket`, if any.
+        seed: Which seed of a sweep (`seeds=...`); not needed for a run with
+            one seed. Defaults to `None`.
 
     Returns:
         The wrapped, compiled model with that round's masks and trained
@@ -593,17 +817,29 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
     Example:
 
     ```python
-    model = tf_lottery.load_round(build_lenet, "runs/lenet", 7)
+    model = tf_lottery.load_round(build_lenet, "runs/lenet", 7, seed=1)
     print(tf_lottery.sparsity(model))
     ```
     """
     paths = RunPaths(out_dir)
+    if paths.read_sweep_settings() is not None:
+        if seed not in paths.seeds():
+            raise ValueError(
+                f"out_dir {paths.root!r} holds a sweep over seeds {paths.seeds()}; pass one of "
+                f"them. Received: seed={seed!r}"
+            )
+        paths = RunPaths(paths.seed_dir(seed))
     settings = paths.read_settings()
     folder = paths.round_dir(arm, round_index)
     if settings is None or not os.path.isdir(folder):
         raise ValueError(
             f"No finished round {round_index} of arm {arm!r} in {paths.root!r}. Pass the "
             "out_dir given to find_winning_ticket and a round it has finished."
+        )
+    if seed is not None and seed != settings["seed"]:
+        raise ValueError(
+            f"out_dir {paths.root!r} holds the run of seed {settings['seed']}. "
+            f"Received: seed={seed!r}"
         )
     experiment = _Experiment(
         build_model,
@@ -613,50 +849,3 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
         layers=settings["layers"],
     )
     return experiment.trained_model(arm, round_index)
-
-
-def plot_history(history, path):
-    """Draws test accuracy and early-stop epoch against weights remaining.
-
-    As in Frankle & Carbin's figures: log-scale x axis with 100% at the left, one
-    line per arm. Uses best validation accuracy where there was no test data.
-
-    Args:
-        history: A `LotteryHistory`.
-        path: The PNG file to write (atomically).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from matplotlib import ticker
-
-    figure, (accuracy_axis, epoch_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    dense = [r for r in history.arm(TICKET) if r.round == 0]
-    for arm in history.arms:
-        # Every arm starts from the same dense network, round 0 of the ticket.
-        rows = history.arm(arm) if arm == TICKET else dense + history.arm(arm)
-        remaining = [100 * r.remaining for r in rows]
-        accuracy = [
-            100 * (r.best_val_accuracy if r.test_accuracy is None else r.test_accuracy)
-            for r in rows
-        ]
-        accuracy_axis.plot(remaining, accuracy, marker="o", label=arm)
-        epoch_axis.plot(remaining, [r.early_stop_epoch for r in rows], marker="o", label=arm)
-    has_test = all(r.test_accuracy is not None for r in history.rows)
-    accuracy_axis.set_ylabel(
-        "test accuracy at early stop (%)" if has_test else "best validation accuracy (%)"
-    )
-    epoch_axis.set_ylabel("early-stop epoch (min. validation loss)")
-    for axis in (accuracy_axis, epoch_axis):
-        axis.set_xscale("log")
-        axis.set_xlim(110, min(100 * r.remaining for r in history.rows) * 0.8)
-        axis.xaxis.set_major_locator(ticker.FixedLocator([100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1]))
-        axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        axis.xaxis.set_minor_formatter(ticker.NullFormatter())
-        axis.set_xlabel("weights remaining (%)")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    save_figure(figure, path)
