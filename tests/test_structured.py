@@ -259,9 +259,7 @@ def test_structured_bad_input_changes_nothing():
 
 
 @pytest.mark.parametrize("rewind", ["init", None])
-def test_a_structured_lottery_run_prunes_further_every_round_and_keeps_unit_masks(
-    tmp_path, rewind
-):
+def test_a_structured_lottery_run_prunes_further_every_round_and_keeps_unit_masks(tmp_path, rewind):
     def build():
         model = keras.Sequential(
             [
