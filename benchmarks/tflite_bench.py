@@ -57,6 +57,17 @@ def mlp(sizes):
     return keras.Sequential(layers)
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def export(sizes, sparsity, block, quantize, per_channel, folder, data):
     keras.utils.set_random_seed(0)
     model = tf_lottery.wrap(mlp(sizes))
@@ -65,8 +76,16 @@ def export(sizes, sparsity, block, quantize, per_channel, folder, data):
             model, tf_lottery.PruneFraction(sparsity, block=block, output_rate=sparsity)
         )
     path = os.path.join(folder, f"{len(os.listdir(folder))}.tflite")
+    # shrink=False: this table measures the sparse encodings alone; one-shot pruning
+    # of random weights leaves dead units that shrink would remove (see
+    # benchmarks/structured_bench.py for what removing units gives).
     report = tf_lottery.export_tflite(
-        model, path, quantize=quantize, representative_data=data, per_channel=per_channel
+        model,
+        path,
+        quantize=quantize,
+        representative_data=data,
+        per_channel=per_channel,
+        shrink=False,
     )
     return path, report, tf_lottery.sparsity(model).sparsity
 
@@ -101,7 +120,7 @@ def latencies(paths, repeats, invokes):
 def main(argv):
     del argv
     print(
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; "
         f"LiteRT one thread, batch 1; median of {FLAGS.repeats} alternating repeats of "
         f"{FLAGS.invokes} invocations.\n"
     )
@@ -118,7 +137,8 @@ def main(argv):
                     path, report, actual = export(
                         sizes, sparsity, block, quantize, per_channel, folder, data
                     )
-                    note = "fell back to dense" if report.notes else ""
+                    fell_back = block is not None and report.size == report.dense_size
+                    note = "fell back to dense" if fell_back else ""
                     if report.densified_ops:
                         note = "DENSIFY before " + ", ".join(report.densified_ops)
                     rows.append((variant, path, report.size, actual, note))
