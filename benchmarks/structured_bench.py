@@ -38,6 +38,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from models import lenet5  # noqa: E402
 from models import lenet_300_100  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 
 flags.DEFINE_integer(
@@ -112,14 +113,6 @@ def unit_counts(model):
         for layer in model.layers
         if isinstance(layer, (L.Dense, L.Conv2D)) and layer.name != "out"
     )
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as file:
-        for line in file:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def span(values, digits=1):

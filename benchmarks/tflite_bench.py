@@ -14,7 +14,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -24,6 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 
 flags.DEFINE_integer("repeats", 7, "Alternating repeats per variant.")
@@ -55,17 +55,6 @@ def mlp(sizes):
             keras.layers.Dense(size, activation=None if last else "relu", name=f"fc{i + 1}")
         )
     return keras.Sequential(layers)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def export(sizes, sparsity, block, quantize, per_channel, folder, data):

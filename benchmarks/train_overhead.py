@@ -20,7 +20,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import platform  # noqa: E402
 import time  # noqa: E402
 
 # First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
@@ -31,6 +30,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tf_lottery.datasets import load_mnist  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 flags.DEFINE_integer("repeats", 9, "Timed epochs per variant (after one warm-up epoch).")
 flags.DEFINE_integer("samples", 0, "Images per timed epoch for every model; 0 keeps each model's.")
@@ -103,17 +103,6 @@ def tfmot_models(build, steps_per_epoch):
         )
     )
     return plain, pruned, [tfmot.sparsity.keras.UpdatePruningStep()]
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def epoch_seconds(model, x, y, batch_size, callbacks=()):
