@@ -19,17 +19,13 @@ import warnings
 import keras
 import numpy as np
 
+from tf_lottery import tflite_blocks
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_number
 from tf_lottery.validators import check_per_layer
-
-# Block shapes in the Keras kernel's [in, out] layout that TFLite's sparse
-# FULLY_CONNECTED kernels can use: 1x4 (float) or 1x16 (int8) blocks along the
-# input dimension of TFLite's [out, in] weights.
-TFLITE_BLOCKS = {"tflite-float": (4, 1), "tflite-int8": (16, 1)}
 
 
 @dataclasses.dataclass
@@ -80,10 +76,10 @@ def _check_quality(value, argument):
 
 def _check_block(block):
     if isinstance(block, str):
-        if block not in TFLITE_BLOCKS:
+        if block not in tflite_blocks.TFLITE_BLOCKS:
             raise ValueError(
                 f"Expected block to be a pair of positive integers or one of "
-                f"{sorted(TFLITE_BLOCKS)}. Received: block={block!r}"
+                f"{sorted(tflite_blocks.TFLITE_BLOCKS)}. Received: block={block!r}"
             )
         return block
     if (
@@ -283,7 +279,7 @@ class Criterion:
     def block_for(self, layer_type, shape):
         """The block shape used for a weight of this layer type and shape."""
         if isinstance(self.block, str):
-            return TFLITE_BLOCKS[self.block] if layer_type == "Dense" else (1, 1)
+            return tflite_blocks.block_for(self.block, layer_type)
         return self.block
 
     def check(self, targets):
@@ -358,13 +354,8 @@ class Criterion:
         target = dataclasses.replace(target, weight=_read(target.weight), mask=_read(target.mask))
         block = self.block_for(target.layer_type, target.weight.shape)
         scores, alive = _units(target.weight, target.mask, block, self.block_pooling)
-        rows = target.weight.shape[0]
-        if isinstance(self.block, str) and block != (1, 1) and rows % block[0] and rows > block[0]:
-            # LiteRT's sparse int8 kernel computes wrong results when a partial
-            # block is stored (measured with ai-edge-litert 2.3), so the TFLite
-            # modes prune the input rows that do not fill a whole block.
-            alive = alive.copy()
-            alive[-1, :] = False
+        if isinstance(self.block, str):
+            alive = tflite_blocks.without_partial_block(alive, target.weight.shape[0], block)
         return dataclasses.replace(target, block=block, scores=scores, alive=alive)
 
     def _finish(self, target, keep, threshold):
