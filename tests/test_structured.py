@@ -297,3 +297,38 @@ def test_a_structured_lottery_run_prunes_further_every_round_and_keeps_unit_mask
         # Pruned units output exactly zero (tanh(0) = 0, BN β = 0), so shrink removes them.
         assert _numpy(bn.layer.beta)[~alive].tolist() == [0.0] * 12
         assert tl.shrink(model).get_layer("fc").units == 4
+
+
+def test_nested_models_are_analysed_pruned_and_shrunk_as_one_graph():
+    block = keras.Sequential(
+        [
+            keras.Input((8, 8, 8)),
+            L.Conv2D(8, 3, padding="same", name="inner1"),
+            L.BatchNormalization(name="inner_bn"),
+            L.ReLU(),
+            L.Conv2D(8, 3, padding="same", name="inner2"),
+        ],
+        name="block",
+    )
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = L.Add()([x, block(x)])
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Dense(6, name="fc")(x)))
+    groups = _groups(model)
+    assert groups["inner1"].prunable
+    assert [f.name for f, _ in groups["inner1"].followers] == ["inner_bn"]
+    assert not groups["stem+inner2"].prunable  # its channels are the block's input
+    assert "nested model 'block'" in groups["stem+inner2"].blocked[0]
+    wrapped = compile_model(tl.wrap(model))
+    x_data, y = _data(wrapped)
+    wrapped.fit(x_data, y, epochs=1, batch_size=16, verbose=0)
+    tl.prune(wrapped, tl.UnitNorm(0.5))
+    small = tl.shrink(wrapped)
+    assert small.get_layer("block").get_layer("inner1").filters == 4
+    assert small.get_layer("stem").filters == 8 and small.get_layer("fc").units == 3
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(small.predict(x_data, verbose=0)),
+        keras.ops.convert_to_numpy(wrapped.predict(x_data, verbose=0)),
+        atol=1e-5,
+    )

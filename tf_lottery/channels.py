@@ -13,10 +13,13 @@ layers whose per-channel parameters follow those units (BatchNormalization,
 DepthwiseConv with depth_multiplier 1), and the layers that read them
 (consumers, with where the channels sit in their input). A group whose channels
 reach a layer the analysis does not understand (a `Lambda`, a custom layer, a
-`Reshape`, a nested model) or the model's output is *blocked*: it is never
+`Reshape`, a subclassed model inside) or the model's output is *blocked*: it is never
 pruned or shrunk, and `blocked` says why.
 
-The analysis sees through `PruneWrapper` and `RewindWrapper`.
+The analysis sees through `PruneWrapper` and `RewindWrapper`, and into nested
+Sequential and Functional models: units inside one are pruned and removed like
+any others, but channels that enter a nested model keep their number (its input
+shape is part of it), so their group is blocked.
 """
 
 import dataclasses
@@ -246,15 +249,47 @@ def channel_groups(model):
         )
     spaces = _Spaces()
     described = {}  # tensor key -> _Description, or None when unknown
-    for operation, inputs, outputs in keras_private.graph_nodes(model):
-        layer = _inner(operation)
-        ins = [described.get(keras_private.tensor_key(t)) for t in inputs]
-        outs = _describe_call(spaces, layer, inputs, ins, outputs)
-        for tensor, description in zip(outputs, outs):
-            described[keras_private.tensor_key(tensor)] = description
+
+    def enter(nested, ins):
+        # Rebuilding a nested model with another input width is not supported.
+        for description in ins:
+            spaces.block(
+                description,
+                f"they enter nested model '{nested.name}', whose input width stays as it is",
+            )
+
+    walk_graph(model, described, lambda *call: _describe_call(spaces, *call), enter)
     for tensor in keras_private.graph_outputs(model):
         spaces.block(described.get(keras_private.tensor_key(tensor)), "they reach the model output")
     return [g for g in spaces.result() if g.producers or g.followers or g.consumers]
+
+
+def walk_graph(model, values, visit, enter=None):
+    """Computes a value for every tensor of `model`'s graph, nested models included.
+
+    `visit(layer, inputs, input_values, outputs)` returns the values of one
+    call's outputs; `values` (tensor key -> value) receives them. A nested
+    Sequential or Functional model is walked into, its inputs taking the values
+    of the tensors it is called on, so its layers are seen as the outer ones;
+    `enter(nested_model, input_values)` is called first, if given.
+    """
+    key = keras_private.tensor_key
+    for operation, inputs, outputs in keras_private.graph_nodes(model):
+        layer = _inner(operation)
+        if isinstance(layer, L.InputLayer) and all(key(t) in values for t in outputs):
+            continue  # the input of a nested model, already given its value
+        ins = [values.get(key(t)) for t in inputs]
+        if keras_private.is_graph_model(layer):
+            if enter is not None:
+                enter(layer, ins)
+            for tensor, value in zip(keras_private.graph_inputs(layer), ins):
+                values[key(tensor)] = value
+            walk_graph(layer, values, visit)
+            outs = [values.get(key(t)) for t in keras_private.graph_outputs(layer)]
+        else:
+            outs = visit(layer, inputs, ins, outputs)
+        for tensor, value in zip(outputs, outs):
+            values[key(tensor)] = value
 
 
 def _describe_call(spaces, layer, inputs, ins, outputs):

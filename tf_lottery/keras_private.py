@@ -9,6 +9,7 @@ from keras.src.models.functional import Functional
 
 __all__ = [
     "direct_sublayers",
+    "graph_inputs",
     "graph_nodes",
     "graph_outputs",
     "flatten_layers",
@@ -101,6 +102,11 @@ def tensor_key(tensor):
     """A hashable key for a symbolic tensor of a model's graph."""
     operation, node_index, tensor_index = tensor._keras_history
     return id(operation), node_index, tensor_index
+
+
+def graph_inputs(model):
+    """The input tensors of a Sequential or Functional `model`'s graph."""
+    return list(getattr(model, "_functional", model).inputs)
 
 
 def graph_outputs(model):

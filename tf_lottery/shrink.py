@@ -20,6 +20,7 @@ from tf_lottery.channels import DEPTHWISE
 from tf_lottery.channels import ELEMENTWISE
 from tf_lottery.channels import MERGES
 from tf_lottery.channels import channel_groups
+from tf_lottery.channels import walk_graph
 from tf_lottery.transforms import fresh_copy
 from tf_lottery.transforms import strip
 from tf_lottery.wrapper import find_rewind_wrappers
@@ -157,7 +158,7 @@ def shrink(model, *, align=1, verbose=0):
     together; `Concatenate`, `Flatten`, pooling, padding, activations and
     depthwise convolutions are followed. A group of channels that reaches a
     layer the analysis does not know (a `Lambda`, a custom layer, `Reshape`, a
-    nested model) or the model's output is left as it is, with one warning
+    subclassed model inside) or the model's output is left as it is, with one warning
     naming the layer. The result is checked on random inputs against `model`;
     it is never a model that predicts differently.
 
@@ -241,18 +242,18 @@ def _constants(model, values):
     Evaluated in inference mode: BatchNormalization with its moving statistics,
     Dropout as the identity.
     """
-    constants = {}
-    for operation, inputs, outputs in keras_private.graph_nodes(model):
-        layer = operation
-        ins = [constants.get(keras_private.tensor_key(t)) for t in inputs]
+
+    def visit(layer, inputs, ins, outputs):
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
         out = _constant_of(layer, inputs, ins, values.get(id(layer), {}))
         if isinstance(layer, L.Flatten) and out is not None:
             width = len(out)  # kept per channel of the input, as channel groups count
         if out is None or width is None or len(out) != width:
             out = np.full(width or 0, np.nan)
-        for tensor in outputs:
-            constants[keras_private.tensor_key(tensor)] = out
+        return [out] * len(outputs)
+
+    constants = {}
+    walk_graph(model, constants, visit)
     return constants
 
 
