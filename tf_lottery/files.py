@@ -12,12 +12,11 @@ def _umask():
     return umask
 
 
-def write_atomically(path, content):
-    """Writes `content` (bytes or str) to `path` through a temporary file.
+def _complete_temporary(path, content):
+    """A complete, flushed temporary copy of `content` beside `path`; returns its name.
 
-    The temporary file sits in the same folder and replaces `path` only once it
-    is complete and flushed to disk, so a failure leaves any older file intact.
-    The file gets the permissions `open()` would give it under the umask.
+    It gets the permissions `open()` would give it under the umask (mkstemp makes
+    it private, 0o600, whatever the umask).
     """
     data = content.encode() if isinstance(content, str) else content
     directory = os.path.dirname(os.path.abspath(path))
@@ -27,12 +26,25 @@ def write_atomically(path, content):
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        # mkstemp creates the file private (0o600) whatever the umask.
         os.chmod(temporary, 0o666 & ~_umask())
+    except BaseException:
+        os.remove(temporary)
+        raise
+    return temporary
+
+
+def write_atomically(path, content):
+    """Writes `content` (bytes or str) to `path` through a temporary file.
+
+    The temporary file sits in the same folder and replaces `path` only once it
+    is complete and flushed to disk, so a failure leaves any older file intact.
+    The file gets the permissions `open()` would give it under the umask.
+    """
+    temporary = _complete_temporary(path, content)
+    try:
         os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        os.remove(temporary)
         raise
 
 
@@ -43,15 +55,8 @@ def write_once(path, content):
     fails if `path` exists: of several processes writing the same file at once,
     exactly one succeeds and the others find its file.
     """
-    data = content.encode() if isinstance(content, str) else content
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tf_lottery-")
+    temporary = _complete_temporary(path, content)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
         try:
             os.link(temporary, path)
         except FileExistsError:
