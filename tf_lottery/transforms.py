@@ -175,7 +175,12 @@ def wrap(model, *, exclude=()):
 
     def clone_function(layer):
         copy = fresh_copy(layer)
-        if copy is layer or not isinstance(layer, keras.layers.Layer) or not layer.trainable:
+        if (
+            copy is layer
+            or not isinstance(layer, keras.layers.Layer)
+            or not layer.trainable
+            or not layer.weights  # Dropout's seed state is a variable, not a weight
+        ):
             return copy
         # Built like the original, so layers whose build takes more than one
         # shape (MultiHeadAttention) are ready before the wrapper builds.
