@@ -491,12 +491,19 @@ class PruneWrapper(RewindWrapper):
 
     def load_own_variables(self, store):
         own = keras_private.own_variables(self)
-        if len(store.keys()) == len(own) - 1:
-            # Written before pruning_step existed (its last variable): load the
-            # others, and the step stays 0.
-            for index, variable in enumerate(own[:-1]):
-                variable.assign(store[str(index)])
-            return
+        # Files written by older versions lack the variables added since, in this
+        # order: pruning_step, then unit_mask. Those keep their initial values (step
+        # 0, every unit alive); the others load as written.
+        added = [self.pruning_step, self.unit_mask]
+        for count in range(len(added) + 1):
+            missing = {id(v) for v in added[:count] if v is not None}
+            present = [v for v in own if id(v) not in missing]
+            if len(store.keys()) == len(present):
+                if count == 0:
+                    return super().load_own_variables(store)
+                for index, variable in enumerate(present):
+                    variable.assign(store[str(index)])
+                return
         super().load_own_variables(store)
 
     @property
