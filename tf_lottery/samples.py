@@ -126,3 +126,19 @@ def take(data, inputs, argument, limit):
     if not batches:
         raise ValueError(f"Expected {argument} to yield batches. Received: an empty dataset")
     return [np.concatenate(parts)[:limit] for parts in zip(*batches)]
+
+
+def random_inputs(model, n):
+    """`n` random examples for each of `model`'s inputs, a list of arrays.
+
+    Integer inputs (token ids) are 0; a dimension the model leaves open is 8.
+    """
+    rng = np.random.default_rng(0)
+    inputs = []
+    for tensor in model.inputs:
+        shape = [n] + [8 if d is None else d for d in tensor.shape[1:]]
+        if "int" in str(tensor.dtype):
+            inputs.append(np.zeros(shape, dtype=tensor.dtype))
+        else:
+            inputs.append(rng.normal(size=shape).astype("float32"))
+    return inputs

@@ -21,6 +21,7 @@ from tf_lottery.channels import ELEMENTWISE
 from tf_lottery.channels import MERGES
 from tf_lottery.channels import channel_groups
 from tf_lottery.channels import walk_graph
+from tf_lottery.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
 from tf_lottery.transforms import strip
 from tf_lottery.wrapper import find_rewind_wrappers
@@ -488,20 +489,9 @@ def _rebuild(plain, plan):
     return small
 
 
-def _random_inputs(model, n=8):
-    rng = np.random.default_rng(0)
-    arrays = []
-    for tensor in model.inputs:
-        shape = (n,) + tuple(d or 1 for d in tensor.shape[1:])
-        if "int" in str(tensor.dtype):
-            arrays.append(np.zeros(shape, tensor.dtype))
-        else:
-            arrays.append(rng.normal(size=shape).astype(tensor.dtype))
-    return arrays if len(arrays) > 1 else arrays[0]
-
-
 def _check_same_predictions(before, after):
-    x = _random_inputs(before)
+    x = random_inputs(before, 8)
+    x = x if len(x) > 1 else x[0]
     expected = keras.tree.flatten(before(x, training=False))
     got = keras.tree.flatten(after(x, training=False))
     for a, b in zip(expected, got):

@@ -38,6 +38,7 @@ from tf_lottery.files import write_atomically
 from tf_lottery.litert import run_tflite
 from tf_lottery.samples import ModelInput
 from tf_lottery.samples import arrange
+from tf_lottery.samples import random_inputs
 from tf_lottery.samples import take
 from tf_lottery.tflite_report import ExportReport
 from tf_lottery.tflite_report import TensorEncoding
@@ -102,19 +103,6 @@ class ExportError(ValueError):
 
 def _keras_inputs(model):
     return [ModelInput(t.name, tuple(t.shape)) for t in model.inputs]
-
-
-def _random_inputs(model):
-    """Inputs for a model without representative_data; integer ones (token ids) are 0."""
-    rng = np.random.default_rng(0)
-    inputs = []
-    for tensor in model.inputs:
-        shape = [_RANDOM_SAMPLES] + [8 if d is None else d for d in tensor.shape[1:]]
-        if "int" in str(tensor.dtype):
-            inputs.append(np.zeros(shape, dtype=tensor.dtype))
-        else:
-            inputs.append(rng.normal(size=shape).astype("float32"))
-    return inputs
 
 
 def _converter_notes(lines):
@@ -691,7 +679,7 @@ def export_tflite(
             f"The TFLite converter failed on model '{model.name}': {error}"
             + _converter_hint(error, plain)
         ) from error
-    inputs = data if data is not None else _random_inputs(plain)
+    inputs = data if data is not None else random_inputs(plain, _RANDOM_SAMPLES)
     if select_tf_ops:
         # LiteRT's Python package has no Flex delegate: the file cannot run here.
         content, outputs = dense, None
