@@ -33,6 +33,10 @@ L = keras.layers
 _TOLERANCE = 1e-4
 
 
+class NothingToShrink(ValueError):
+    """`shrink` found no unit it can remove; the model is fine as it is."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerShrink:
     """One layer's size before and after `shrink`."""
@@ -203,7 +207,7 @@ def shrink(model, *, align=1, verbose=0):
         if group.prunable:
             plan.add(group, _removable(group, values, constants, align), constants)
     if not plan.changed:
-        raise ValueError(
+        raise NothingToShrink(
             f"Model '{model.name}' has no unit that shrink() can remove: no unit has all "
             "of its incoming or outgoing weights pruned. Prune whole units first, e.g. "
             "tf_lottery.prune(model, tf_lottery.UnitNorm(0.5)), or prune further."
@@ -227,6 +231,13 @@ def _warn_blocked(groups):
 
 
 def _weights(layer):
+    """`layer`'s weights by name, for the layers whose units the plan changes.
+
+    Names are only read where they are known and unique (a Dense layer's `kernel`
+    and `bias`); weights are copied to the smaller model by position, since
+    sublayers repeat names (MultiHeadAttention) and `add_weight` without a name
+    numbers them per process (`variable_3`).
+    """
     return {w.name: keras.ops.convert_to_numpy(w.value) for w in layer.weights}
 
 
@@ -343,13 +354,27 @@ def _rows_unused(consumer, kernel, channel):
 _SPARSE_SHARE = 0.3
 
 
-def _keeps_block_sparsity(consumer, kernel, removable):
-    """Whether `consumer`'s kernel, without the removable rows, will still be stored sparse."""
+def _keeps_block_sparsity(consumer, kernel, removable, align):
+    """Whether `consumer`'s kernel, without the removable rows, is stored sparse in whole blocks.
+
+    Only a Dense kernel whose kept zeros all lie in aligned blocks of `align`
+    input rows that are zero throughout (a `block="tflite-..."` prune) has blocks
+    to keep; a randomly sparse one has none, whatever its share of zeros.
+    """
     if not isinstance(consumer.layer, L.Dense):
         return False
-    gone = {row for channel in removable for row in consumer.rows(channel)}
-    kept = kernel[[r for r in range(kernel.shape[0]) if r not in gone]]
-    return kept.size > 0 and np.mean(kept == 0) >= _SPARSE_SHARE
+    gone = np.zeros(kernel.shape[0], bool)
+    gone[[row for channel in removable for row in consumer.rows(channel)]] = True
+    if gone.all() or np.mean(kernel[~gone] == 0) < _SPARSE_SHARE:
+        return False
+    rows = kernel.shape[0] - kernel.shape[0] % align
+    if rows == 0:
+        return False
+    zero = (kernel[:rows] == 0) | gone[:rows, None]
+    blocks = zero.reshape(rows // align, align, -1).all(axis=1)
+    in_blocks = np.repeat(blocks, align, axis=0)
+    kept_zero = (kernel[:rows] == 0) & ~gone[:rows, None]
+    return bool(np.all(in_blocks[kept_zero]))
 
 
 def _aligned(removable, size, align):
@@ -379,7 +404,8 @@ def _removable(group, values, constants, align=1):
         if ok:
             removable.append(channel)
     if align > 1 and any(
-        _keeps_block_sparsity(c, values[id(c.layer)]["kernel"], removable) for c in group.consumers
+        _keeps_block_sparsity(c, values[id(c.layer)]["kernel"], removable, align)
+        for c in group.consumers
     ):
         # Removing single rows would break the blocks of a block-sparse Dense kernel.
         removable = _aligned(removable, group.size, align)
@@ -437,8 +463,20 @@ class _Plan:
         keep = self.keep_out.get(id(layer))
         return None if keep is None else int(keep.sum())
 
+    def changes(self, layer):
+        return any(
+            id(layer) in part
+            for part in (self.keep_out, self.keep_in, self.keep_channels, self.bias_fold)
+        )
+
+    def adds_bias(self, layer):
+        """Whether a constant must be folded into a layer that has no bias (it gets one)."""
+        fold = self.bias_fold.get(id(layer))
+        return fold is not None and np.any(fold != 0) and not getattr(layer, "use_bias", True)
+
     def weights_for(self, layer):
-        """The old layer's weights, sliced and folded for its smaller copy."""
+        """The old layer's weights, sliced and folded, in the order of its smaller copy's."""
+        names = [w.name for w in layer.weights]
         weights = dict(self.values[id(layer)])
         key = id(layer)
         if key in self.keep_channels:
@@ -454,6 +492,9 @@ class _Plan:
             keep = self.keep_in[key]
             kernel = weights["kernel"]
             weights["kernel"] = kernel[keep] if isinstance(layer, L.Dense) else kernel[..., keep, :]
+        if self.adds_bias(layer):
+            names.append("bias")  # Keras layers create their bias after their kernel
+            weights["bias"] = np.zeros(weights["kernel"].shape[-1], weights["kernel"].dtype)
         if key in self.bias_fold and "bias" in weights:
             weights["bias"] = (weights["bias"] + self.bias_fold[key]).astype(weights["bias"].dtype)
         if key in self.keep_out:
@@ -461,7 +502,7 @@ class _Plan:
             weights["kernel"] = weights["kernel"][..., keep]
             if "bias" in weights:
                 weights["bias"] = weights["bias"][keep]
-        return weights
+        return [weights[name] for name in names]
 
 
 def _rebuild(plain, plan):
@@ -469,11 +510,14 @@ def _rebuild(plain, plan):
 
     def clone_function(layer):
         units = plan.new_units(layer)
-        if units is None:
+        if units is None and not plan.adds_bias(layer):
             copy = fresh_copy(layer)
         else:
             config = layer.get_config()
-            config["units" if isinstance(layer, L.Dense) else "filters"] = units
+            if units is not None:
+                config["units" if isinstance(layer, L.Dense) else "filters"] = units
+            if plan.adds_bias(layer):
+                config["use_bias"] = True
             copy = layer.__class__.from_config(config)
         copies[id(layer)] = copy
         return copy
@@ -483,9 +527,12 @@ def _rebuild(plain, plan):
         copy = copies.get(id(layer))
         if copy is None or copy is layer or not layer.weights:
             continue
-        weights = plan.weights_for(layer)
-        for variable in copy.weights:
-            variable.assign(weights[variable.name])
+        if plan.changes(layer) or plan.adds_bias(layer):
+            values = plan.weights_for(layer)
+        else:
+            values = [variable.value for variable in layer.weights]
+        for variable, value in zip(copy.weights, values, strict=True):
+            variable.assign(value)
     return small
 
 

@@ -46,6 +46,7 @@ from tf_lottery.tflite_report import TFLiteReport
 from tf_lottery.tflite_report import describe
 from tf_lottery.tflite_report import inspect_tflite
 from tf_lottery import keras_private
+from tf_lottery.shrink import NothingToShrink
 from tf_lottery.shrink import shrink as shrink_model
 from tf_lottery.shrink import shrink_report
 from tf_lottery.transforms import strip
@@ -207,7 +208,11 @@ def _exportable(model, data, batch_size):
 
 
 def _shrunk(model, quantize):
-    """`(model, ShrinkReport or None, notes)`: `model` without its dead units, if any."""
+    """`(model, ShrinkReport or None, notes)`: `model` without its dead units, if any.
+
+    A model that `shrink` fails on is converted as it is, with a note: the
+    unshrunk file computes the same.
+    """
     if not keras_private.is_graph_model(model):
         return model, None, []
     with warnings.catch_warnings(record=True) as caught:
@@ -215,8 +220,10 @@ def _shrunk(model, quantize):
         try:
             # Whole blocks of TFLite's sparse FULLY_CONNECTED kernels (1x4 float, 1x16 int8).
             small = shrink_model(model, align=16 if quantize in ("int8", "dynamic") else 4)
-        except ValueError:  # no dead unit: nothing to shrink
+        except NothingToShrink:
             return model, None, []
+        except Exception as error:  # noqa: BLE001 - any failure of shrink leaves the model as is
+            return model, None, [f"shrink() failed, so the model was converted unshrunk: {error}"]
     notes = [str(w.message) for w in caught if str(w.message).startswith("shrink()")]
     return small, shrink_report(model, small), notes
 
