@@ -16,10 +16,16 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
-from tf_lottery.channels import DEPTHWISE
+from tf_lottery.channels import BINARY_OPERATIONS
 from tf_lottery.channels import ELEMENTWISE
 from tf_lottery.channels import MERGES
+from tf_lottery.channels import UNARY_OPERATIONS
 from tf_lottery.channels import channel_groups
+from tf_lottery.channels import keeps_channels
+from tf_lottery.channels import per_channel_axes
+from tf_lottery.channels import per_kind_warning
+from tf_lottery.channels import resized_config
+from tf_lottery.channels import unknown_kinds
 from tf_lottery.channels import walk_graph
 from tf_lottery.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
@@ -220,12 +226,10 @@ def shrink(model, *, align=1, verbose=0):
 
 
 def _warn_blocked(groups):
-    reasons = sorted(
-        {reason for g in groups if g.producers for reason in g.blocked if "layer '" in reason}
-    )
-    for reason in reasons:
+    for entries in unknown_kinds(groups).values():
+        line = per_kind_warning(entries, lambda group: "some units")
         warnings.warn(
-            f"shrink() leaves some units as they are: {reason}. Units that reach it are kept.",
+            f"shrink() leaves {line}. Units that reach it are kept.",
             stacklevel=3,
         )
 
@@ -257,7 +261,7 @@ def _constants(model, values):
 
     def visit(layer, inputs, ins, outputs):
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
-        out = _constant_of(layer, inputs, ins, values.get(id(layer), {}))
+        out = _constant_of(layer, inputs, ins, outputs, values.get(id(layer), {}))
         if isinstance(layer, L.Flatten) and out is not None:
             width = len(out)  # kept per channel of the input, as channel groups count
         if out is None or width is None or len(out) != width:
@@ -273,23 +277,27 @@ def _dead_columns(kernel):
     return ~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
 
 
-def _constant_of(layer, inputs, ins, weights):
+def _constant_of(layer, inputs, ins, outputs, weights):
     if not ins or any(c is None for c in ins):
         return None
     x = ins[0]
-    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
-        kernel = weights["kernel"]
-        bias = weights.get("bias", np.zeros(kernel.shape[-1], kernel.dtype))
-        return np.where(_dead_columns(kernel), _activation(layer, bias), np.nan)
-    if isinstance(layer, DEPTHWISE):
-        kernel = weights["kernel"][..., 0]
+    if not isinstance(layer, L.Layer):
+        return _operation_constant(layer, inputs, ins, outputs)
+    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)) and "kernel" in weights:
+        if getattr(layer, "groups", 1) == 1:
+            kernel = weights["kernel"]
+            bias = weights.get("bias", np.zeros(kernel.shape[-1], kernel.dtype))
+            return np.where(_dead_columns(kernel), _activation(layer, bias), np.nan)
+    axes = per_channel_axes(layer)
+    if axes is not None and "kernel" in axes:  # a depthwise convolution
+        kernel = np.moveaxis(weights["kernel"], axes["kernel"], -1)
         channels = kernel.shape[-1]
+        kernel = kernel.reshape(-1, channels)
         bias = weights.get("bias", np.zeros(channels, kernel.dtype))
-        dead = ~np.any(kernel.reshape(-1, channels) != 0, axis=0) | (x == 0)
+        dead = ~np.any(kernel != 0, axis=0) | (x == 0)
         value = np.where(dead, bias, np.nan)
         if layer.padding == "valid":
-            summed = kernel.reshape(-1, channels).sum(axis=0)
-            value = np.where(np.isnan(value), x * summed + bias, value)
+            value = np.where(np.isnan(value), x * kernel.sum(axis=0) + bias, value)
         return _activation(layer, value)
     if isinstance(layer, L.BatchNormalization):
         gamma = weights.get("gamma", np.ones_like(x))
@@ -298,10 +306,12 @@ def _constant_of(layer, inputs, ins, weights):
         return gamma * (x - mean) / np.sqrt(variance + layer.epsilon) + beta
     if isinstance(layer, L.Softmax):
         return None
-    if isinstance(layer, (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)):
-        known = np.nan_to_num(x)
-        result = np.asarray(keras.ops.convert_to_numpy(layer(known[None, :])))[0]
-        return np.where(np.isnan(x), np.nan, result)
+    if isinstance(layer, (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)) or (
+        axes is not None or keeps_channels(layer, inputs[0], outputs[0])
+    ):
+        if isinstance(layer, L.Reshape):
+            return x
+        return _per_position(layer, x, len(inputs[0].shape))
     if isinstance(layer, (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D)):
         return x if layer.padding == "valid" else np.where(x == 0, 0.0, np.nan)
     if isinstance(layer, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)):
@@ -313,6 +323,36 @@ def _constant_of(layer, inputs, ins, weights):
     if isinstance(layer, MERGES):
         return _merge_constants(layer, ins)
     return None
+
+
+def _per_position(layer, x, rank):
+    """`layer` on one position whose channels hold `x` (NaN: not constant), in inference mode."""
+    known = np.nan_to_num(x).astype("float32").reshape((1,) * (rank - 1) + (-1,))
+    result = keras.ops.convert_to_numpy(layer(known, training=False))
+    result = np.asarray(result, np.float64).reshape(-1)
+    return np.where(np.isnan(x), np.nan, result) if result.shape == x.shape else None
+
+
+def _operation_constant(operation, inputs, ins, outputs):
+    """The constant of an operator node (`x + 3`, `x * y`) on constant channels."""
+    kind = type(operation).__name__
+    if kind not in UNARY_OPERATIONS | BINARY_OPERATIONS or len({c.shape for c in ins}) != 1:
+        return None
+    if len(ins) > 1 and kind == "Multiply":
+        return _merge_constants(operation, ins)
+    values = {id(t): c for t, c in zip(inputs, ins)}
+
+    def fill(argument):
+        if not isinstance(argument, keras.KerasTensor):
+            return argument
+        shape = (1,) * (len(argument.shape) - 1) + (-1,)
+        return np.nan_to_num(values[id(argument)]).astype("float32").reshape(shape)
+
+    args, kwargs = keras_private.call_arguments(outputs[0])
+    result = operation(*[fill(a) for a in args], **{k: fill(v) for k, v in kwargs.items()})
+    result = np.asarray(keras.ops.convert_to_numpy(result), np.float64).reshape(-1)
+    nan = np.any(np.isnan(np.stack(ins)), axis=0)
+    return np.where(nan, np.nan, result) if result.shape == nan.shape else None
 
 
 def _merge_constants(layer, ins):
@@ -434,10 +474,11 @@ class _Plan:
             keep[removed] = False
         for follower, offset in group.followers:
             weights = self.values[id(follower)]
-            if isinstance(follower, L.BatchNormalization):
-                width = weights["moving_mean"].shape[0]
-            else:
-                width = weights["kernel"].shape[-2]
+            width = next(
+                weights[name].shape[axis]
+                for name, axis in per_channel_axes(follower).items()
+                if axis is not None
+            )
             keep = self.keep_channels.setdefault(id(follower), np.ones(width, bool))
             keep[[offset + c for c in removed]] = False
         for consumer in group.consumers:
@@ -463,6 +504,10 @@ class _Plan:
         keep = self.keep_out.get(id(layer))
         return None if keep is None else int(keep.sum())
 
+    def new_channels(self, layer):
+        keep = self.keep_channels.get(id(layer))
+        return None if keep is None else int(keep.sum())
+
     def changes(self, layer):
         return any(
             id(layer) in part
@@ -480,14 +525,10 @@ class _Plan:
         weights = dict(self.values[id(layer)])
         key = id(layer)
         if key in self.keep_channels:
-            keep = self.keep_channels[key]
-            for name, value in weights.items():
-                if isinstance(layer, L.BatchNormalization):
-                    weights[name] = value[keep]
-                elif name == "kernel":
-                    weights[name] = value[..., keep, :]
-                else:
-                    weights[name] = value[keep]
+            kept = np.flatnonzero(self.keep_channels[key])
+            for name, axis in per_channel_axes(layer).items():
+                if axis is not None:
+                    weights[name] = np.take(weights[name], kept, axis=axis)
         if key in self.keep_in:
             keep = self.keep_in[key]
             kernel = weights["kernel"]
@@ -510,12 +551,20 @@ def _rebuild(plain, plan):
 
     def clone_function(layer):
         units = plan.new_units(layer)
-        if units is None and not plan.adds_bias(layer):
+        channels = plan.new_channels(layer)
+        if isinstance(layer, L.Reshape) and -1 not in layer.target_shape:
+            # Keeps the channel axis (or shrink would not have followed it): let it
+            # take the channels that are left.
+            config = {**layer.get_config(), "target_shape": (*layer.target_shape[:-1], -1)}
+            copy = L.Reshape.from_config(config)
+        elif units is None and channels is None and not plan.adds_bias(layer):
             copy = fresh_copy(layer)
         else:
             config = layer.get_config()
             if units is not None:
                 config["units" if isinstance(layer, L.Dense) else "filters"] = units
+            if channels is not None:
+                config = resized_config(layer, config, channels)
             if plan.adds_bias(layer):
                 config["use_bias"] = True
             copy = layer.__class__.from_config(config)
