@@ -20,7 +20,9 @@ Modern CNNs are followed too: squeeze-excite (a `GlobalAveragePooling` with
 `keepdims` or a `Reshape((1, 1, C))`, convolutions, and a broadcast `Multiply`
 back onto the channels joins the gate's units to the channels it scales),
 operator nodes of a Functional graph (`x + 3`, `x * y`, `keras.ops.hard_sigmoid`),
-ConvNeXt's `LayerScale`, depthwise `Conv2D(groups=C)`, `Rescaling` and
+ConvNeXt's `LayerScale`, grouped convolutions (`Conv2D(groups=g)`: the same
+number of channels goes from every group; with `groups=C`, a depthwise
+convolution, a follower), `Rescaling` and
 `Normalization`. `LayerNormalization` normalizes over the channels, so it
 blocks them.
 
@@ -113,13 +115,17 @@ class BlockReason(str):
         return reason
 
 
+def _reason(reason):
+    return reason if isinstance(reason, BlockReason) else BlockReason(reason)
+
+
 def unknown_kinds(groups):
     """`{kind: [(group, reason), ...]}` of the groups with producers that an unknown layer
     blocks, in order: what to warn about, once per kind."""
     kinds = {}
     for group in groups:
         for reason in group.blocked:
-            if group.producers and getattr(reason, "kind", None):
+            if group.producers and reason.kind:
                 kinds.setdefault(reason.kind, []).append((group, reason))
     return kinds
 
@@ -221,7 +227,8 @@ class _Spaces:
 
     def new(self, size, blocked=None):
         self.parent.append(len(self.parent))
-        self.groups.append(ChannelGroup(size, blocked=[blocked] if blocked else []))
+        blocked = [_reason(blocked)] if blocked else []
+        self.groups.append(ChannelGroup(size, blocked=blocked))
         return len(self.parent) - 1
 
     def find(self, space):
@@ -250,7 +257,7 @@ class _Spaces:
         for space, _ in description.segments:
             group = self.group(space)
             if reason not in group.blocked:
-                group.blocked.append(reason)
+                group.blocked.append(_reason(reason))
 
     def result(self):
         roots = sorted({self.find(s) for s in range(len(self.parent))})
@@ -376,18 +383,22 @@ def _describe_call(spaces, layer, inputs, ins, outputs):
         return _describe_operation(spaces, layer, inputs, ins, outputs)
     rank = len(inputs[0].shape)
     (first,) = ins[:1]
-    if isinstance(layer, PRODUCERS) and _channels_last(layer) and getattr(layer, "groups", 1) == 1:
+    if per_channel_axes(layer, rank) is not None:
+        if first.positions > 1:
+            return _unknown(spaces, layer, ins, outputs)
+        return [_follow(spaces, layer, first)]
+    if isinstance(layer, PRODUCERS) and _channels_last(layer):
         if first.positions > 1 and not isinstance(layer, L.Dense):
+            return _unknown(spaces, layer, ins, outputs)
+        if getattr(layer, "groups", 1) > 1 and len(first.segments) > 1:
+            # Each group of a grouped convolution must lose as many channels as the
+            # others: that is kept within one channel group only.
             return _unknown(spaces, layer, ins, outputs)
         _consume(spaces, layer, inputs[0], first)
         size = layer.units if isinstance(layer, L.Dense) else layer.filters
         space = spaces.new(size)
         spaces.group(space).producers.append(layer)
         return [_Description([(space, 0)], size)]
-    if per_channel_axes(layer, rank) is not None:
-        if first.positions > 1:
-            return _unknown(spaces, layer, ins, outputs)
-        return [_follow(spaces, layer, first)]
     if isinstance(layer, NORMALIZERS):
         spaces.block(
             first,
@@ -416,6 +427,9 @@ def per_channel_axes(layer, rank=None):
     """`{weight name: axis}` of a layer whose weights follow the channels one by one
     (`None` for a weight that is not per channel), or `None` for any other layer.
 
+    `rank` is that of the layer's input, to check its axis; `None` skips the check
+    for a layer already known to be a follower.
+
     These layers keep the channel count and treat each channel alone:
     BatchNormalization, depthwise convolutions (also `Conv2D(groups=C)` with C
     filters), LayerScale and Normalization over the last axis.
@@ -440,8 +454,7 @@ def per_channel_axes(layer, rank=None):
     if (
         isinstance(layer, L.Normalization)
         and layer.get_config().get("mean") is None
-        and rank is not None
-        and _last_axis(layer, "axis", rank)
+        and (rank is None or _last_axis(layer, "axis", rank))
     ):
         return {name: None if name == "count" else 0 for name in names}
     return None

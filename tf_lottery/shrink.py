@@ -283,12 +283,11 @@ def _constant_of(layer, inputs, ins, outputs, weights):
     x = ins[0]
     if not isinstance(layer, L.Layer):
         return _operation_constant(layer, inputs, ins, outputs)
-    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)) and "kernel" in weights:
-        if getattr(layer, "groups", 1) == 1:
-            kernel = weights["kernel"]
-            bias = weights.get("bias", np.zeros(kernel.shape[-1], kernel.dtype))
-            return np.where(_dead_columns(kernel), _activation(layer, bias), np.nan)
-    axes = per_channel_axes(layer)
+    axes = per_channel_axes(layer, len(inputs[0].shape))
+    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)) and axes is None:
+        kernel = weights["kernel"]
+        bias = weights.get("bias", np.zeros(kernel.shape[-1], kernel.dtype))
+        return np.where(_dead_columns(kernel), _activation(layer, bias), np.nan)
     if axes is not None and "kernel" in axes:  # a depthwise convolution
         kernel = np.moveaxis(weights["kernel"], axes["kernel"], -1)
         channels = kernel.shape[-1]
@@ -384,10 +383,52 @@ def _input_constant(consumer, constants):
     return constants[keras_private.tensor_key(consumer.tensor)]
 
 
+def _reads(layer, kernel, index):
+    """`(row, columns)` of a convolution's kernel that read its input channel `index`.
+
+    A grouped convolution's kernel holds the input channels of one group in its
+    rows, and each group's output units in a block of its columns.
+    """
+    groups = getattr(layer, "groups", 1)
+    per_group, width = kernel.shape[-2], kernel.shape[-1] // groups
+    group = index // per_group
+    return index % per_group, slice(group * width, (group + 1) * width)
+
+
 def _rows_unused(consumer, kernel, channel):
     if isinstance(consumer.layer, L.Dense):
         return not np.any(kernel[consumer.rows(channel), :])
-    return not np.any(kernel[..., consumer.offset + channel, :])
+    row, columns = _reads(consumer.layer, kernel, consumer.offset + channel)
+    return not np.any(kernel[..., row, columns])
+
+
+def _conv_group_of(group):
+    """For each grouped convolution that produces or reads `group`'s channels, the
+    function from a channel to its group in that convolution."""
+    sides = [
+        (p.groups, group.size // p.groups) for p in group.producers if getattr(p, "groups", 1) > 1
+    ]
+    sides += [
+        (c.layer.groups, c.width // c.layer.groups)
+        for c in group.consumers
+        if getattr(c.layer, "groups", 1) > 1
+    ]
+    return [lambda channel, per=per: channel // per for _, per in sides], [g for g, _ in sides]
+
+
+def _balanced(removable, group):
+    """The removable channels, as many from every group of each grouped convolution."""
+    mappings, counts = _conv_group_of(group)
+    changed = True
+    while changed:
+        changed = False
+        for group_of, groups in zip(mappings, counts):
+            members = [[c for c in removable if group_of(c) == g] for g in range(groups)]
+            keep = min(len(m) for m in members)
+            balanced = sorted(c for m in members for c in m[:keep])
+            changed |= balanced != removable
+            removable = balanced
+    return removable
 
 
 # TFLite stores a weight sparse when at least this share of it is zero.
@@ -449,8 +490,9 @@ def _removable(group, values, constants, align=1):
     ):
         # Removing single rows would break the blocks of a block-sparse Dense kernel.
         removable = _aligned(removable, group.size, align)
+    removable = _balanced(removable, group)
     if len(removable) == group.size:
-        removable = removable[1:]  # a layer keeps at least one unit
+        removable = _balanced(removable[1:], group)  # a layer keeps at least one unit
     return removable
 
 
@@ -483,7 +525,7 @@ class _Plan:
             keep[[offset + c for c in removed]] = False
         for consumer in group.consumers:
             kernel = self.values[id(consumer.layer)]["kernel"]
-            rows = kernel.shape[0] if isinstance(consumer.layer, L.Dense) else kernel.shape[-2]
+            rows = kernel.shape[0] if isinstance(consumer.layer, L.Dense) else consumer.width
             keep = self.keep_in.setdefault(id(consumer.layer), np.ones(rows, bool))
             constant = _input_constant(consumer, constants)
             fold = self.bias_fold.setdefault(id(consumer.layer), np.zeros(kernel.shape[-1]))
@@ -498,7 +540,9 @@ class _Plan:
                     index = consumer.offset + channel
                     keep[index] = False
                     if not np.isnan(value) and value != 0:
-                        fold += value * kernel[..., index, :].reshape(-1, kernel.shape[-1]).sum(0)
+                        row, columns = _reads(consumer.layer, kernel, index)
+                        read = kernel[..., row, columns]
+                        fold[columns] += value * read.reshape(-1, read.shape[-1]).sum(0)
 
     def new_units(self, layer):
         keep = self.keep_out.get(id(layer))
@@ -532,7 +576,20 @@ class _Plan:
         if key in self.keep_in:
             keep = self.keep_in[key]
             kernel = weights["kernel"]
-            weights["kernel"] = kernel[keep] if isinstance(layer, L.Dense) else kernel[..., keep, :]
+            if isinstance(layer, L.Dense):
+                weights["kernel"] = kernel[keep]
+            else:  # per group of a grouped convolution: its rows, its block of columns
+                per_group, groups = kernel.shape[-2], getattr(layer, "groups", 1)
+                width = kernel.shape[-1] // groups
+                weights["kernel"] = np.concatenate(
+                    [
+                        kernel[..., keep[g * per_group : (g + 1) * per_group], :][
+                            ..., g * width : (g + 1) * width
+                        ]
+                        for g in range(groups)
+                    ],
+                    axis=-1,
+                )
         if self.adds_bias(layer):
             names.append("bias")  # Keras layers create their bias after their kernel
             weights["bias"] = np.zeros(weights["kernel"].shape[-1], weights["kernel"].dtype)
