@@ -133,3 +133,31 @@ def test_shrink_keeps_whole_blocks_of_a_block_sparse_dense_when_aligned():
     out.kernel.assign(kernel)
     assert tl.shrink(model).get_layer("fc1").units == 3
     assert tl.shrink(model, align=4).get_layer("fc1").units == 4  # unit 5 would split a block
+
+
+@pytest.mark.tensorflow
+def test_a_failed_int8_check_says_whether_quantization_or_pruning_lost_it(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = inputs
+    for i in range(3):
+        x = L.ReLU()(L.BatchNormalization(name=f"bn{i}")(L.Conv2D(16, 3, name=f"c{i}")(x)))
+    x = L.Dense(16, activation="relu", name="fc")(L.Flatten()(x))
+    unpruned = keras.Model(inputs, L.Dense(10, name="out")(x))
+    model = tl.wrap(unpruned)
+    tl.prune(model, tl.UnitNorm(0.25))
+    x = _x(unpruned, n=200)
+    x[150:] *= 4  # the held-out quarter goes beyond the calibrated ranges
+    path = str(tmp_path / "m.tflite")
+    with pytest.raises(tl.ExportError, match="pass unpruned=") as plain:
+        tl.export_tflite(model, path, quantize="int8", representative_data=x)
+    with pytest.raises(tl.ExportError, match="the loss comes from quantization, not from pruning"):
+        tl.export_tflite(
+            model,
+            path,
+            quantize="int8",
+            representative_data=x,
+            unpruned=unpruned,
+        )
+    assert "not calibrated on" in str(plain.value)
+    with pytest.raises(ValueError, match="unpruned"):
+        tl.export_tflite(model, path, quantize="int8", representative_data=x, unpruned="m.keras")

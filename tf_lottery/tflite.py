@@ -558,6 +558,46 @@ def _held_out(data, quantize):
     return [x[:cut] for x in data], slice(cut, None)
 
 
+def _argmax_agreement(expected, got):
+    """The share of inputs whose top class the file gets right, over all class outputs."""
+    shares = [
+        float(np.mean(e.argmax(1) == g.argmax(1)))
+        for e, g in zip(expected, got)
+        if e.ndim == 2 and e.shape[1] > 1
+    ]
+    return min(shares) if shares else None
+
+
+# The unpruned model's quantized file agreeing within this many points of the
+# pruned one's says that the loss is quantization's.
+_SAME_LOSS = 0.05
+
+
+def _quantization_or_pruning(unpruned, quantize, calibration, checked, per_channel, plain):
+    """A sentence for a failed quantized verification: quantization's loss, or pruning's."""
+    inputs, outputs = checked
+    pruned = _argmax_agreement(_keras_outputs(plain, inputs), outputs)
+    if unpruned is None or pruned is None:
+        return (
+            " The Keras model compared against is the pruned one, so this is the loss of "
+            "quantization; pass unpruned=<the model before pruning> to see whether its own "
+            "quantized file loses as much."
+        )
+    reference = strip(unpruned) if find_wrappers(unpruned) else unpruned
+    content, _ = _convert(reference, quantize, False, calibration, per_channel)
+    got, problem = _outputs_or_problem(content, reference, inputs)
+    if problem is not None:
+        return f" The unpruned model's {quantize} file could not be run: {problem}."
+    agreement = _argmax_agreement(_keras_outputs(reference, inputs), got)
+    line = (
+        f" The unpruned model's {quantize} file agrees with its Keras model on {agreement:.1%} "
+        f"of these inputs, this one on {pruned:.1%}: "
+    )
+    if agreement <= pruned + _SAME_LOSS:
+        return line + "the loss comes from quantization, not from pruning."
+    return line + "pruning made the model harder to quantize."
+
+
 def _check_arguments(model, path, quantize, tolerance, fallback, per_channel):
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
@@ -597,6 +637,7 @@ def export_tflite(
     shrink=True,
     batch_size=None,
     select_tf_ops=False,
+    unpruned=None,
 ):
     """Converts a pruned model to a .tflite file with sparse encoding.
 
@@ -666,6 +707,12 @@ def export_tflite(
             The file then needs the Flex delegate (TensorFlow's select ops) at
             run time, which LiteRT's Python package does not ship: it cannot be
             verified here, and the report says so. Defaults to `False`.
+        unpruned: Optionally, the model before pruning (same inputs and
+            outputs). When a quantized file fails verification, the unpruned
+            model is converted the same way and checked on the same inputs, and
+            the error says whether the loss comes from quantization (the
+            unpruned file agrees about as little) or from pruning. Defaults to
+            `None`.
 
     Returns:
         An `ExportReport`; `print()` it for sizes, the Keras weight behind each
@@ -681,6 +728,11 @@ def export_tflite(
     """
     _check_arguments(model, path, quantize, tolerance, fallback, per_channel)
     _check_options(shrink, batch_size, select_tf_ops)
+    if unpruned is not None and not isinstance(unpruned, keras.Model):
+        raise ValueError(
+            "Expected unpruned to be the Keras model before pruning, or None. Received: "
+            f"unpruned of type {type(unpruned).__name__}"
+        )
     _check_converter_available()
     if quantize == "int8" and representative_data is None:
         raise ValueError(
@@ -729,8 +781,13 @@ def export_tflite(
             count = len(checked[0][0])
             verification += f"; these {count} of the {len(inputs[0])} inputs were not calibrated on"
         if not ok:
+            cause = ""
+            if quantize in _QUANTIZED:
+                cause = _quantization_or_pruning(
+                    unpruned, quantize, calibration, checked, per_channel, plain
+                )
             raise ExportError(
-                f"The .tflite file does not match the Keras model: {verification}. "
+                f"The .tflite file does not match the Keras model: {verification}.{cause} "
                 "No file was written. Check representative_data, or raise tolerance."
             )
     write_atomically(path, content)
