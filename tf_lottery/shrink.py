@@ -159,19 +159,23 @@ def shrink(model, *, align=1, verbose=0):
     - all of its incoming weights are pruned, so it outputs a constant (its bias,
       through BatchNormalization and activation). The constant is folded into the
       bias of each layer that reads it, where that is exact: a Dense layer, or a
-      convolution with `padding="valid"` or a 1x1 kernel. A `"same"`-padded
+      convolution with `padding="valid"` or a 1x1 kernel (a reader without a
+      bias gets one). Across squeeze-excite, where an input-dependent gate
+      multiplies it, only a constant of zero goes. A `"same"`-padded
       convolution meets the constant with zero padding at the borders, so there
       the unit stays unless the constant is exactly zero. Unit criteria
       (`tf_lottery.UnitNorm`, ...) make it zero: they mask the unit's bias and
       the γ and β of the BatchNormalization that follows.
 
-    Channels joined by a residual `Add` (or another elementwise merge) go
-    together; `Concatenate`, `Flatten`, pooling, padding, activations and
-    depthwise convolutions are followed. A group of channels that reaches a
-    layer the analysis does not know (a `Lambda`, a custom layer, `Reshape`, a
-    subclassed model inside) or the model's output is left as it is, with one warning
-    naming the layer. The result is checked on random inputs against `model`;
-    it is never a model that predicts differently.
+    Channels joined by a residual `Add` (or another elementwise merge, operator
+    nodes such as `x * y` included) go together; `Concatenate`, `Flatten`,
+    pooling, padding, activations, squeeze-excite, LayerScale, grouped and
+    depthwise convolutions are followed (see `tf_lottery.channels`). A group of
+    channels that reaches a layer the analysis does not know (a `Lambda`, a
+    custom layer, a subclassed model inside) or the model's output is left as it
+    is, with one warning per kind of layer. Weights are copied by position. The
+    result is checked on random inputs against `model`; it is never a model that
+    predicts differently.
 
     Args:
         model: A Sequential or Functional model, wrapped (it is stripped first)
