@@ -269,8 +269,9 @@ def test_verification_runs_every_given_input_at_the_files_batch_size(tmp_path, m
     model = pruned_mlp("tflite-int8", sizes=(64, 32, 10), rounds=2)
     path = os.path.join(tmp_path, "m.tflite")
     report = tl.export_tflite(model, path, quantize="int8", representative_data=inputs(400))
-    assert "of 100 inputs" in report.verification  # a quarter held out of int8 calibration
-    assert "these 100 of the 400 inputs were not calibrated on" in report.verification
+    assert "of 400 inputs" in report.verification
+    assert " of 100 inputs" in report.verification  # the quarter held out of calibration
+    assert "calibrated on the other 300 of 400 inputs" in report.verification
     report = tl.export_tflite(model, path, representative_data=inputs(1500))
     assert "on 1000 inputs" in report.verification
     assert "on 300 inputs" in tl.export_tflite(model, path).verification
@@ -338,7 +339,8 @@ def test_two_inputs_two_outputs_int8_from_dicts_lists_and_datasets(tmp_path):
         )
         assert (
             "scores: argmax agrees" in report.verification
-            and "these 75 of the 300 inputs were not calibrated on" in report.verification
+            and "of 300 inputs" in report.verification
+            and "calibrated on the other 225 of 300 inputs" in report.verification
         )
         assert "value: " in report.verification
         by_name = tl.run_tflite(path, data)

@@ -778,8 +778,8 @@ def export_tflite(
         checked = [x[held_out] for x in inputs], [o[held_out] for o in outputs]
         ok, verification = _verify(plain, *checked, content, quantize, tolerance)
         if held_out != slice(None):
-            count = len(checked[0][0])
-            verification += f"; these {count} of the {len(inputs[0])} inputs were not calibrated on"
+            total = len(inputs[0])
+            verification += f"; calibrated on the other {len(calibration[0])} of {total} inputs"
         if not ok:
             cause = ""
             if quantize in _QUANTIZED:
