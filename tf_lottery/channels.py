@@ -13,7 +13,8 @@ layers whose per-channel parameters follow those units (BatchNormalization,
 DepthwiseConv with depth_multiplier 1), and the layers that read them
 (consumers, with where the channels sit in their input). A group whose channels
 reach a layer the analysis does not understand (a `Lambda`, a custom layer, a
-`Reshape`, a subclassed model inside) or the model's output is *blocked*: it is never
+`Reshape` that moves channels, a subclassed model inside) or the model's output is
+*blocked*: it is never
 pruned or shrunk, and `blocked` says why.
 
 Modern CNNs are followed too: squeeze-excite (a `GlobalAveragePooling` with
