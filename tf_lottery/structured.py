@@ -110,6 +110,25 @@ class UnitCriterion(Criterion):
         return alive_count - keep
 
     def compute_masks(self, targets, model=None):
+        masks, _ = self.compute_unit_masks(targets, model)
+        yield from masks
+
+    def compute_unit_masks(self, targets, model):
+        """The new masks of `targets` and the new unit masks, computed without changing `model`.
+
+        `tf_lottery.prune` writes both: the masks into the targets' wrappers,
+        and each unit mask into its wrapper, whose bias (or BatchNormalization
+        γ and β) it then zeroes.
+
+        Args:
+            targets: The `PruneTarget`s, as for `compute_masks`.
+            model: The model the targets belong to; its graph gives the groups.
+
+        Returns:
+            A list of (0/1 mask, threshold) pairs, one per target, and a dict
+            from layer name to the new 0/1 unit mask of each wrapper with pruned
+            units.
+        """
         if model is None:
             raise ValueError(
                 f"{type(self).__name__} needs the model's graph: call "
@@ -128,11 +147,10 @@ class UnitCriterion(Criterion):
             and all(p.name in selected for p in g.producers)
         ]
         masks = {(t.layer, t.name): _read(t.mask).copy() for t in targets}
-        plans = self._plan(groups, wrappers)
-        for group, pruned in plans:
-            self._apply(group, pruned, wrappers, masks)
-        for target in targets:
-            yield masks[(target.layer, target.name)], math.nan
+        unit_masks = {}
+        for group, pruned in self._plan(groups, wrappers):
+            self._apply(group, pruned, wrappers, masks, unit_masks)
+        return [(masks[(t.layer, t.name)], math.nan) for t in targets], unit_masks
 
     def _warn_blocked(self, groups):
         for group in groups:
@@ -185,14 +203,12 @@ class UnitCriterion(Criterion):
         order = candidates[np.argsort(scores[candidates], kind="stable")]
         return order[:count]
 
-    def _apply(self, group, pruned, wrappers, masks):
+    def _apply(self, group, pruned, wrappers, masks, unit_masks):
         if not len(pruned):
             return
         for producer in group.producers:
-            wrapper = wrappers[id(producer)]
-            mask = masks[(producer.name, "kernel")]
-            mask[..., pruned] = 0
-            _zero_units(wrapper, pruned)
+            masks[(producer.name, "kernel")][..., pruned] = 0
+            _zero_units(unit_masks, wrappers[id(producer)], pruned)
         for follower, offset in group.followers:
             wrapper = wrappers.get(id(follower))
             if wrapper is None:
@@ -200,7 +216,7 @@ class UnitCriterion(Criterion):
             channels = [offset + c for c in pruned]
             if (follower.name, "kernel") in masks:  # a depthwise convolution
                 masks[(follower.name, "kernel")][..., channels, :] = 0
-            _zero_units(wrapper, channels)
+            _zero_units(unit_masks, wrapper, channels)
 
     def get_config(self):
         return {
@@ -230,13 +246,14 @@ _NO_UNIT_AXIS = (
 )
 
 
-def _zero_units(wrapper, units):
+def _zero_units(unit_masks, wrapper, units):
+    """Zeroes `units` in the new unit mask of `wrapper`, starting from its current one."""
     if wrapper.unit_mask is None:
         return
-    unit_mask = _read(wrapper.unit_mask).copy()
-    unit_mask[units] = 0
-    wrapper.unit_mask.assign(unit_mask)
-    wrapper.apply_masks()
+    name = wrapper.layer.name
+    if name not in unit_masks:
+        unit_masks[name] = _read(wrapper.unit_mask).copy()
+    unit_masks[name][units] = 0
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
