@@ -493,8 +493,8 @@ class PruneFraction(Criterion):
         per_layer: Optional dict from layer name to its own rate. Only with
             `scope="layer"`. Defaults to `None`.
         block: Block shape, see `Criterion`. Defaults to `(1, 1)`.
-        output_rate: Rate of the output layer with `scope="layer"`; `None` means
-            `rate / 2`. Defaults to `None`.
+        output_rate: Rate of the output layer; `None` means `rate / 2`. Only
+            with `scope="layer"`. Defaults to `None`.
         block_pooling: `"avg"` or `"max"`, see `Criterion`. Defaults to `"avg"`.
 
     Example:
@@ -524,12 +524,17 @@ class PruneFraction(Criterion):
         self.rate = _check_rate(rate, "rate")
         self.scope = check_choice(scope, "scope", ("layer", "global", "erk"))
         self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
-        if scope != "layer" and self.per_layer:
-            raise ValueError(
-                f"per_layer rates only apply with scope='layer'; scope={scope!r} spreads "
-                f"one rate over all layers. Received: scope={scope!r}, per_layer={per_layer!r}"
-            )
         self.output_rate = None if output_rate is None else _check_rate(output_rate, "output_rate")
+        for argument, given in (
+            ("per_layer", self.per_layer or None),
+            ("output_rate", output_rate),
+        ):
+            if scope != "layer" and given is not None:
+                raise ValueError(
+                    f"{argument} only applies with scope='layer': scope={scope!r} spreads one "
+                    "rate over all layers, the output layer included. Use scope='layer', or "
+                    f"leave {argument} out. Received: scope={scope!r}, {argument}={given!r}"
+                )
 
     def check_target(self):
         if self.per_layer or self.output_rate is not None:
@@ -641,10 +646,13 @@ class RandomPrune(PruneFraction):
 
     Args:
         rate: Fraction of surviving weights to prune per round. Defaults to `0.2`.
-        scope: `"layer"` or `"global"`. Defaults to `"layer"`.
-        per_layer: Optional dict from layer name to rate. Defaults to `None`.
+        scope: `"layer"`, `"global"` or `"erk"`, as in `PruneFraction`. Defaults
+            to `"layer"`.
+        per_layer: Optional dict from layer name to rate. Only with
+            `scope="layer"`. Defaults to `None`.
         block: Block shape, see `Criterion`. Defaults to `(1, 1)`.
-        output_rate: Rate of the output layer; `None` means `rate / 2`.
+        output_rate: Rate of the output layer; `None` means `rate / 2`. Only
+            with `scope="layer"`. Defaults to `None`.
         seed: Integer seed. `None` draws from numpy's global generator, which
             `keras.utils.set_random_seed` seeds. Defaults to `None`.
 
