@@ -23,9 +23,11 @@ from tf_lottery import tflite_blocks
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
+from tf_lottery.validators import check_instance
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_number
 from tf_lottery.validators import check_per_layer
+from tf_lottery.validators import is_int
 
 
 @dataclasses.dataclass
@@ -85,7 +87,7 @@ def _check_block(block):
     if (
         not isinstance(block, (tuple, list))
         or len(block) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)
+        or not all(is_int(b) and b > 0 for b in block)
     ):
         raise ValueError(
             "Expected block to be a pair of positive integers (rows, columns) in the "
@@ -395,6 +397,17 @@ class Criterion:
         config = {**self.get_config(), "block": self.block}
         args = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({args})"
+
+
+def check_criterion(criterion):
+    """A `tf_lottery.Criterion` instance; a ValueError that says what to pass otherwise."""
+    return check_instance(
+        criterion,
+        "criterion",
+        Criterion,
+        "a tf_lottery criterion such as tf_lottery.PruneFraction(0.2) or "
+        "tf_lottery.StdThreshold(0.5)",
+    )
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")

@@ -41,6 +41,7 @@ from tf_lottery.controls import name_of
 from tf_lottery.controls import random_masks
 from tf_lottery.controls import remaining
 from tf_lottery.criteria import PruneFraction
+from tf_lottery.criteria import check_criterion
 from tf_lottery.evaluation import evaluate_metric
 from tf_lottery.files import write_atomically
 from tf_lottery.files import write_once
@@ -55,7 +56,6 @@ from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
 from tf_lottery.transforms import wrap
-from tf_lottery.validators import check_criterion
 from tf_lottery.validators import check_int
 from tf_lottery.validators import is_int
 from tf_lottery.wrapper import find_rewind_wrappers

@@ -24,17 +24,10 @@ from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
+from tf_lottery.validators import check_choice
+from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
 from tf_lottery.wrapper import find_rewind_wrappers
-
-
-def _check_round_to(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            "Expected round_to to be a positive integer (keep unit counts a multiple of it, "
-            f"e.g. 8). Received: round_to={value!r}"
-        )
-    return value
 
 
 def _column_norms(kernel, p):
@@ -79,11 +72,11 @@ class UnitCriterion(Criterion):
     def __init__(self, rate=0.2, scope="layer", per_layer=None, round_to=1):
         super().__init__()
         self.rate = _check_rate(rate, "rate")
-        if scope not in ("layer", "global"):
-            raise ValueError(f"Expected scope='layer' or 'global'. Received: scope={scope!r}")
-        self.scope = scope
+        self.scope = check_choice(scope, "scope", ("layer", "global"))
         self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
-        self.round_to = _check_round_to(round_to)
+        self.round_to = check_int(
+            round_to, "round_to", minimum=1, meaning="keep unit counts a multiple of it, e.g. 8"
+        )
 
     def check(self, targets):
         for target in targets:
@@ -281,9 +274,7 @@ class UnitNorm(UnitCriterion):
 
     def __init__(self, rate=0.2, p=2, scope="layer", per_layer=None, round_to=1):
         super().__init__(rate, scope, per_layer, round_to)
-        if p not in (1, 2):
-            raise ValueError(f"Expected p=1 or p=2 (the norm). Received: p={p!r}")
-        self.p = p
+        self.p = check_choice(p, "p", (1, 2), meaning="the norm")
 
     def unit_scores(self, group, wrappers):
         return _norm_scores(group, self.p)
