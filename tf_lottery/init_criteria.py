@@ -26,10 +26,10 @@ import keras
 import numpy as np
 
 from tf_lottery.criteria import Criterion
-from tf_lottery.criteria import _prune_smallest
 from tf_lottery.criteria import _read
 from tf_lottery.gradients import gradients
 from tf_lottery.gradients import hessian_vector_product
+from tf_lottery.selection import drop_smallest_across
 from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_number
@@ -50,14 +50,12 @@ def keep_top(scores, alive, count):
     Ties at the cut are broken by position, so exactly `count` survive (or every
     alive weight, if fewer).
     """
-    flat_scores = np.concatenate([s.ravel() for s in scores]).astype(np.float64)
-    flat_alive = np.concatenate([a.ravel() for a in alive])
-    keep, _ = _prune_smallest(flat_scores, flat_alive, max(0, int(flat_alive.sum()) - count))
-    result, start = [], 0
-    for a in alive:
-        result.append(keep[start : start + a.size].reshape(a.shape))
-        start += a.size
-    return result
+
+    def parts():
+        for s, a in zip(scores, alive):
+            yield None, np.asarray(s, np.float64), a
+
+    return [keep for _, keep, _ in drop_smallest_across(parts, lambda n, _: n - count)]
 
 
 class InitCriterion(Criterion):

@@ -10,8 +10,8 @@ import numpy as np
 from tf_lottery import keras_private
 
 from tf_lottery.criteria import PruneTarget
-from tf_lottery.criteria import erk_sparsities
 from tf_lottery.criteria import check_criterion as check_criterion_type
+from tf_lottery.selection import erk_sparsities
 from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.wrapper import find_rewind_wrappers

@@ -24,6 +24,10 @@ from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
+from tf_lottery.selection import count_to_drop
+from tf_lottery.selection import cut_of
+from tf_lottery.selection import drop_smallest
+from tf_lottery.selection import rounded_count
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
@@ -95,12 +99,7 @@ class UnitCriterion(Criterion):
     def prune_count(self, group, wrappers, scores, alive):
         """How many of the `alive` channels of `group` to prune, scope="layer"."""
         rate = self.per_layer.get(group.producers[0].name, self.rate)
-        return round(rate * int(alive.sum()))
-
-    def _rounded(self, alive_count, count):
-        keep = max(1, alive_count - count)
-        keep = min(alive_count, math.ceil(keep / self.round_to) * self.round_to)
-        return alive_count - keep
+        return count_to_drop(int(alive.sum()), alive.size, rate)
 
     def compute_masks(self, targets, model=None):
         masks, _ = self.compute_unit_masks(targets, model)
@@ -161,40 +160,30 @@ class UnitCriterion(Criterion):
         return unit_mask[: group.size] > 0
 
     def _plan(self, groups, wrappers):
+        """(group, indices of the channels to prune) for each group."""
         scored = []
         for group in groups:
             alive = self._alive(group, wrappers)
             scores = np.asarray(self.unit_scores(group, wrappers), np.float64)
             scored.append((group, alive, scores))
-        if self.scope == "layer":
-            return [
-                (
-                    g,
-                    self._smallest(
-                        s, a, self._rounded(int(a.sum()), self.prune_count(g, wrappers, s, a))
-                    ),
-                )
-                for g, a, s in scored
-            ]
-        normalized = [s / max(np.mean(s[a]), 1e-12) if a.any() else s for _, a, s in scored]
-        pool = np.concatenate([s[a] for (_, a, _), s in zip(scored, normalized)])
-        count = round(self.rate * pool.size)
-        cut = np.partition(pool, count - 1)[count - 1] if count > 0 else -np.inf
+        if self.scope == "global":
+            # Scores over their layer's mean, so that wide layers do not dominate;
+            # each group then loses its units at or below the cut of the pool.
+            scored = [(g, a, s / max(np.mean(s[a]), 1e-12) if a.any() else s) for g, a, s in scored]
+            pool = np.concatenate([s[a] for _, a, s in scored] or [np.zeros(0)])
+            total = count_to_drop(pool.size, pool.size, self.rate)
+            cut = cut_of(pool, total) if total > 0 else -np.inf
         plans = []
-        for (group, alive, _), score in zip(scored, normalized):
-            below = int(np.count_nonzero(alive & (score <= cut)))
-            plans.append(
-                (group, self._smallest(score, alive, self._rounded(int(alive.sum()), below)))
+        for group, alive, scores in scored:
+            if self.scope == "layer":
+                count = self.prune_count(group, wrappers, scores, alive)
+            else:
+                count = int(np.count_nonzero(alive & (scores <= cut)))
+            keep, _ = drop_smallest(
+                scores, alive, rounded_count(int(alive.sum()), count, self.round_to)
             )
+            plans.append((group, np.flatnonzero(alive & ~keep)))
         return plans
-
-    @staticmethod
-    def _smallest(scores, alive, count):
-        if count <= 0:
-            return np.array([], int)
-        candidates = np.flatnonzero(alive)
-        order = candidates[np.argsort(scores[candidates], kind="stable")]
-        return order[:count]
 
     def _apply(self, group, pruned, wrappers, masks, unit_masks):
         if not len(pruned):
@@ -367,7 +356,7 @@ class UnitStdThreshold(UnitCriterion):
                 below += int(np.count_nonzero(np.abs(alive_weights) < s * alive_weights.std()))
                 survivors += alive_weights.size
         fraction = below / survivors if survivors else 0.0
-        return round(fraction * int(alive.sum()))
+        return count_to_drop(int(alive.sum()), alive.size, fraction)
 
     def get_config(self):
         return {
