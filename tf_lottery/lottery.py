@@ -41,6 +41,7 @@ from tf_lottery.controls import name_of
 from tf_lottery.controls import random_masks
 from tf_lottery.controls import remaining
 from tf_lottery.criteria import PruneFraction
+from tf_lottery.criteria import check_criterion
 from tf_lottery.evaluation import evaluate_metric
 from tf_lottery.files import write_atomically
 from tf_lottery.files import write_once
@@ -55,7 +56,6 @@ from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
 from tf_lottery.transforms import wrap
-from tf_lottery.validators import check_criterion
 from tf_lottery.validators import check_int
 from tf_lottery.validators import is_int
 from tf_lottery.wrapper import find_rewind_wrappers
@@ -87,7 +87,8 @@ class _RecordEpochs(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.rewind_epoch is not None and epoch == self.rewind_epoch:
-            for wrapper in find_wrappers(self.model):
+            # Every wrapper that tf_lottery.rewind resets, BatchNormalization's included.
+            for wrapper in pruning.rewindable(self.model):
                 wrapper.save_rewind_point(epoch)
             save_state(self.model, self.rewind_path)
 
@@ -268,8 +269,12 @@ class _Experiment:
         rewind_point = RunPaths.rewind_point(self.paths.round_dir(TICKET, 0))
         if arm == TICKET and os.path.exists(rewind_point):
             load_state(model, rewind_point)
-            for wrapper in find_wrappers(model):
-                wrapper.save_rewind_point(int(keras.ops.convert_to_numpy(wrapper.rewind_epoch)))
+            # One epoch for all: files written before the fix hold it only in the
+            # PruneWrappers, the RewindWrappers' still reading -1 (none saved).
+            wrappers = pruning.rewindable(model)
+            epoch = max(int(keras.ops.convert_to_numpy(w.rewind_epoch)) for w in wrappers)
+            for wrapper in wrappers:
+                wrapper.save_rewind_point(epoch)
         return model
 
     def trained_model(self, arm, round_index):

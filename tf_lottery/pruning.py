@@ -10,8 +10,8 @@ import numpy as np
 from tf_lottery import keras_private
 
 from tf_lottery.criteria import PruneTarget
-from tf_lottery.criteria import erk_sparsities
-from tf_lottery.validators import check_criterion as check_criterion_type
+from tf_lottery.criteria import check_criterion as check_criterion_type
+from tf_lottery.selection import erk_sparsities
 from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.wrapper import find_rewind_wrappers
@@ -118,8 +118,11 @@ def prune(model, criterion, *, layers=None, sparsity=None):
     masked = [
         m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights
     ]
+    unit_masks = {}
     if sparsity is not None:
         masks = criterion.compute_target_masks(targets, sparsity)
+    elif hasattr(criterion, "compute_unit_masks"):
+        masks, unit_masks = criterion.compute_unit_masks(targets, model)
     elif criterion.uses_model:
         masks = criterion.compute_masks(targets, model=model)
     else:
@@ -133,6 +136,10 @@ def prune(model, criterion, *, layers=None, sparsity=None):
         write_threshold(weight.threshold, threshold)
         weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
+    for wrapper in find_rewind_wrappers(model):
+        if wrapper.layer.name in unit_masks:
+            wrapper.unit_mask.assign(unit_masks[wrapper.layer.name])
+            wrapper.apply_masks()  # the pruned units' biases, γ and β become zero
     for wrapper in wrappers:
         if layers is None or wrapper.layer.name in layers:
             wrapper.pruning_round.assign(wrapper.pruning_round + 1)

@@ -8,10 +8,10 @@ from tf_lottery import pruning
 from tf_lottery.callbacks import freezing
 from tf_lottery.callbacks.drop_rule import DropRule
 from tf_lottery.callbacks.sparsity_logs import SparsityLogs
+from tf_lottery.criteria import check_criterion
 from tf_lottery.schedules import EveryEpochs
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
-from tf_lottery.validators import check_criterion
 from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
