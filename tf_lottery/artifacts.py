@@ -32,7 +32,7 @@ def describe_layers(model):
     """
     return [
         {
-            "name": wrapper.layer.name,
+            "name": wrapper.target_name,
             "type": type(wrapper.layer).__name__,
             "weights": {m.name: list(m.mask.shape) for m in wrapper.masked_weights},
         }

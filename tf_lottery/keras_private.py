@@ -16,7 +16,9 @@ __all__ = [
     "get_stateless_scope",
     "input_shape_arg",
     "is_graph_model",
+    "is_plain_graph_model",
     "optimizer_model_variables",
+    "output_operations",
     "own_variables",
     "tensor_key",
 ]
@@ -58,6 +60,13 @@ def is_graph_model(model):
     import keras
 
     return isinstance(model, (keras.Sequential, Functional))
+
+
+def is_plain_graph_model(model):
+    """Whether `model` is exactly a Sequential or a Functional, not a subclass of one."""
+    import keras
+
+    return type(model) in (keras.Sequential, Functional)
 
 
 def optimizer_model_variables(optimizer):
@@ -112,3 +121,8 @@ def graph_inputs(model):
 def graph_outputs(model):
     """The output tensors of a Sequential or Functional `model`'s graph."""
     return list(getattr(model, "_functional", model).outputs)
+
+
+def output_operations(model):
+    """The operations (layers) whose calls give a graph `model`'s outputs."""
+    return [tensor._keras_history[0] for tensor in graph_outputs(model)]

@@ -104,7 +104,8 @@ def _fingerprint(data):
     if not isinstance(data, tuple):
         return type(data).__name__
     digest = hashlib.sha256()
-    for array in data:
+    # Inputs may be dicts by name (every KerasHub model's): flattened by key.
+    for array in keras.tree.flatten(data):
         array = np.asarray(array)
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array[:64]).tobytes())
@@ -389,7 +390,9 @@ class _Experiment:
             record["error_barrier"] = self.measure_instability(model, start, round_index, folder)
         # The run's layer names, which a builder that leaves naming to Keras
         # changes from call to call.
-        names = {w.layer.name: layer["name"] for w, layer in zip(find_wrappers(model), self.layers)}
+        names = {
+            w.target_name: layer["name"] for w, layer in zip(find_wrappers(model), self.layers)
+        }
         layer_sparsity = report.to_dict()
         for row in layer_sparsity["layers"]:
             row["layer"] = names.get(row["layer"], row["layer"])

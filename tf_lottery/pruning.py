@@ -40,7 +40,7 @@ def prune_targets(wrappers, layers=None):
     """
     return [
         PruneTarget(
-            layer=wrapper.layer.name,
+            layer=wrapper.target_name,
             name=masked.name,
             layer_type=type(wrapper.layer).__name__,
             weight=masked.variable,
@@ -49,7 +49,7 @@ def prune_targets(wrappers, layers=None):
             is_output=index == len(wrappers) - 1,
         )
         for index, wrapper in enumerate(wrappers)
-        if layers is None or wrapper.layer.name in layers
+        if layers is None or wrapper.target_name in layers
         for masked in wrapper.masked_weights
     ]
 
@@ -64,7 +64,7 @@ def check_criterion(criterion, wrappers):
 def check_layer_names(argument, given, wrappers):
     """Raises a ValueError if `given` (names, or a dict keyed by them) names a
     layer that is not wrapped; `argument` is the argument's name for the message."""
-    names = [w.layer.name for w in wrappers]
+    names = [w.target_name for w in wrappers]
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise ValueError(
@@ -116,7 +116,7 @@ def prune(model, criterion, *, layers=None, sparsity=None):
     check_criterion(criterion, wrappers)
     targets = prune_targets(wrappers, layers)
     masked = [
-        m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights
+        m for w in wrappers if layers is None or w.target_name in layers for m in w.masked_weights
     ]
     unit_masks = {}
     if sparsity is not None:
@@ -141,7 +141,7 @@ def prune(model, criterion, *, layers=None, sparsity=None):
             wrapper.unit_mask.assign(unit_masks[wrapper.layer.name])
             wrapper.apply_masks()  # the pruned units' biases, γ and β become zero
     for wrapper in wrappers:
-        if layers is None or wrapper.layer.name in layers:
+        if layers is None or wrapper.target_name in layers:
             wrapper.pruning_round.assign(wrapper.pruning_round + 1)
     return thresholds
 
@@ -210,10 +210,10 @@ def rewind(model, to="initial", *, layers=None):
     require_wrappers(model, "tf_lottery.rewind()")
     wrappers = rewindable(model)
     selected = _check_layers(layers, wrappers)
-    wrappers = [w for w in wrappers if selected is None or w.layer.name in selected]
+    wrappers = [w for w in wrappers if selected is None or w.target_name in selected]
     if to not in REWIND_TARGETS:
         raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
-    missing = [w.layer.name for w in wrappers if to == "rewind_point" and not w.has_rewind_point]
+    missing = [w.target_name for w in wrappers if to == "rewind_point" and not w.has_rewind_point]
     if missing:
         raise ValueError(
             f"Layers {missing} have no rewind point saved yet. Save one with "

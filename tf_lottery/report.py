@@ -9,6 +9,7 @@ from tf_lottery import keras_private
 from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
 from tf_lottery.wrapper import PruneWrapper
+from tf_lottery.wrapper import model_layers
 from tf_lottery.wrapper import find_wrappers
 
 
@@ -123,12 +124,12 @@ def sparsity(model):
         id(sub) for w in wrappers for sub in [w.layer, *keras_private.flatten_layers(w.layer)]
     }
     rows = []
-    for layer in keras_private.flatten_layers(model):
+    for layer in model_layers(model):
         if isinstance(layer, PruneWrapper):
             masks = [m.mask for m in layer.masked_weights]
             rows.append(
                 LayerSparsity(
-                    layer.layer.name,
+                    layer.target_name,
                     sum(int(np.prod(m.shape)) for m in masks),
                     sum(count_nonzero(m) for m in masks),
                     wrapped=True,

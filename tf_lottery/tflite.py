@@ -21,11 +21,13 @@ checked again by `tests/test_tflite.py` and `benchmarks/tflite_bench.py`):
   indices); the export writes the smaller.
 """
 
+import functools
 import importlib.util
 import itertools
 import warnings
 import os
 import re
+import tempfile
 from typing import NamedTuple
 
 import keras
@@ -240,9 +242,40 @@ def _check_converter_available():
 
 def _convert(model, quantize, sparse, calibration, per_channel=True, select_tf_ops=False):
     """The .tflite bytes, and what the converter said that matters."""
+    with tempfile.TemporaryDirectory() as saved_model:
+        converter = _converter_for(model, saved_model)
+        _configure(converter, model, quantize, sparse, calibration, per_channel, select_tf_ops)
+        with captured_output() as lines:
+            content = converter.convert()
+    return content, _converter_notes(lines)
+
+
+def _converter_for(model, folder):
+    """A TFLite converter for `model`; `folder` holds a SavedModel where one is needed."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if not isinstance(model.input, dict):
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    # from_keras_model traces dict inputs through tf_keras' helpers, which fail
+    # on Keras 3 ("'NoneType' object is not callable"). Keras' own LiteRT export
+    # goes through a SavedModel instead; so does this, each input named by its key.
+    signature = {
+        key: tf.TensorSpec(tensor.shape, tensor.dtype, name=key)
+        for key, tensor in model.input.items()
+    }
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve", functools.partial(model.__call__, training=False), input_signature=[signature]
+    )
+    with captured_output():
+        archive.write_out(folder, verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(folder)
+
+
+def _configure(converter, model, quantize, sparse, calibration, per_channel, select_tf_ops):
+    import tensorflow as tf
+
     if select_tf_ops:
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS,
@@ -263,16 +296,17 @@ def _convert(model, quantize, sparse, calibration, per_channel=True, select_tf_o
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter._experimental_disable_per_channel_quantization_for_dense_layers = not per_channel
     converter.optimizations = optimizations
-    with captured_output() as lines:
-        content = converter.convert()
-    return content, _converter_notes(lines)
 
 
 def _keras_outputs(model, inputs, batch_size=256):
     batches = []
     for start in range(0, len(inputs[0]), batch_size):
         batch = [x[start : start + batch_size] for x in inputs]
-        outputs = model(batch if len(batch) > 1 else batch[0], training=False)
+        if isinstance(model.input, dict):
+            batch = keras.tree.pack_sequence_as(model.input, batch)
+        elif len(batch) == 1:
+            batch = batch[0]
+        outputs = model(batch, training=False)
         batches.append([keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(outputs)])
     return [np.concatenate(parts) for parts in zip(*batches)]
 

@@ -246,9 +246,23 @@ class RewindWrapper(keras.layers.Wrapper):
             ) from error
         self.layer.built = True
 
+    @property
+    def target_name(self):
+        """The name that criteria, reports and callbacks know this layer by.
+
+        The wrapped layer's name; for a wrapper attached in place (see
+        `tf_lottery.wrap(in_place=True)`), its path, since names repeat across
+        a transformer's blocks.
+        """
+        return self.layer.name
+
+    def _rewound_variables(self):
+        """The variables that get saved copies: all of the wrapped layer's."""
+        return self.layer.weights
+
     def _add_saved_copies(self, masks):
         """θ0 and rewind-point copies of every weight; `masks` by variable id."""
-        for variable in self.layer.weights:
+        for variable in self._rewound_variables():
             key = _weight_key(self.layer, variable)
             copies = [
                 self.add_weight(
@@ -517,15 +531,33 @@ class PruneWrapper(RewindWrapper):
         return {m.name: m.mask for m in self._masked}
 
 
+# The attribute of a model wrapped in place that holds its `PruningState`
+# (tf_lottery.in_place).
+STATE_ATTRIBUTE = "_tf_lottery_state"
+
+
+def model_layers(model):
+    """Every layer of `model`, recursively, each once: in model order, and the
+    wrappers attached in place last, in the order they were attached."""
+    state = model.__dict__.get(STATE_ATTRIBUTE)
+    attached = state.wrappers if state is not None else []
+    known = {id(w) for w in attached} | {id(state)}
+    layers = [layer for layer in keras_private.flatten_layers(model) if id(layer) not in known]
+    return layers + attached
+
+
+def _wrappers_of(model):
+    return [layer for layer in model_layers(model) if isinstance(layer, RewindWrapper)]
+
+
 def find_wrappers(model):
     """Returns the `PruneWrapper` layers of `model`, each once, in model order.
 
     Works for Sequential, Functional and subclassed models, nested ones
-    included. A layer shared between two calls appears once.
+    included, and for models wrapped in place. A layer shared between two
+    calls appears once.
     """
-    return [
-        layer for layer in keras_private.flatten_layers(model) if isinstance(layer, PruneWrapper)
-    ]
+    return [w for w in _wrappers_of(model) if isinstance(w, PruneWrapper)]
 
 
 def find_rewind_wrappers(model):
@@ -533,6 +565,4 @@ def find_rewind_wrappers(model):
 
     In model order, each once.
     """
-    return [
-        layer for layer in keras_private.flatten_layers(model) if isinstance(layer, RewindWrapper)
-    ]
+    return _wrappers_of(model)

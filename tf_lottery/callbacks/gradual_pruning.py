@@ -89,7 +89,7 @@ class GradualPruning(keras.callbacks.Callback):
         wrappers = pruning.require_wrappers(self.model, "GradualPruning")
         pruning.check_criterion(self.criterion, wrappers)
         frozen = freezing.match_layers(self.model, self.frozen)
-        layers = [w.layer.name for w in wrappers if w not in frozen]
+        layers = [w.target_name for w in wrappers if w not in frozen]
         self._masks = ScheduledMasks(
             self.model, wrappers, [(layers, self.schedule, self.criterion)]
         )

@@ -171,7 +171,7 @@ class IterativePruning(keras.callbacks.Callback):
         pruning.check_layer_names("layer_targets", self.layer_targets, self._wrappers)
         frozen = freezing.match_layers(self.model, self.frozen)
         # Wrapped layers that train, prune and rewind: all but the frozen ones.
-        self._movable = [w.layer.name for w in self._wrappers if w not in frozen]
+        self._movable = [w.target_name for w in self._wrappers if w not in frozen]
         # Every wrapper a rewind resets (BatchNormalization too), frozen ones aside.
         self._rewound = [w for w in pruning.rewindable(self.model) if w not in frozen]
         self.drop_rule.reset()
@@ -251,7 +251,7 @@ class IterativePruning(keras.callbacks.Callback):
     def _prune_round(self, epoch):
         if is_int(self.rewind):
             missing = [
-                w.layer.name
+                w.target_name
                 for w in self._rewound
                 if int(keras.ops.convert_to_numpy(w.rewind_epoch.value)) != self.rewind
             ]
@@ -262,7 +262,7 @@ class IterativePruning(keras.callbacks.Callback):
                     "never went through it. Start from epoch 0 or use rewind='init'."
                 )
         pruning.prune(self.model, self.criterion, layers=self._layers_to_prune())
-        rewound = [w.layer.name for w in self._rewound]
+        rewound = [w.target_name for w in self._rewound]
         if self.rewind == "init":
             pruning.rewind(self.model, "initial", layers=rewound)
         elif self.rewind is not None:
