@@ -378,3 +378,25 @@ def test_sparsity_per_weight_names_each_weight_by_path():
     rows = tl.sparsity(model, per_weight=True).layers
     assert "transformer_layer_1/self_attention/attention_output/kernel" in [r.layer for r in rows]
     assert sum(r.total for r in rows) == tl.sparsity(model).total
+
+
+def test_callbacks_take_layer_paths():
+    x, y = _data("bert", batch=8)
+    model = tl.wrap(_bert())
+    _compile(model)
+    frozen = "transformer_layer_0/feedforward_output_dense"
+    cb = tl.IterativePruning(
+        tl.PruneFraction(0.5, per_layer={"transformer_layer_1/feedforward_output_dense": 0.25}),
+        every=1,
+        rewind=None,
+        frozen=[frozen],
+    )
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[cb])
+    report = tl.sparsity(model)
+    assert report[frozen].sparsity == 0
+    assert report["transformer_layer_1/feedforward_output_dense"].sparsity == pytest.approx(
+        0.25, abs=0.01
+    )
+    assert report["transformer_layer_1/feedforward_intermediate_dense"].sparsity == pytest.approx(
+        0.5, abs=0.01
+    )
