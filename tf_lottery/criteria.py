@@ -60,6 +60,9 @@ class PruneTarget:
         sparsity: The fraction of this tensor's units to have pruned when a
             schedule asks for a target (see `Criterion.compute_target_masks`),
             or `None` for one round of the criterion's own rule.
+        input_axes: The axes of `weight` that its layer contracts with the
+            input (an EinsumDense kernel's, read from its equation), or `None`
+            for the second-to-last axis (Dense and convolution kernels).
     """
 
     layer: str
@@ -73,6 +76,7 @@ class PruneTarget:
     scores: np.ndarray | None = None
     alive: np.ndarray | None = None
     sparsity: float | None = None
+    input_axes: tuple | None = None
 
 
 def _check_rate(value, argument):
@@ -616,7 +620,10 @@ class NMSparsity(Criterion):
     The groups run along the input dimension: the second-to-last axis of the
     kernel, which is the input of Dense and convolution kernels ([in, out],
     [h, w, in, out]), as NVIDIA's 2:4 sparse tensor cores and tfmot's
-    `sparsity_m_by_n` use it. `NMSparsity(2, 4)` leaves at most 2 non-zeros in
+    `sparsity_m_by_n` use it. For EinsumDense kernels, MultiHeadAttention's
+    among them, the input axes are read from the layer's equation: the query
+    kernel [in, heads, head_dim] groups along `in`, the output kernel
+    [heads, head_dim, out] along `heads × head_dim`. `NMSparsity(2, 4)` leaves at most 2 non-zeros in
     every 4 consecutive inputs of each output (50% sparsity). Masks only shrink:
     a group keeps the `n` largest of its surviving weights, so a group with
     fewer survivors keeps them all, and pruning again changes nothing. When `m`
@@ -658,7 +665,22 @@ class NMSparsity(Criterion):
                 )
 
     def compute_mask(self, target):
-        return keep_n_of_m(target.scores, target.alive, self.n, self.m), math.nan
+        axes = target.input_axes
+        if axes is None:
+            return keep_n_of_m(target.scores, target.alive, self.n, self.m), math.nan
+        # Groups run along the contraction axes, whatever the kernel's layout
+        # (MultiHeadAttention's query kernel is [in, heads, head_dim]): as an
+        # [inputs, outputs] matrix, then back.
+        rest = [a for a in range(target.scores.ndim) if a not in axes]
+        order = [*axes, *rest]
+        shape = [target.scores.shape[a] for a in order]
+        inputs = int(np.prod(shape[: len(axes)]))
+
+        def as_matrix(array):
+            return np.transpose(array, order).reshape(inputs, -1)
+
+        keep = keep_n_of_m(as_matrix(target.scores), as_matrix(target.alive), self.n, self.m)
+        return np.transpose(keep.reshape(shape), np.argsort(order)), math.nan
 
     def get_config(self):
         return {"n": self.n, "m": self.m}

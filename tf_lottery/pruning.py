@@ -14,6 +14,7 @@ from tf_lottery.criteria import check_criterion as check_criterion_type
 from tf_lottery.selection import erk_sparsities
 from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
+from tf_lottery.registry import input_axes
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
 from tf_lottery.wrapper import read_threshold
@@ -47,6 +48,7 @@ def prune_targets(wrappers, layers=None):
             mask=masked.mask,
             threshold=read_threshold(masked.threshold),
             is_output=index == len(wrappers) - 1,
+            input_axes=input_axes(wrapper.layer, masked.variable),
         )
         for index, wrapper in enumerate(wrappers)
         if layers is None or wrapper.target_name in layers
