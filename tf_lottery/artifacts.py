@@ -117,9 +117,11 @@ def copy_unit_masks(source, target):
 
 
 def _state_variables(model):
-    """`model`'s weights less the masks and the wrappers' θ0 and rewind-point copies.
+    """`model`'s weights less the masks, the wrappers' θ0 and rewind-point copies
+    and `IterativePruning`'s stage.
 
-    Those are stored once per run (θ0, the rewind point) or per round in masks.npz.
+    Those are stored once per run (θ0, the rewind point) or per round in masks.npz;
+    a lottery run has no stage, and leaving it out keeps older runs loadable.
     """
     copies = {
         id(variable)
@@ -128,6 +130,7 @@ def _state_variables(model):
         for variable in (saved.initial, saved.rewind_point)
     }
     copies.update(id(m.mask) for w in find_wrappers(model) for m in w.masked_weights)
+    copies.update(id(w.pruning_stage) for w in find_wrappers(model))
     return [v for v in model.weights if id(v) not in copies]
 
 
