@@ -315,7 +315,7 @@ def test_sparse_files_with_nan_outputs_are_caught_for_two_input_models(tmp_path,
         assert "prune layer" not in str(raised.value) and "quantize='int8'" in str(raised.value)
 
 
-def test_two_inputs_two_outputs_int8_from_dicts_lists_and_datasets(tmp_path):
+def test_two_inputs_two_outputs_int8_from_dicts_and_datasets(tmp_path):
     import tensorflow as tf
 
     model, data = two_input_model(heads=("scores", "value"))
@@ -323,11 +323,12 @@ def test_two_inputs_two_outputs_int8_from_dicts_lists_and_datasets(tmp_path):
     path = os.path.join(tmp_path, "m.tflite")
     expected = model.predict([pixels, meta], verbose=0)
     labels = np.zeros(len(pixels), "int32")
+    # A list is refused as representative_data here, the model's order differing
+    # from the file's: test_a_list_of_inputs_is_refused_where_the_keras_and_file_orders_differ.
     for representative_data in (
         data,
-        [pixels, meta],
         tf.data.Dataset.from_tensor_slices((data, labels)).batch(64),
-        tf.data.Dataset.from_tensor_slices((pixels, meta)).batch(64),
+        tf.data.Dataset.from_tensor_slices(data).batch(64),
     ):
         report = tl.export_tflite(
             model, path, quantize="int8", representative_data=representative_data
@@ -354,7 +355,10 @@ def test_representative_data_that_does_not_fit_is_refused_with_what_fits(tmp_pat
             {"pixels": data["pixels"]},
             r"by name: \['pixels', 'meta'\]. Received: .* keys \['pixels'\]",
         ),
-        ([data["meta"], data["pixels"]], r"input 'pixels' to be a batch of shape \(None, 32\)"),
+        (
+            {"pixels": data["meta"], "meta": data["pixels"]},
+            r"input 'pixels' to be a batch of shape \(None, 32\)",
+        ),
         (data["pixels"], "a list or a dict of 2 arrays"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -466,3 +470,58 @@ def test_an_lstm_exports_with_a_fixed_batch_size_and_says_so_when_it_cannot(tmp_
     np.testing.assert_allclose(tl.run_tflite(path, x), wrapped.predict(x, verbose=0), atol=1e-5)
     flex = tl.export_tflite(wrapped, str(tmp_path / "flex.tflite"), select_tf_ops=True)
     assert any("Flex delegate" in note for note in flex.notes) and not flex.delegate_ok
+
+
+def _two_named_inputs(first="zeta", second="alpha", sizes=(3, 5)):
+    """A two-input Functional model, inputs `first` then `second` of `sizes`, and data by name.
+
+    With the default names, the inputs sort the other way round.
+    """
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((sizes[0],), name=first), keras.Input((sizes[1],), name=second)
+    h = L.Concatenate()([L.Dense(4)(a), L.Dense(4)(b)])
+    model = keras.Model([a, b], L.Dense(2, name="out")(h))
+    rng = np.random.default_rng(0)
+    data = {name: rng.normal(size=(40, size)) for name, size in zip((first, second), sizes)}
+    return model, {name: x.astype("float32") for name, x in data.items()}
+
+
+def test_a_list_of_inputs_is_refused_where_the_keras_and_file_orders_differ(tmp_path):
+    import tensorflow as tf
+
+    model, data = _two_named_inputs()
+    path = os.path.join(tmp_path, "m.tflite")
+    both = r"Keras model's order \['zeta', 'alpha'\] and .*\['alpha', 'zeta'\]"
+    listed = [data["zeta"], data["alpha"]]
+    for ambiguous in (listed, tuple(listed), tf.data.Dataset.from_tensor_slices(tuple(listed))):
+        with pytest.raises(ValueError, match=r"representative_data to be a dict .* by input name"):
+            tl.export_tflite(model, path, representative_data=ambiguous)
+        with pytest.raises(ValueError, match=both):
+            tl.export_tflite(model, path, representative_data=ambiguous)
+    assert not os.path.exists(path)
+    tl.export_tflite(model, path, representative_data=data)
+    np.testing.assert_allclose(tl.run_tflite(path, data), model.predict(data, verbose=0), atol=1e-5)
+
+
+def test_run_tflite_refuses_a_list_that_fits_the_inputs_in_two_orders(tmp_path):
+    model, data = _two_named_inputs(sizes=(4, 4))
+    path = tl.export_tflite(model, os.path.join(tmp_path, "m.tflite"), representative_data=data)
+    both = r"signature order \(by name\) \['alpha', 'zeta'\] and another .*\['zeta', 'alpha'\]"
+    for ambiguous in ([data["alpha"], data["zeta"]], (data["zeta"], data["alpha"])):
+        with pytest.raises(ValueError, match=r"x to be a dict of arrays by input name"):
+            tl.run_tflite(path.path, ambiguous)
+        with pytest.raises(ValueError, match=both):
+            tl.run_tflite(path.path, ambiguous)
+    expected = model.predict(data, verbose=0)
+    np.testing.assert_allclose(tl.run_tflite(path.path, data), expected, atol=1e-5)
+
+
+def test_a_list_of_inputs_works_where_the_orders_agree_or_only_one_fits(tmp_path):
+    model, data = _two_named_inputs("alpha", "zeta")
+    path = os.path.join(tmp_path, "m.tflite")
+    listed = [data["alpha"], data["zeta"]]
+    tl.export_tflite(model, path, representative_data=listed)
+    expected = model.predict(data, verbose=0)
+    np.testing.assert_allclose(tl.run_tflite(path, listed), expected, atol=1e-5)
+    np.testing.assert_allclose(tl.run_tflite(path, data), expected, atol=1e-5)
+

@@ -607,11 +607,13 @@ def export_tflite(
             activations), `"float16"` or `"int8"` (full integer; needs
             `representative_data`). Defaults to `None`.
         representative_data: A few hundred real inputs: an array (one-input
-            models), a list of arrays in the model's input order, a dict of
-            arrays by input name, or a `tf.data.Dataset` of such batches or of
-            `(x, y)` batches. At most the first 1,000 samples are used: to
-            calibrate int8, and to run the files on. Without it, the files run
-            on 300 random inputs. Defaults to `None`.
+            models), a dict of arrays by input name, a list of arrays in the
+            model's input order (refused where that differs from the file's
+            order, by name, which `run_tflite` takes: pass a dict), or a
+            `tf.data.Dataset` of such batches or of `(x, y)` batches. At most
+            the first 1,000 samples are used: to calibrate int8, and to run
+            the files on. Without it, the files run on 300 random inputs.
+            Defaults to `None`.
         verify: Compare the file's outputs with Keras' on those inputs: max
             absolute error for float and float16; for dynamic and int8, argmax
             agreement on the inputs with a clear top class (or max error when
@@ -670,7 +672,11 @@ def export_tflite(
     if shrink:
         plain, shrunk, shrink_notes = _shrunk(plain, quantize)
     plain, export_notes = _exportable(plain, representative_data, batch_size)
-    data = take(representative_data, _keras_inputs(plain), "representative_data", _MAX_SAMPLES)
+    names = [t.name for t in plain.inputs]
+    orders = {"the Keras model's order": names, "the .tflite file's (by name)": sorted(names)}
+    data = take(
+        representative_data, _keras_inputs(plain), "representative_data", _MAX_SAMPLES, orders
+    )
     try:
         sparse, sparse_notes = _convert(plain, quantize, True, data, per_channel, select_tf_ops)
         dense, dense_notes = _convert(plain, quantize, False, data, per_channel, select_tf_ops)
