@@ -525,3 +525,62 @@ def test_a_list_of_inputs_works_where_the_orders_agree_or_only_one_fits(tmp_path
     np.testing.assert_allclose(tl.run_tflite(path, listed), expected, atol=1e-5)
     np.testing.assert_allclose(tl.run_tflite(path, data), expected, atol=1e-5)
 
+
+def _conv_bn_relu():
+    """Conv+BatchNorm+ReLU twice, a zero padding (a PAD op), a plain conv and a Dense head."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((10, 10, 3))
+    h = x
+    for name in ("a", "b"):
+        h = L.Conv2D(8, 3, padding="same", use_bias=False, name=f"conv_{name}")(h)
+        h = L.BatchNormalization(name=f"bn_{name}")(h)
+        h = L.ReLU(name=f"relu_{name}")(h)
+    h = L.ZeroPadding2D(((1, 2), (0, 1)), name="pad")(h)
+    h = L.Conv2D(4, 3, strides=2, name="conv_c")(h)
+    model = keras.Model(x, L.Dense(5, name="out")(L.Flatten()(h)))
+    rng = np.random.default_rng(0)
+    for name in ("bn_a", "bn_b"):
+        gamma, beta = rng.uniform(0.5, 2, 8), rng.normal(size=8)
+        mean, variance = rng.normal(size=8), rng.uniform(0.5, 2, 8)
+        model.get_layer(name).set_weights([gamma, beta, mean, variance])
+    model = tl.wrap(model)
+    tl.prune(model, tl.PruneFraction(0.5))
+    return model, rng.normal(size=(40, 10, 10, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_the_report_names_each_weight_by_its_keras_layer_folded_batchnorms_too(tmp_path, quantize):
+    model, x = _conv_bn_relu()
+    report = tl.export_tflite(
+        model, tmp_path / "m.tflite", quantize=quantize, representative_data=x, shrink=False
+    )
+    assert sorted(t.label for t in report.tensors) == [
+        "conv_c/kernel",
+        "folded into conv_a (with bn_a)",
+        "folded into conv_b (with bn_b)",
+        "out/kernel",
+    ]
+    assert {t.weight for t in report.tensors if t.folded} == {"conv_a/kernel", "conv_b/kernel"}
+    # PAD's paddings are not a weight; the folded kernels keep the Keras kernels' zeros.
+    assert all(t.dtype != "int32" for t in tl.inspect_tflite(report.path).tensors)
+    assert [t.sparsity for t in report.tensors if t.folded] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("quantize", [None, "float16", "dynamic", "int8"])
+def test_the_report_names_each_kernel_of_a_lenet_style_mlp(tmp_path, quantize):
+    model = tl.wrap(
+        keras.Sequential(
+            [
+                keras.Input((64,)),
+                L.Dense(48, activation="relu", name="fc1"),
+                L.Dense(32, activation="relu", name="fc2"),
+                L.Dense(10, name="out"),
+            ]
+        )
+    )
+    tl.prune(model, tl.PruneFraction(0.9, block="tflite-int8", output_rate=0.5))
+    x = inputs(100)
+    report = tl.export_tflite(
+        model, tmp_path / "m.tflite", quantize=quantize, representative_data=x
+    )
+    assert sorted(t.label for t in report.tensors) == ["fc1/kernel", "fc2/kernel", "out/kernel"]
