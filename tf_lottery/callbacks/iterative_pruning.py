@@ -205,7 +205,7 @@ class IterativePruning(keras.callbacks.Callback):
                 f"IterativePruning ran round {self.stage_rounds} at the end of the last epoch "
                 f"({self._last_epoch + 1}) and rewound the model to {to}: the model that fit "
                 "returns is the pruned, untrained ticket, not the network whose metrics were "
-                f"logged. Fit {self.every} more epochs to train it (fit again with "
+                f"logged. Fit {self.every} more epoch{'s' * (self.every > 1)} to train it (fit again with "
                 f"initial_epoch={self._last_epoch + 1}), or fit (rounds + 1) * every epochs.",
                 stacklevel=2,
             )
