@@ -499,3 +499,5 @@ def test_load_round_needs_no_compile_and_its_errors_name_it(tmp_path):
     assert tl.sparsity(model).sparsity == tl.sparsity(compiled).sparsity > 0
     with pytest.raises(ValueError, match="load_round needs a build_model that returns a Keras"):
         tl.load_round(lambda: "not a model", out, 1)
+    with pytest.raises(ValueError, match="load_round's build_model returned .* another arch"):
+        tl.load_round(lambda: mlp(hidden=9), out, 1)

@@ -40,7 +40,7 @@ def describe_layers(model):
     ]
 
 
-def check_layers(layers, model, source):
+def check_layers(layers, model, source, caller="find_winning_ticket"):
     """Raises a ValueError unless `model`'s wrapped layers match `layers` by position.
 
     Names may differ; types, weight names and shapes may not.
@@ -49,6 +49,7 @@ def check_layers(layers, model, source):
         layers: A list from `describe_layers`, the run's first model.
         model: A model from the same `build_model`.
         source: Where `layers` came from, for the message.
+        caller: The function given `build_model`, for the message.
     """
     found = describe_layers(model)
     if len(found) != len(layers):
@@ -67,7 +68,8 @@ def check_layers(layers, model, source):
             f"now, {layers[i]['type']} with weights {layers[i]['weights']} in {source}"
         )
     raise ValueError(
-        f"build_model returned a model of another architecture than the run's first one: "
+        f"{caller}'s build_model returned a model of another architecture than the run's "
+        "first one: "
         f"{difference}. A lottery run matches layers by position, so build_model must "
         "return the same architecture on every call; for a new architecture use a new out_dir."
     )

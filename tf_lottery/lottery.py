@@ -239,7 +239,7 @@ class _Experiment:
             if config is not None and not self.compile_kwargs:
                 model.compile_from_config(config)
         if self.layers is not None:
-            check_layers(self.layers, model, self.paths.settings)
+            check_layers(self.layers, model, self.paths.settings, self.caller)
         if self.compile_kwargs:
             kwargs = dict(self.compile_kwargs)
             optimizer = kwargs.get("optimizer")
