@@ -508,3 +508,18 @@ def test_a_run_resumes_with_an_optimizer_that_keras_named_differently(tmp_path):
     assert again(keras.optimizers.Adam(1e-3)).rows == first.rows
     with pytest.raises(ValueError, match="other settings.*compile_kwargs"):
         again(keras.optimizers.Adam(2e-3))
+
+
+def test_load_round_needs_no_compile_and_its_errors_name_it(tmp_path):
+    out = str(tmp_path / "run")
+    run(out, rounds=1, controls=(), epochs=1)
+    # The examples' form: the builder (uncompiled here) and no compile_kwargs.
+    model = tl.load_round(build, out, 1)
+    compiled = tl.load_round(build, out, 1, compile_kwargs=COMPILE)
+    x, _ = data(8)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), compiled.predict(x, verbose=0))
+    assert tl.sparsity(model).sparsity == tl.sparsity(compiled).sparsity > 0
+    with pytest.raises(ValueError, match="load_round needs a build_model that returns a Keras"):
+        tl.load_round(lambda: "not a model", out, 1)
+    with pytest.raises(ValueError, match="load_round's build_model returned .* another arch"):
+        tl.load_round(lambda: mlp(hidden=9), out, 1)

@@ -1,5 +1,7 @@
 """Unit criteria, channel groups and shrink: structured pruning end to end."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -359,3 +361,22 @@ def test_nested_models_are_analysed_pruned_and_shrunk_as_one_graph():
         keras.ops.convert_to_numpy(wrapped.predict(x_data, verbose=0)),
         atol=1e-5,
     )
+
+
+def test_shrink_that_finds_nothing_to_remove_says_what_it_found():
+    unstructured = tl.wrap(
+        keras.Sequential([keras.Input((8,)), L.Dense(6, name="fc"), L.Dense(3, name="out")])
+    )
+    tl.prune(unstructured, tl.PruneFraction(0.3))
+    pruned = f"{tl.sparsity(unstructured).sparsity:.1%} of the kernel weights"
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(pruned)} .* none of their 9 units .*UnitNorm"
+    ):
+        tl.shrink(unstructured)
+    # Units with every incoming weight pruned, but only where shrink must keep them.
+    output_unit = keras.Sequential([keras.Input((8,)), L.Dense(6), L.Dense(3)])
+    kernel = _numpy(output_unit.layers[1].kernel)
+    kernel[:, 0] = 0
+    output_unit.layers[1].kernel.assign(kernel)
+    with pytest.raises(ValueError, match="1 of the 9 units .* has every incoming weight pruned"):
+        tl.shrink(output_unit)

@@ -92,7 +92,8 @@ def _inputs(arrays, names, path):
             f"{path} holds {len(inputs)} input arrays {list(inputs)} for {len(names)} inputs "
             f"{names}: save one array per input, named after it or in this order"
         )
-    return list(inputs.values())
+    # By name from here on: a list is refused where the model's and the file's orders differ.
+    return dict(zip(names, inputs.values()))
 
 
 def _labels(args, arrays):

@@ -59,11 +59,21 @@ def op_names(model):
     ]
 
 
+# int32 and int64: the types of PAD's paddings and of shapes, never of a weight
+# of 2 or more dimensions (int8 files keep only their biases in int32).
+_NOT_WEIGHT_TYPES = (2, 4)
+
+
 def constant_weights(model):
-    """Yields `(index, tensor, data)` for each constant tensor of 2 or more dimensions."""
+    """Yields `(index, tensor, data)` for each constant weight tensor of 2 or more dimensions.
+
+    Integer constants (PAD's paddings, shapes) are not weights and are left out.
+    """
     for index, tensor in enumerate(model.subgraphs[0].tensors):
         data = model.buffers[tensor.buffer].data
-        if data is not None and tensor.shape is not None and len(tensor.shape) >= 2:
+        if data is None or tensor.shape is None or len(tensor.shape) < 2:
+            continue
+        if tensor.type not in _NOT_WEIGHT_TYPES:
             yield index, tensor, data
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from tf_lottery.capture import captured_output
 from tf_lottery.flatbuffer import natural_key
 from tf_lottery.samples import ModelInput
+from tf_lottery.samples import another_order
 from tf_lottery.samples import arrange
 
 
@@ -188,8 +189,10 @@ def run_tflite(path_or_bytes, x, *, num_threads=1):
         path_or_bytes: A .tflite file path, or its bytes.
         x: The inputs: an array for a one-input file; for several inputs a
             dict by input name (a Keras model's input names), or a list in the
-            file's signature order (alphabetical by input name for files
-            made from Keras).
+            file's signature order (alphabetical by input name for files made
+            from Keras, which need not be the Keras model's order). A file does
+            not record its model's input order, so a list whose arrays would
+            fit the inputs in another order too is refused: pass a dict.
         num_threads: LiteRT threads. Defaults to `1`.
 
     Returns:
@@ -206,5 +209,10 @@ def run_tflite(path_or_bytes, x, *, num_threads=1):
     """
     interpreter = load(path_or_bytes, num_threads)
     input_details, _ = signature(interpreter)
-    outputs = run(interpreter, arrange(x, model_inputs(input_details), "x"))
+    specs = model_inputs(input_details)
+    orders = {"the file's signature order (by name)": [spec.name for spec in specs]}
+    other = another_order(x, specs)
+    if other is not None:
+        orders["another they fit, which may be the Keras model's (the file does not say)"] = other
+    outputs = run(interpreter, arrange(x, specs, "x", orders))
     return outputs[0] if len(outputs) == 1 else outputs

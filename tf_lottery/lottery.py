@@ -221,6 +221,9 @@ class _Experiment:
     layers: list = None
     controls: dict = dataclasses.field(default_factory=dict)
     instability_points: int | None = None
+    # Who builds the models, for the messages; load_round's models are for
+    # inference and need no compile.
+    caller: str = "find_winning_ticket"
 
     def new_model(self, seed):
         """A freshly initialized, wrapped and compiled model."""
@@ -228,7 +231,8 @@ class _Experiment:
         model = self.build_model()
         if not isinstance(model, keras.Model):
             raise ValueError(
-                f"build_model must return a Keras model. Received: {type(model).__name__}"
+                f"{self.caller} needs a build_model that returns a Keras model. "
+                f"Received: {type(model).__name__}"
             )
         if not find_wrappers(model):
             compiled = model.compiled
@@ -237,7 +241,7 @@ class _Experiment:
             if config is not None and not self.compile_kwargs:
                 model.compile_from_config(config)
         if self.layers is not None:
-            check_layers(self.layers, model, self.paths.settings)
+            check_layers(self.layers, model, self.paths.settings, self.caller)
         if self.compile_kwargs:
             kwargs = dict(self.compile_kwargs)
             optimizer = kwargs.get("optimizer")
@@ -245,7 +249,7 @@ class _Experiment:
                 # One optimizer per round: a built optimizer cannot move to new variables.
                 kwargs["optimizer"] = optimizer.__class__.from_config(optimizer.get_config())
             model.compile(**kwargs)
-        if not model.compiled:
+        if not model.compiled and self.caller == "find_winning_ticket":
             raise ValueError(
                 "find_winning_ticket needs a compiled model: have build_model compile it, or "
                 "pass compile_kwargs=dict(optimizer=..., loss=..., metrics=['accuracy'])."
@@ -814,13 +818,16 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
         round_index: Which round.
         arm: `"ticket"` or a control's name, e.g. `"reinit"` or `"snip"`.
             Defaults to `"ticket"`.
-        compile_kwargs: As given to `find_winning_ticket`, if any.
+        compile_kwargs: As given to `find_winning_ticket`, if any; to evaluate or
+            train the model. Not needed for inference (`predict`, `sparsity`,
+            export). Defaults to `None`.
         seed: Which seed of a sweep (`seeds=...`); not needed for a run with
             one seed. Defaults to `None`.
 
     Returns:
-        The wrapped, compiled model with that round's masks and trained
-        weights, and the arm's θ0 as its initial weights.
+        The wrapped model with that round's masks and trained weights, and the
+        arm's θ0 as its initial weights; compiled if `build_model` compiles it
+        or `compile_kwargs` are given.
 
     Example:
 
@@ -855,5 +862,6 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
         compile_kwargs=compile_kwargs,
         paths=paths,
         layers=settings["layers"],
+        caller="load_round",
     )
     return experiment.trained_model(arm, round_index)

@@ -544,14 +544,21 @@ class PruneWrapper(RewindWrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
+        # The IterativePruning stage under way: (key of its settings, the model's
+        # rounds before it), so that its `rounds` count its own rounds and a
+        # resume with initial_epoch tells itself from a new stage. (0, 0): none.
+        self.pruning_stage = self.add_weight(
+            name="pruning_stage", shape=(2,), dtype="int32", initializer="zeros", trainable=False
+        )
         self.built = True
 
     def _load_layout_1(self, store):
         own = keras_private.own_variables(self)
         # Files written by older versions lack the variables added since, in this
-        # order: pruning_step, then unit_mask. Those keep their initial values (step
-        # 0, every unit alive); the others load as written.
-        added = [self.pruning_step, self.unit_mask]
+        # order: pruning_stage, pruning_step, then unit_mask. Those keep their
+        # initial values (no stage, step 0, every unit alive); the others load as
+        # written.
+        added = [self.pruning_stage, self.pruning_step, self.unit_mask]
         for count in range(len(added) + 1):
             missing = {id(v) for v in added[:count] if v is not None}
             present = [v for v in own if id(v) not in missing]
