@@ -160,13 +160,24 @@ def _read_tflite(path_or_bytes):
             raise FileNotFoundError(f"No such .tflite file: {path}")
         with open(path, "rb") as file:
             content = file.read()
+    where = path or "The bytes given"
+    # LiteRT refuses a file without TFLite's identifier at bytes 4-8 too.
+    if content[:4] == b"PK\x03\x04":
+        raise ValueError(
+            f"{where} is not a valid .tflite file: it is a zip archive (a .keras model, or a .npz?)."
+        )
+    if content[4:8] != b"TFL3":
+        raise ValueError(
+            f"{where} is not a valid .tflite file: it lacks TFLite's identifier 'TFL3' at "
+            f"byte 4 (it has {content[4:8]!r})."
+        )
     try:
         model = flatbuffer.read(content)
         if not model.subgraphs:
             raise ValueError("it has no subgraph")
     except Exception as error:  # the flatbuffer reader raises many kinds
         raise ValueError(
-            f"{path or 'The bytes given'} is not a valid .tflite file ({type(error).__name__}: {error})."
+            f"{where} is not a valid .tflite file ({type(error).__name__}: {error})."
         ) from error
     return path, content, model
 
