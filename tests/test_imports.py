@@ -120,16 +120,17 @@ def test_tensorflow_prints_nothing_at_import_or_first_op_and_devices_stay_config
     assert result.stderr == ""
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("jax") is None,
-    reason="needs TensorFlow and JAX",
-)
-def test_set_random_seed_under_jax_imports_tensorflow_quietly():
-    # Keras seeds TensorFlow too whenever it is installed, importing it.
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_set_random_seed_under_jax_and_torch_imports_tensorflow_quietly(backend):
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec(backend) is None:
+        pytest.skip(f"needs TensorFlow and {backend}")
+    # Keras seeds TensorFlow too whenever it is installed, importing it; Keras
+    # looks TensorFlow up (find_spec) before that, under torch.
     result = run_python(
         "import sys, tf_lottery, keras\n"
         "keras.utils.set_random_seed(0)\n"
-        "print('tensorflow' in sys.modules)\n",
-        env={"KERAS_BACKEND": "jax"},
+        "import tensorflow as tf\n"
+        "print('tensorflow' in sys.modules, int(tf.reduce_sum(tf.ones(3))))\n",
+        env={"KERAS_BACKEND": backend},
     )
-    assert result.stdout == "True\n" and result.stderr == "", result.stderr[-2000:]
+    assert result.stdout == "True 3\n" and result.stderr == "", result.stderr[-2000:]

@@ -17,7 +17,6 @@ at `import keras`, or `keras.utils.set_random_seed` under JAX and PyTorch).
 import contextlib
 import ctypes
 import importlib.abc
-import importlib.util
 import io
 import os
 import sys
@@ -86,15 +85,19 @@ def captured_output():
 class _QuietLoader(importlib.abc.Loader):
     """Runs the real loader of `tensorflow` inside `captured_output`, then starts its CUDA platform."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, finder):
         self._loader = loader
+        self._finder = finder
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)  # once is enough
         # Give the module its own loader back: importlib.resources and pickling ask it.
         module.__spec__.loader = module.__loader__ = self._loader
+        lines = []
         try:
             with captured_output() as lines:
                 self._loader.exec_module(module)
@@ -108,17 +111,23 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` with the other finders and hands it to `_QuietLoader`, once."""
+    """Finds `tensorflow` with the other finders and hands it to `_QuietLoader`.
+
+    It stays until TensorFlow is imported: Keras and others look TensorFlow up
+    (`importlib.util.find_spec`) without importing it.
+    """
 
     def find_spec(self, name, path=None, target=None):
         if name != "tensorflow":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _QuietLoader(spec.loader)
-        return spec
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = None if finder is self or find is None else find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _QuietLoader(spec.loader, self)
+                return spec
+        return None
 
 
 def quiet_tensorflow_import():
