@@ -1,7 +1,8 @@
 """Reading .tflite flatbuffers: ops, constant weights and their values.
 
 Reads any .tflite file, including ones made without tf_lottery, with the
-schema that ships with TensorFlow.
+schema that ships with LiteRT (or TensorFlow). Part of tf_lottery's LiteRT side:
+imports neither Keras nor TensorFlow (see docs/imports.md).
 """
 
 import re

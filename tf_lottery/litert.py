@@ -3,6 +3,10 @@
 TensorFlow's own `tf.lite.Interpreter` is being retired: files are loaded and run
 with LiteRT (`ai-edge-litert`), the runtime that ships on devices, with its
 default delegate (XNNPACK).
+
+Part of tf_lottery's LiteRT side: imports neither Keras nor TensorFlow, so it
+works with `tf_lottery[litert]` alone and keeps `tf-lottery eval` fast (see
+docs/imports.md).
 """
 
 import os

@@ -1,4 +1,9 @@
-"""What a .tflite file holds: `inspect_tflite` and the reports it and `export_tflite` print."""
+"""What a .tflite file holds: `inspect_tflite` and the reports it and `export_tflite` print.
+
+Part of tf_lottery's LiteRT side: imports neither Keras nor TensorFlow, so
+`tf-lottery inspect` answers at once and works with `tf_lottery[litert]` alone
+(see docs/imports.md).
+"""
 
 import dataclasses
 import os
