@@ -226,6 +226,7 @@ def test_cli_errors_name_the_cli_arguments(tmp_path, capfd):
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(tmp_path / "m.keras")
     (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 not really")
     (tmp_path / "train.py").write_text("print(1)\n")
+    np.save(tmp_path / "x.npy", np.zeros((2, 4), "float32"))
     out = tmp_path / "m.tflite"
     for args, message in [
         (("export", tmp_path / "m.keras", out, "--quantize", "int8"), "--quantize int8 needs --data"),
@@ -233,6 +234,8 @@ def test_cli_errors_name_the_cli_arguments(tmp_path, capfd):
         (("export", tmp_path / "x.npz", out), "Keras reads .keras files"),
         (("export", tmp_path / "train.py", out), "not .py files"),
         (("inspect", tmp_path / "m.keras"), "it is a zip archive (a .keras model"),
+        (("eval", tmp_path / "m.keras", tmp_path / "x.npy"), "it is a zip archive (a .keras model"),
+        (("eval", tmp_path / "none.tflite", tmp_path / "x.npy"), "No such .tflite file"),
         (("eval", tmp_path / "m.tflite", tmp_path / "x.npz", "--out", tmp_path / "no" / "o.npz"),
          "cannot write --out"),
     ]:  # fmt: skip

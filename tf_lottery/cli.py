@@ -221,7 +221,7 @@ def _eval(args):
         inputs, outputs = litert.signature(interpreter)
         x = _inputs(arrays, [d["name"] for d in inputs], args.data)
         results = litert.run(interpreter, arrange(x, litert.model_inputs(inputs), "data"))
-    except (ValueError, ImportError, litert.LiteRTError) as error:
+    except (FileNotFoundError, ValueError, ImportError, litert.LiteRTError) as error:
         raise CommandError(str(error)) from error
     print(f"{args.file}: ran {len(results[0]):,} samples")
     if labels is not None:

@@ -166,16 +166,7 @@ def _read_tflite(path_or_bytes):
         with open(path, "rb") as file:
             content = file.read()
     where = path or "The bytes given"
-    # LiteRT refuses a file without TFLite's identifier at bytes 4-8 too.
-    if content[:4] == b"PK\x03\x04":
-        raise ValueError(
-            f"{where} is not a valid .tflite file: it is a zip archive (a .keras model, or a .npz?)."
-        )
-    if content[4:8] != b"TFL3":
-        raise ValueError(
-            f"{where} is not a valid .tflite file: it lacks TFLite's identifier 'TFL3' at "
-            f"byte 4 (it has {content[4:8]!r})."
-        )
+    flatbuffer.check_identifier(content, where)
     try:
         model = flatbuffer.read(content)
         if not model.subgraphs:
