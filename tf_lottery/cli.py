@@ -29,7 +29,7 @@ from tf_lottery.capture import captured_output
 from tf_lottery.files import write_atomically
 from tf_lottery.samples import ModelInput
 from tf_lottery.samples import arrange
-from tf_lottery.saving import check_model_file
+from tf_lottery.model_file import check_model_file
 
 _DATA_HELP = (
     ".npy of inputs, or .npz with one array per input (by input name, else in order) "

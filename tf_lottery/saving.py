@@ -1,43 +1,12 @@
-"""Loading saved models with errors that name the file and say what is wrong.
-
-Keras is imported by `load_model` itself, not here: the `tf-lottery` command
-checks the file with `check_model_file` first, at once, before it pays for
-importing Keras and its backend.
-"""
+"""Loading saved models with errors that name the file and say what is wrong."""
 
 import io
-import os
 import zipfile
 
-
-def check_model_file(path):
-    """Raises a `ValueError` naming the file unless `path` looks like a model Keras can load.
-
-    Args:
-        path: The file to check.
-
-    Returns:
-        `path` as a str.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"No such model file: {path!r}.")
-    extension = os.path.splitext(path)[1]
-    if extension not in (".keras", ".h5", ".hdf5"):
-        # Keras' own message for these is advice about TensorFlow SavedModels.
-        raise ValueError(
-            f"Could not load {path!r} as a Keras model: Keras reads .keras files (written "
-            "by model.save('m.keras')) and legacy .h5 files, not "
-            f"{extension + ' files' if extension else 'files without an extension'}."
-        )
-    if extension == ".keras" and not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path!r} is not a .keras file: it is not a zip archive (truncated, or "
-            "written by something other than model.save()?)."
-        )
-    return path
+import keras
 
 from tf_lottery import in_place
+from tf_lottery.model_file import check_model_file
 
 _WEIGHTS_FILE = "model.weights.h5"
 
@@ -85,8 +54,6 @@ def load_model(path, **kwargs):
     model = tf_lottery.load_model("pruned.keras")
     ```
     """
-    import keras
-
     path = check_model_file(path)
     try:
         model = keras.models.load_model(path, **kwargs)
