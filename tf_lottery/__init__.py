@@ -49,6 +49,9 @@ from tf_lottery.instability import plot_interpolation
 from tf_lottery.lottery import collect_history
 from tf_lottery.lottery import find_winning_ticket
 from tf_lottery.lottery import load_round
+from tf_lottery.oneshot import OneShotCriterion
+from tf_lottery.oneshot import SparseGPT
+from tf_lottery.oneshot import Wanda
 from tf_lottery.pruning import apply_masks
 from tf_lottery.pruning import erk_targets
 from tf_lottery.pruning import prune
@@ -101,6 +104,7 @@ __all__ = [
     "LayerSparsity",
     "LotteryHistory",
     "NMSparsity",
+    "OneShotCriterion",
     "PolynomialDecay",
     "PruneFraction",
     "PruneTarget",
@@ -111,6 +115,7 @@ __all__ = [
     "Schedule",
     "RoundSummary",
     "SNIP",
+    "SparseGPT",
     "SensitivityReport",
     "ShrinkReport",
     "SparsityReport",
@@ -121,6 +126,7 @@ __all__ = [
     "UnitCriterion",
     "UnitNorm",
     "UnitStdThreshold",
+    "Wanda",
     "apply_masks",
     "erk_targets",
     "collect_history",
