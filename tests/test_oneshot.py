@@ -1,5 +1,8 @@
 """Wanda and SparseGPT: the references' masks and weights, layer layouts, calibration."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -223,6 +226,43 @@ def test_every_kernel_of_multi_head_attention_is_pruned_along_its_inputs(criteri
             assert (kernel[keras.ops.convert_to_numpy(masked.mask) == 0] == 0).all()
 
 
+class _FeedForward(keras.layers.Layer):
+    """A block of one's own whose Dense layers are wrapped inside it, as in KerasHub blocks."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.up = tf_lottery.PruneWrapper(keras.layers.Dense(4 * width, activation="relu"))
+        self.down = tf_lottery.PruneWrapper(keras.layers.Dense(width))
+
+    def call(self, x):
+        return x + self.down(self.up(x))
+
+
+class _Stack(keras.Model):
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [_FeedForward(width), _FeedForward(width)]
+
+    def call(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+@pytest.mark.parametrize("criterion", [tf_lottery.Wanda, tf_lottery.SparseGPT])
+def test_layers_wrapped_inside_blocks_of_a_subclassed_model_are_reached(criterion):
+    model = _Stack(8)
+    x = activations(16, 3, 8, seed=18).astype("float32")
+    dense = keras.ops.convert_to_numpy(model(x))
+    tf_lottery.prune(model, criterion(0.5, data=x))
+    wrappers = tf_lottery.find_wrappers(model)
+    assert len(wrappers) == 4
+    for wrapper in wrappers:
+        mask = keras.ops.convert_to_numpy(wrapper.masks["kernel"])
+        assert (mask == 0).mean() == pytest.approx(0.5, abs=0.03)
+    assert not np.allclose(keras.ops.convert_to_numpy(model(x)), dense)
+
+
 def layer_inputs(model, name, x):
     return keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer(name).input)(x))
 
@@ -365,6 +405,32 @@ def test_statistics_streamed_in_batches_equal_one_pass():
     assert "call" not in vars(layer)
 
 
+@pytest.mark.parametrize("criterion", [tf_lottery.Wanda, tf_lottery.SparseGPT])
+def test_one_group_of_statistics_at_a_time(criterion, monkeypatch):
+    live = weakref.WeakSet()
+    alive_at_each_pass = []
+
+    class Tracked(calibration.InputStatistics):
+        def __init__(self, *args):
+            super().__init__(*args)
+            live.add(self)
+
+    collect = calibration.collect
+
+    def spy(*args):
+        gc.collect()
+        alive_at_each_pass.append(len(live))
+        return collect(*args)
+
+    monkeypatch.setattr(calibration, "InputStatistics", Tracked)
+    monkeypatch.setattr(calibration, "collect", spy)
+    model = attention_model()
+    pruned = tf_lottery.wrap(model)
+    x = activations(8, 6, 16, seed=17).astype("float32")
+    tf_lottery.prune(pruned, criterion(0.5, data=x))
+    assert alive_at_each_pass == [0, 0, 0]  # embed, mha (four kernels), ffn
+
+
 class _Failing(keras.Model):
     """Calls its Dense layer, then fails."""
 
@@ -435,25 +501,36 @@ def test_an_embedding_is_refused_and_nothing_changes(criterion):
     assert tf_lottery.sparsity(pruned)["d0"].sparsity == pytest.approx(0.5, abs=0.05)
 
 
-class _Detached(keras.Model):
-    """Holds a wrapped model's layers, but its forward pass never calls them."""
+class _FirstLayerOnly(keras.Model):
+    """Holds a wrapped model, but its forward pass calls only its first layer."""
 
     def __init__(self, kept):
         super().__init__()
         self.kept = kept
-        self.other = keras.layers.Dense(4)
 
     def call(self, x, training=False):
-        return self.other(x)
+        return self.kept.get_layer("prune_d0")(x)
 
 
-def test_a_layer_the_forward_pass_never_calls_is_an_error():
-    pruned = tf_lottery.wrap(stack([8, 4]))
-    model = _Detached(pruned)
-    x = np.ones((4, 8), "float32")
+def test_a_layer_the_forward_pass_never_calls_is_an_error_and_nothing_changes():
+    model = _FirstLayerOnly(tf_lottery.wrap(stack([8, 6, 4])))
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
     model(x)
-    with pytest.raises(ValueError, match="saw no calibration input"):
+    before = masks_of(model)
+    with pytest.raises(ValueError, match=r"does not call \['d1/kernel'\]"):
         tf_lottery.prune(model, tf_lottery.Wanda(0.5, data=x))
+    for mask, old in zip(masks_of(model), before):
+        np.testing.assert_array_equal(mask, old)
+
+
+def test_calibration_of_padding_only_is_an_error():
+    model = padded_model()
+    inputs = {
+        "features": np.ones((4, 5, 12), "float32"),
+        "padding_mask": np.zeros((4, 5), "float32"),
+    }
+    with pytest.raises(ValueError, match="every position is padding"):
+        tf_lottery.prune(tf_lottery.wrap(model), tf_lottery.Wanda(0.5, data=inputs))
 
 
 def test_config_round_trip_leaves_the_data_out():
@@ -468,3 +545,23 @@ def test_config_round_trip_leaves_the_data_out():
         "blocksize": 64,
         "percdamp": 0.01,
     }
+
+
+def test_the_example_of_docs_oneshot_runs():
+    tokens = keras.Input((64,), dtype="int32")
+    x = keras.layers.Embedding(256, 128, name="embedding")(tokens)
+    h = keras.layers.MultiHeadAttention(4, 32, name="attn")(x, x, use_causal_mask=True)
+    x = keras.layers.LayerNormalization()(x + h)
+    h = keras.layers.Dense(512, activation="gelu", name="up")(x)
+    x = keras.layers.LayerNormalization()(x + keras.layers.Dense(128, name="down")(h))
+    model = keras.Model(tokens, keras.layers.Dense(256, name="lm_head")(x))
+    calibration = np.random.default_rng(0).integers(0, 256, size=(16, 64))
+    for criterion in (
+        tf_lottery.SparseGPT(0.5, data=calibration),
+        tf_lottery.Wanda(data=calibration, n_m=(2, 4)),
+    ):
+        pruned = tf_lottery.wrap(model, exclude=["embedding", "lm_head"])
+        tf_lottery.prune(pruned, criterion)
+        report = tf_lottery.sparsity(pruned)
+        for name in ("attn", "up", "down"):
+            assert report[name].sparsity == pytest.approx(0.5, abs=0.01), name

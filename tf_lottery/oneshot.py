@@ -274,6 +274,7 @@ class OneShotCriterion(Criterion):
         batches = calibration.calibration_batches(
             self.data, self.samples, self.batch_size, type(self).__name__
         )
+        self._check_called(model, batches[0], targets, [layer for _, layer in owners])
         start = 0
         while start < len(targets):
             group = owners[start][0]
@@ -281,18 +282,34 @@ class OneShotCriterion(Criterion):
             while end < len(targets) and owners[end][0] is group:
                 end += 1
             layers = [layer for _, layer in owners[start:end]]
-            statistics = calibration.collect(model, batches, layers, self.gram)
-            for target, layer, stats in zip(targets[start:end], layers, statistics):
-                yield self._prune_target(target, layer, stats)
-            del statistics
+            yield from self._prune_group(model, batches, targets[start:end], layers)
             start = end
+
+    def _check_called(self, model, batch, targets, layers):
+        """A ValueError, before anything changes, if the forward pass skips a layer."""
+        statistics = calibration.collect(model, [batch], layers, gram=False)
+        skipped = sorted(
+            {f"{t.layer}/{t.name}" for t, s in zip(targets, statistics) if not s.examples}
+        )
+        if skipped:
+            raise ValueError(
+                f"{type(self).__name__} calibrates each layer on the inputs it sees, but the "
+                f"model's forward pass does not call {skipped}. Prune only the layers the "
+                "model uses: tf_lottery.prune(model, criterion, layers=[...])."
+            )
+
+    def _prune_group(self, model, batches, targets, layers):
+        # A generator of its own, so that the group's statistics are freed when
+        # it ends, before the next group's pass.
+        statistics = calibration.collect(model, batches, layers, self.gram)
+        for target, layer, stats in zip(targets, layers, statistics):
+            yield self._prune_target(target, layer, stats)
 
     def _prune_target(self, target, layer, statistics):
         if statistics.rows == 0:
             raise ValueError(
                 f"{type(self).__name__}: layer '{layer.name}' ({target.layer}/{target.name}) "
-                "saw no calibration input: the model's forward pass does not call it, or "
-                "every position is padding."
+                "saw no calibration input: every position is padding (weight 0)."
             )
         layout = calibration.kernel_layout(layer)
         kernel = _read(target.weight)
