@@ -566,3 +566,58 @@ def test_the_example_of_docs_oneshot_runs():
         report = tf_lottery.sparsity(pruned)
         for name in ("attn", "up", "down"):
             assert report[name].sparsity == pytest.approx(0.5, abs=0.01), name
+
+
+def _tiny_causal_lm(name):
+    keras_hub = pytest.importorskip("keras_hub")
+    models = keras_hub.models
+    if name == "gpt2":
+        backbone = models.GPT2Backbone(
+            vocabulary_size=50,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            max_sequence_length=8,
+        )
+        return models.GPT2CausalLM(backbone, preprocessor=None)
+    backbone = models.GemmaBackbone(  # grouped-query, (heads, hidden, head_dim) query kernels
+        vocabulary_size=50,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+        head_dim=4,
+    )
+    return models.GemmaCausalLM(backbone, preprocessor=None)
+
+
+@pytest.mark.filterwarnings("ignore:wrap\\(\\) prunes no weight of .*PositionEmbedding")
+@pytest.mark.parametrize("name", ["gpt2", "gemma"])
+@pytest.mark.parametrize("criterion", [tf_lottery.Wanda, tf_lottery.SparseGPT])
+def test_keras_hub_blocks_wrapped_in_place_are_pruned_along_their_inputs(name, criterion):
+    model = tf_lottery.wrap(_tiny_causal_lm(name))
+    rng = np.random.default_rng(19)
+    padding = np.ones((16, 8), bool)
+    padding[:, -3:] = False
+    data = {"token_ids": rng.integers(1, 50, (16, 8)).astype("int32"), "padding_mask": padding}
+    blocks = [w for w in tf_lottery.find_wrappers(model) if "transformer_layer" in w.target_name]
+    tf_lottery.prune(model, criterion(0.5, data=data), layers=[w.target_name for w in blocks])
+    for wrapper in blocks:
+        for masked in wrapper.masked_weights:
+            owner = calibration.kernel_owner(wrapper, masked.variable)
+            layout = calibration.kernel_layout(owner)
+            mask = keras.ops.convert_to_numpy(masked.mask)
+            kernel = keras.ops.convert_to_numpy(masked.variable)
+            alive = calibration.to_matrix(mask, layout) > 0
+            if criterion is tf_lottery.Wanda:
+                assert (alive.sum(axis=0) == alive.shape[0] - alive.shape[0] // 2).all()
+            else:
+                assert alive.mean() == pytest.approx(0.5, abs=0.05)
+            assert (kernel[mask == 0] == 0).all()
+    others = [w for w in tf_lottery.find_wrappers(model) if w not in blocks]
+    for wrapper in others:
+        for masked in wrapper.masked_weights:
+            assert keras.ops.convert_to_numpy(masked.mask).all(), wrapper.target_name
+    assert np.isfinite(keras.ops.convert_to_numpy(model(data))).all()

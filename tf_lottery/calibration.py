@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
+from tf_lottery.registry import einsum_input_axes
 
 
 class KernelLayout(NamedTuple):
@@ -34,8 +35,7 @@ class KernelLayout(NamedTuple):
 
     Attributes:
         kernel_axes: The kernel's axes in matrix order: the contracted (input)
-            axes first, in the order the layer's input holds them, then the
-            output axes.
+            axes first, then the output axes, each in the kernel's order.
         inputs: How many of `kernel_axes` are input axes.
         input_spec: The layer input's axis letters, `"..."` standing for any
             number of leading axes; `None` for Dense (the last axis is the input).
@@ -55,37 +55,30 @@ class KernelLayout(NamedTuple):
 def einsum_layout(equation):
     """The `KernelLayout` of an EinsumDense `equation` such as `"btd,ndh->btnh"`.
 
-    The input axes of the kernel are the letters it shares with the layer's
-    input but not with the output; its output axes are those it shares with the
-    output only.
+    The input axes of the kernel are those `registry.einsum_input_axes` gives
+    (the letters it shares with the layer's input but not with the output), in
+    the kernel's order, as `NMSparsity` groups them; its output axes are those
+    it shares with the output only.
 
     Raises:
         ValueError: If the kernel has an axis that is in both the input and the
             output (a batched kernel, one matrix per slice) or in neither, or
             no contracted axis.
     """
-    try:
-        operands, output = equation.replace(" ", "").split("->")
-        source, kernel = operands.split(",")
-    except ValueError:
-        raise ValueError(
-            f"Expected an EinsumDense equation 'input,kernel->output'. Received: "
-            f"equation={equation!r}"
-        ) from None
-    letters = source.replace("...", "")
-    produced = output.replace("...", "")
-    contracted = "".join(a for a in letters if a in kernel and a not in produced)
-    outputs = [a for a in kernel if a in produced and a not in letters]
-    if len(contracted) + len(outputs) != len(kernel) or not contracted:
+    operands, output = equation.replace(" ", "").split("->")
+    source, kernel = operands.split(",")
+    inputs = einsum_input_axes(equation)
+    outputs = tuple(
+        i for i, a in enumerate(kernel) if a in output.replace("...", "") and a not in source
+    )
+    if len(inputs) + len(outputs) != len(kernel) or not inputs:
         raise ValueError(
             f"One-shot pruning reads an EinsumDense kernel as one [inputs, outputs] "
             f"matrix, but the kernel of {equation!r} has axes that are neither contracted "
             "nor outputs (or none contracted). Leave this layer out of the pruned layers."
         )
-    kernel_axes = tuple(kernel.index(a) for a in contracted) + tuple(
-        kernel.index(a) for a in outputs
-    )
-    return KernelLayout(kernel_axes, len(contracted), source, contracted)
+    contracted = "".join(kernel[i] for i in inputs)
+    return KernelLayout(inputs + outputs, len(inputs), source, contracted)
 
 
 def kernel_layout(layer):
