@@ -1,7 +1,8 @@
 """Reading .tflite flatbuffers: ops, constant weights and their values.
 
 Reads any .tflite file, including ones made without tf_lottery, with the
-schema that ships with TensorFlow.
+schema that ships with LiteRT (or TensorFlow). Part of tf_lottery's LiteRT side:
+imports neither Keras nor TensorFlow (see docs/imports.md).
 """
 
 import re
@@ -41,6 +42,23 @@ def _schema():
                 "(or pip install 'tf_lottery[litert]')."
             ) from error
     return schema_py_generated
+
+
+def check_identifier(head, where):
+    """Raises a `ValueError` naming `where` unless `head` (a file's first bytes) is a .tflite file's.
+
+    LiteRT refuses a file without TFLite's identifier at bytes 4-8 too, but says
+    only that it is not a valid flatbuffer.
+    """
+    if head[:4] == b"PK\x03\x04":
+        raise ValueError(
+            f"{where} is not a valid .tflite file: it is a zip archive (a .keras model, or a .npz?)."
+        )
+    if head[4:8] != b"TFL3":
+        raise ValueError(
+            f"{where} is not a valid .tflite file: it lacks TFLite's identifier 'TFL3' at "
+            f"byte 4 (it has {head[4:8]!r})."
+        )
 
 
 def read(content):

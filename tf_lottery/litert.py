@@ -3,6 +3,10 @@
 TensorFlow's own `tf.lite.Interpreter` is being retired: files are loaded and run
 with LiteRT (`ai-edge-litert`), the runtime that ships on devices, with its
 default delegate (XNNPACK).
+
+Part of tf_lottery's LiteRT side: imports neither Keras nor TensorFlow, so it
+works with `tf_lottery[litert]` alone and keeps `tf-lottery eval` fast (see
+docs/imports.md).
 """
 
 import os
@@ -11,6 +15,7 @@ import re
 import numpy as np
 
 from tf_lottery.capture import captured_output
+from tf_lottery.flatbuffer import check_identifier
 from tf_lottery.flatbuffer import natural_key
 from tf_lottery.samples import ModelInput
 from tf_lottery.samples import another_order
@@ -55,13 +60,21 @@ def load(path_or_bytes, num_threads=1):
         A LiteRT `Interpreter`.
 
     Raises:
+        FileNotFoundError: No such file.
+        ValueError: It is not a .tflite file (a .keras model, say).
         LiteRTError: LiteRT refused the file; the message is one clean line.
     """
     interpreter_class = _interpreter_class()
     if isinstance(path_or_bytes, (bytes, bytearray)):
         source = {"model_content": bytes(path_or_bytes)}
+        head = source["model_content"][:8]
     else:
         source = {"model_path": os.fspath(path_or_bytes)}
+        if not os.path.isfile(source["model_path"]):
+            raise FileNotFoundError(f"No such .tflite file: {source['model_path']}")
+        with open(source["model_path"], "rb") as file:
+            head = file.read(8)
+    check_identifier(head, source.get("model_path", "The bytes given"))
     try:
         with captured_output():
             interpreter = interpreter_class(**source, num_threads=num_threads)

@@ -89,7 +89,8 @@ def prune(model, criterion, *, layers=None, sparsity=None):
 
     Computes the new masks with `criterion`, multiplies them into the old ones,
     sets the newly pruned weights to zero and records each threshold. Weights
-    are not rewound: call `rewind` for that.
+    are not rewound: call `rewind` for that. `SparseGPT` also updates the
+    surviving weights, which this writes into the layers.
 
     Args:
         model: A Keras model with `PruneWrapper` layers.
@@ -131,12 +132,16 @@ def prune(model, criterion, *, layers=None, sparsity=None):
         masks = criterion.compute_masks(targets)
     thresholds = {}
     # The masks come from a generator: each tensor is read, masked and written
-    # before the next is read, so a round holds about one tensor in memory.
-    for target, weight, (mask, threshold) in zip(targets, masked, masks):
+    # before the next is read, so a round holds about one tensor in memory, and a
+    # criterion that calibrates layer by layer (Wanda, SparseGPT) sees the layers
+    # before the next one already pruned. A criterion that also moves the
+    # surviving weights (SparseGPT) yields their new values third.
+    for target, weight, (mask, threshold, *values) in zip(targets, masked, masks):
         mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
         write_threshold(weight.threshold, threshold)
-        weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
+        survivors = keras.ops.convert_to_tensor(values[0]) if values else weight.variable.value
+        weight.variable.assign(keras.ops.multiply(survivors, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
     for wrapper in find_rewind_wrappers(model):
         if wrapper.layer.name in unit_masks:

@@ -1,12 +1,12 @@
 """Loading saved models with errors that name the file and say what is wrong."""
 
 import io
-import os
 import zipfile
 
 import keras
 
 from tf_lottery import in_place
+from tf_lottery.model_file import check_model_file
 
 _WEIGHTS_FILE = "model.weights.h5"
 
@@ -54,14 +54,7 @@ def load_model(path, **kwargs):
     model = tf_lottery.load_model("pruned.keras")
     ```
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"No such model file: {path!r}.")
-    if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path!r} is not a .keras file: it is not a zip archive (truncated, or "
-            "written by something other than model.save()?)."
-        )
+    path = check_model_file(path)
     try:
         model = keras.models.load_model(path, **kwargs)
         store = _saved_state(path) if zipfile.is_zipfile(path) else None

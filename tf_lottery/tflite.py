@@ -250,11 +250,20 @@ def _convert(model, quantize, sparse, calibration, per_channel=True, select_tf_o
     return content, _converter_notes(lines)
 
 
+def _input_dict(model):
+    """The model's input structure when it takes a dict of inputs, else `None`."""
+    # A Sequential takes no dict, and one never called (built from keras.Input,
+    # or loaded) has no `input` of its own.
+    if isinstance(model, keras.Sequential) or not isinstance(model.input, dict):
+        return None
+    return model.input
+
+
 def _converter_for(model, folder):
     """A TFLite converter for `model`; `folder` holds a SavedModel where one is needed."""
     import tensorflow as tf
 
-    if not isinstance(model.input, dict):
+    if _input_dict(model) is None:
         return tf.lite.TFLiteConverter.from_keras_model(model)
     # from_keras_model traces dict inputs through tf_keras' helpers, which fail
     # on Keras 3 ("'NoneType' object is not callable"). Keras' own LiteRT export
@@ -302,8 +311,8 @@ def _keras_outputs(model, inputs, batch_size=256):
     batches = []
     for start in range(0, len(inputs[0]), batch_size):
         batch = [x[start : start + batch_size] for x in inputs]
-        if isinstance(model.input, dict):
-            batch = keras.tree.pack_sequence_as(model.input, batch)
+        if _input_dict(model) is not None:
+            batch = keras.tree.pack_sequence_as(_input_dict(model), batch)
         elif len(batch) == 1:
             batch = batch[0]
         outputs = model(batch, training=False)

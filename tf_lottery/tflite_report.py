@@ -1,4 +1,9 @@
-"""What a .tflite file holds: `inspect_tflite` and the reports it and `export_tflite` print."""
+"""What a .tflite file holds: `inspect_tflite` and the reports it and `export_tflite` print.
+
+Part of tf_lottery's LiteRT side: imports neither Keras nor TensorFlow, so
+`tf-lottery inspect` answers at once and works with `tf_lottery[litert]` alone
+(see docs/imports.md).
+"""
 
 import dataclasses
 import os
@@ -166,13 +171,15 @@ def _read_tflite(path_or_bytes):
             raise FileNotFoundError(f"No such .tflite file: {path}")
         with open(path, "rb") as file:
             content = file.read()
+    where = path or "The bytes given"
+    flatbuffer.check_identifier(content, where)
     try:
         model = flatbuffer.read(content)
         if not model.subgraphs:
             raise ValueError("it has no subgraph")
     except Exception as error:  # the flatbuffer reader raises many kinds
         raise ValueError(
-            f"{path or 'The bytes given'} is not a valid .tflite file ({type(error).__name__}: {error})."
+            f"{where} is not a valid .tflite file ({type(error).__name__}: {error})."
         ) from error
     return path, content, model
 
