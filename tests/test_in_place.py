@@ -124,6 +124,7 @@ def _block_kernels(model):
     }
 
 
+@pytest.mark.slow  # four models, each trained, saved, loaded, stripped and generating
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_keras_hub_model_prunes_trains_saves_and_strips(name, tmp_path):
     model = MODELS[name]()
@@ -305,6 +306,7 @@ def test_in_place_refusals_name_what_to_do():
         tl.strip(plain, in_place=True)
 
 
+@pytest.mark.slow  # two trainings through the runner
 def test_the_lottery_runner_on_a_keras_hub_model(tmp_path):
     x, y = _data("bert", batch=8)
     history = tl.find_winning_ticket(

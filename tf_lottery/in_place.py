@@ -111,7 +111,7 @@ class PruningState(keras.layers.Layer):
 
     def state_variables(self):
         """The wrappers' variables (masks, θ0, ...), without the layers' own weights."""
-        return [v for w in self.wrappers for v in _wrapper_variables(w)]
+        return [v for w in self.wrappers for v in w.state_variables()]
 
     def save_own_variables(self, store):
         store["layout"] = np.frombuffer(json.dumps(self.layout()).encode(), dtype=np.uint8)
@@ -134,12 +134,6 @@ class PruningState(keras.layers.Layer):
             )
         for index, variable in enumerate(variables):
             variable.assign(store[str(index)])
-
-
-def _wrapper_variables(wrapper):
-    # A wrapper tracks the weights it masks too (in its named tuples).
-    weights = {id(v) for v in wrapper.layer.variables}
-    return [v for v in keras_private.own_variables(wrapper) if id(v) not in weights]
 
 
 def read_layout(store):

@@ -23,6 +23,12 @@ from tf_lottery.registry import prunable_weights
 
 REWIND_TARGETS = ("initial", "rewind_point")
 
+# How a wrapper writes its variables. 1 (tf_lottery 0.1, no "layout_version" in
+# the config): every variable it tracks, the wrapped layer's weights included,
+# which the wrapped layer also writes. 2: its own variables only (masks,
+# thresholds, saved copies, counters), so each weight is written once.
+LAYOUT_VERSION = 2
+
 # What a threshold variable holds where there is no threshold (before the first
 # round, or from a criterion without one such as RandomPrune); users see NaN.
 # NaN itself is not stored: multi-process JAX checks that a value put on the
@@ -226,6 +232,8 @@ class RewindWrapper(keras.layers.Wrapper):
                 f"pass the wrapper itself instead of wrapping it again. Received: layer={layer}"
             )
         kwargs.setdefault("name", f"{self._default_prefix}_{layer.name}")
+        # The layout of the file being loaded; a new wrapper writes LAYOUT_VERSION.
+        self._loaded_layout = kwargs.pop("layout_version", LAYOUT_VERSION)
         super().__init__(layer, **kwargs)
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._saved = []
@@ -327,6 +335,41 @@ class RewindWrapper(keras.layers.Wrapper):
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
+
+    def get_config(self):
+        return {**super().get_config(), "layout_version": LAYOUT_VERSION}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # A config without a layout version was written by tf_lottery 0.1.
+        return super().from_config({"layout_version": 1, **config}, custom_objects)
+
+    def state_variables(self):
+        """The wrapper's own variables (masks, thresholds, saved copies, counters),
+        without the wrapped layer's weights, which the layer keeps itself."""
+        weights = {id(v) for v in self.layer.variables}
+        return [v for v in keras_private.own_variables(self) if id(v) not in weights]
+
+    def save_own_variables(self, store):
+        for index, variable in enumerate(self.state_variables()):
+            store[str(index)] = ops.convert_to_numpy(variable.value)
+
+    def load_own_variables(self, store):
+        if self._loaded_layout == 1:
+            return self._load_layout_1(store)
+        variables = self.state_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' has {len(variables)} variables, and the "
+                f"file holds {len(store.keys())} for it: the file does not belong to this "
+                "model, or was written by another version of tf_lottery."
+            )
+        for index, variable in enumerate(variables):
+            variable.assign(store[str(index)])
+
+    def _load_layout_1(self, store):
+        """Every tracked variable, in tracking order, as Keras' default writes them."""
+        return super().load_own_variables(store)
 
     def get_build_config(self):
         return {"layer": self.layer.get_build_config()}
@@ -509,7 +552,7 @@ class PruneWrapper(RewindWrapper):
         )
         self.built = True
 
-    def load_own_variables(self, store):
+    def _load_layout_1(self, store):
         own = keras_private.own_variables(self)
         # Files written by older versions lack the variables added since, in this
         # order: pruning_stage, pruning_step, then unit_mask. Those keep their
@@ -521,11 +564,11 @@ class PruneWrapper(RewindWrapper):
             present = [v for v in own if id(v) not in missing]
             if len(store.keys()) == len(present):
                 if count == 0:
-                    return super().load_own_variables(store)
+                    return super()._load_layout_1(store)
                 for index, variable in enumerate(present):
                     variable.assign(store[str(index)])
                 return
-        super().load_own_variables(store)
+        super()._load_layout_1(store)  # Keras' own error for a count that fits no version
 
     @property
     def masked_weights(self):
