@@ -30,6 +30,9 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_lottery", "tf_lottery.*"]),
+    # The command's entry point, outside the package so that `--help`, `inspect`
+    # and `eval` do not import Keras (see tf_lottery_cli.py).
+    py_modules=["tf_lottery_cli"],
     python_requires=">=3.10",
     install_requires=["keras>=3.4", "absl-py", "numpy"],
     extras_require={
@@ -45,6 +48,6 @@ setup(
         # it to write metrics, and TensorFlow no longer installs it.
         "test": EXAMPLES + REFERENCE + JAX + TORCH + ["pytest>=7", "hypothesis>=6", "tensorboard"],
     },
-    entry_points={"console_scripts": ["tf-lottery=tf_lottery.cli:main"]},
+    entry_points={"console_scripts": ["tf-lottery=tf_lottery_cli:main"]},
     license="Apache-2.0",
 )

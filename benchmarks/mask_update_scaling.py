@@ -16,7 +16,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import platform  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
@@ -26,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from machine import PeakResident  # noqa: E402
 
 
 flags.DEFINE_list("sizes", ["1", "10", "50"], "Millions of prunable weights.")
@@ -40,31 +40,6 @@ CRITERIA = {
     "PruneFraction(0.2), layer": lambda: tf_lottery.PruneFraction(0.2),
     "PruneFraction(0.2), global": lambda: tf_lottery.PruneFraction(0.2, scope="global"),
 }
-
-
-def resident_bytes():
-    with open("/proc/self/statm") as file:
-        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakResident:
-    """Samples resident memory in a thread; `.peak` is the highest seen."""
-
-    def __enter__(self):
-        self.peak = self.start = resident_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, resident_bytes())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def model_with(million, width):

@@ -30,6 +30,10 @@ def _run(backend, code, tmp_path):
     return result.stdout
 
 
+# Each test starts fresh Python processes.
+pytestmark = pytest.mark.slow
+
+
 def _needs(module):
     return pytest.mark.skipif(
         importlib.util.find_spec(module) is None, reason=f"{module} is not installed"

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -397,3 +398,94 @@ def test_rewind_wrappers_survive_a_keras_round_trip(tmp_path):
     plain = tl.strip(loaded)
     assert not tl.find_rewind_wrappers(plain)
     np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_a_second_stage_with_another_criterion_prunes_its_own_rounds():
+    x, y = data()
+    keras.utils.set_random_seed(0)
+    model = wrapped_mlp()
+    first = tl.IterativePruning(tl.PruneFraction(0.3), every=2, rounds=3, verbose=0)
+    model.fit(x, y, epochs=6, batch_size=64, verbose=0, callbacks=[first])
+    after_first = tl.sparsity(model).sparsity
+    second = tl.IterativePruning(tl.StdThreshold(1.0), every=2, rounds=2, rewind=None, verbose=0)
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[second])
+    assert (second.stage_rounds, second.rounds_done) == (2, 5)
+    assert tl.sparsity(model).sparsity > after_first
+    # A third stage, of whole units, prunes units too.
+    third = tl.IterativePruning(tl.UnitNorm(0.3), rounds=1, rewind=None, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[third])
+    unit_mask = tl.find_wrappers(model)[0].unit_mask.numpy()
+    assert third.stage_rounds == 1 and 0 < (unit_mask == 0).sum() < unit_mask.size
+    # shrink removes those units (and any whose outgoing weights all went earlier).
+    assert tl.shrink(model).get_layer("fc1").units <= (unit_mask == 1).sum()
+
+
+def test_a_new_stage_that_continues_the_epoch_count_is_not_taken_for_a_resume():
+    x, y = data()
+    model = wrapped_mlp()
+    first = tl.IterativePruning(tl.PruneFraction(0.3), every=2, rounds=2, verbose=0)
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[first])
+    second = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rounds=1, verbose=0)
+    model.fit(x, y, epochs=6, initial_epoch=4, batch_size=64, verbose=0, callbacks=[second])
+    assert (second.stage_rounds, second.rounds_done) == (1, 3)
+
+
+def test_resuming_a_later_stage_with_initial_epoch_keeps_its_rounds_absolute(tmp_path, capsys):
+    x, y = data()
+    model = wrapped_mlp()
+
+    def stage(verbose=0):
+        return tl.IterativePruning(tl.StdThreshold(1.0), every=2, rounds=2, verbose=verbose)
+
+    first = tl.IterativePruning(tl.PruneFraction(0.3), every=2, rounds=3, verbose=0)
+    model.fit(x, y, epochs=6, batch_size=64, verbose=0, callbacks=[first])
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[stage()])
+    path = os.path.join(tmp_path, "stage.keras")
+    model.save(path)
+    resumed = keras.models.load_model(path)
+    resume = stage()
+    resumed.fit(x, y, epochs=6, initial_epoch=2, batch_size=64, verbose=0, callbacks=[resume])
+    # One more round at epoch 4, none at epoch 6: the round before the save counts.
+    assert (resume.stage_rounds, resume.rounds_done) == (2, 5)
+    again = stage(verbose=1)
+    resumed.fit(x, y, epochs=8, initial_epoch=6, batch_size=64, verbose=0, callbacks=[again])
+    assert again.rounds_done == 5
+    assert "a stage whose 2 rounds are done" in capsys.readouterr().out
+
+
+def test_a_new_stage_whose_target_is_already_reached_warns():
+    x, y = data()
+    model = wrapped_mlp()
+    tl.prune(model, tl.PruneFraction(0.6))
+    pruning = tl.IterativePruning(tl.PruneFraction(0.2), target_sparsity=0.5, verbose=0)
+    with pytest.warns(
+        UserWarning, match=r"already 5\d\.\d\d% sparse, at or past target_sparsity=0.5"
+    ):
+        model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[pruning])
+    assert pruning.stage_rounds == 0
+
+
+def test_a_round_with_rewind_on_the_last_epoch_warns_that_the_model_is_untrained():
+    x, y = data()
+    model = wrapped_mlp()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rounds=1, verbose=0)
+    with pytest.warns(
+        UserWarning, match=r"end of the last epoch \(2\) and rewound the model to θ0"
+    ):
+        model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[pruning])
+    wrapper = tl.find_wrappers(model)[0]
+    np.testing.assert_array_equal(
+        wrapper.layer.kernel.numpy(),
+        wrapper.initial_weights["kernel"].numpy() * wrapper.masks["kernel"].numpy(),
+    )
+
+
+@pytest.mark.parametrize("epochs, rewind", [(3, "init"), (2, None)])
+def test_a_last_epoch_that_trains_or_does_not_rewind_gives_no_warning(epochs, rewind):
+    x, y = data()
+    model = wrapped_mlp()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rewind=rewind, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=[pruning])
+    assert pruning.stage_rounds == 1

@@ -427,3 +427,16 @@ def test_layers_with_nothing_to_prune_are_kept_as_they_are():
     model = keras.Sequential([keras.Input((20,)), dense])
     plain = tfmot.sparsity.keras.strip_pruning(model)
     assert plain.layers[0] is dense
+
+
+def test_a_functional_graph_with_an_operator_node_is_pruned():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, name="fc1")(inputs) + 1.0  # an operator node, not a layer
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(
+        model, pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, 0)
+    )
+    wrappers = [w for w in pruned.layers if isinstance(w, tfmot.sparsity.keras.PruneLowMagnitude)]
+    assert len(wrappers) == 2
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)

@@ -195,6 +195,19 @@ def test_bad_arguments_name_themselves(make, match):
         make()
 
 
+@pytest.mark.parametrize("scope", ["erk", "global"])
+@pytest.mark.parametrize("make", [tl.PruneFraction, tl.RandomPrune])
+def test_output_rate_with_a_scope_over_all_layers_is_refused_when_made(make, scope):
+    # Before, erk took it and failed later in prune with a message about
+    # schedules, and global ignored it.
+    with pytest.raises(
+        ValueError,
+        match=r"output_rate only applies with scope='layer'.*"
+        rf"Received: scope='{scope}', output_rate=0.1",
+    ):
+        make(0.2, scope=scope, output_rate=0.1)
+
+
 def test_block_on_a_non_2d_weight_is_refused():
     conv = target(np.ones((3, 3, 1, 4)), layer_type="Conv2D")
     with pytest.raises(ValueError, match="2-D"):

@@ -37,6 +37,7 @@ def _gloo_missing():
 
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(
         keras.backend.backend() != "jax",
         reason=f"multi-process JAX needs the JAX backend; this run uses {keras.backend.backend()}",

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 # The examples run on any backend; their command lines are checked once.
-pytestmark = pytest.mark.tensorflow
+pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 

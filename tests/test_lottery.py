@@ -11,6 +11,7 @@ from conftest import mlp
 
 import tf_lottery as tl
 from tf_lottery import lottery
+from tf_lottery.artifacts import load_state
 from tf_lottery.paths import RunPaths
 
 COMPILE = dict(
@@ -137,6 +138,27 @@ def test_keep_weights_full_adds_keras_files_and_the_ticket_starts_rewound(tmp_pa
 
 def unnamed():
     return keras.Sequential([keras.Input((20,)), keras.layers.Dense(8), keras.layers.Dense(3)])
+
+
+def _mlp_with_batchnorm():
+    inputs = keras.Input((20,))
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(16, name="fc1")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.ReLU()(x)))
+
+
+def test_a_loaded_round_rewinds_batchnorm_to_the_rewind_point_too(tmp_path):
+    out = str(tmp_path / "run")
+    run(out, rounds=1, controls=(), builder=_mlp_with_batchnorm, epochs=2, rewind=1)
+    model = lottery.load_round(_mlp_with_batchnorm, out, 1, compile_kwargs=COMPILE)
+    bn = model.get_layer("rewind_bn").layer
+    trained = bn.moving_mean.numpy()
+    tl.rewind(model, "rewind_point")
+    point = tl.wrap(_mlp_with_batchnorm())
+    load_state(point, RunPaths.rewind_point(RunPaths(out).round_dir("ticket", 0)))
+    np.testing.assert_array_equal(
+        bn.moving_mean.numpy(), point.get_layer("rewind_bn").layer.moving_mean.numpy()
+    )
+    assert not np.allclose(bn.moving_mean.numpy(), trained)
 
 
 def test_a_builder_that_leaves_naming_to_keras_runs_and_loads(tmp_path):
@@ -486,3 +508,18 @@ def test_a_run_resumes_with_an_optimizer_that_keras_named_differently(tmp_path):
     assert again(keras.optimizers.Adam(1e-3)).rows == first.rows
     with pytest.raises(ValueError, match="other settings.*compile_kwargs"):
         again(keras.optimizers.Adam(2e-3))
+
+
+def test_load_round_needs_no_compile_and_its_errors_name_it(tmp_path):
+    out = str(tmp_path / "run")
+    run(out, rounds=1, controls=(), epochs=1)
+    # The examples' form: the builder (uncompiled here) and no compile_kwargs.
+    model = tl.load_round(build, out, 1)
+    compiled = tl.load_round(build, out, 1, compile_kwargs=COMPILE)
+    x, _ = data(8)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), compiled.predict(x, verbose=0))
+    assert tl.sparsity(model).sparsity == tl.sparsity(compiled).sparsity > 0
+    with pytest.raises(ValueError, match="load_round needs a build_model that returns a Keras"):
+        tl.load_round(lambda: "not a model", out, 1)
+    with pytest.raises(ValueError, match="load_round's build_model returned .* another arch"):
+        tl.load_round(lambda: mlp(hidden=9), out, 1)

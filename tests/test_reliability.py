@@ -39,6 +39,7 @@ def _run_mirrored(mode):
 
 
 @pytest.mark.tensorflow
+@pytest.mark.slow  # a subprocess with two logical devices
 def test_mirrored_strategy_gives_the_single_device_masks():
     mirrored, single = _run_mirrored("mirrored"), _run_mirrored("single")
     assert mirrored["replicas"] == 2 and mirrored["copies"] == 2

@@ -1,5 +1,7 @@
 """Unit criteria, channel groups and shrink: structured pruning end to end."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from conftest import compile_model
 
 import tf_lottery as tl
 from tf_lottery.channels import channel_groups
+from tf_lottery.pruning import prune_targets
 
 L = keras.layers
 
@@ -143,6 +146,32 @@ def test_round_to_keeps_unit_counts_a_multiple():
     )
     tl.prune(model, tl.UnitNorm(0.3, round_to=8))  # 14 would remain: rounded up to 16
     assert _numpy(model.get_layer("prune_fc").unit_mask).sum() == 16
+
+
+@pytest.mark.parametrize("make", [tl.UnitNorm, tl.BatchNormScale, tl.UnitStdThreshold])
+def test_computing_unit_masks_changes_nothing_and_prune_writes_them(make):
+    inputs = keras.Input((6,))
+    x = L.BatchNormalization(name="bn1")(L.Dense(8, name="fc1")(inputs))
+    x = L.BatchNormalization(name="bn2")(L.Dense(6, name="fc2")(x))
+    model = tl.wrap(keras.Model(inputs, L.Dense(2, name="out")(x)))
+    rng = np.random.default_rng(0)
+    for name, units in (("bn1", 8), ("bn2", 6)):
+        _set(model.get_layer(f"rewind_{name}").layer, "gamma", rng.normal(size=units))
+    before = [_numpy(v).copy() for v in model.variables]
+    wrappers = tl.find_wrappers(model)
+    targets = prune_targets(wrappers)
+    computed = [mask for mask, _ in make().compute_masks(targets, model=model)]
+    for variable, value in zip(model.variables, before):
+        np.testing.assert_array_equal(_numpy(variable), value, err_msg=variable.path)
+    assert any(not mask.all() for mask in computed)
+    tl.prune(model, make())
+    for target, mask in zip(targets, computed):
+        np.testing.assert_array_equal(_numpy(target.mask), mask)
+    bn1 = model.get_layer("rewind_bn1")
+    pruned = _numpy(bn1.unit_mask) == 0
+    assert pruned.any()
+    np.testing.assert_array_equal(_numpy(bn1.layer.gamma)[pruned], 0)
+    np.testing.assert_array_equal(_numpy(model.get_layer("prune_fc1").layer.bias)[pruned], 0)
 
 
 @pytest.mark.parametrize("criterion", [tl.UnitNorm(0.5, p=1), tl.UnitNorm(0.5, scope="global")])
@@ -332,3 +361,22 @@ def test_nested_models_are_analysed_pruned_and_shrunk_as_one_graph():
         keras.ops.convert_to_numpy(wrapped.predict(x_data, verbose=0)),
         atol=1e-5,
     )
+
+
+def test_shrink_that_finds_nothing_to_remove_says_what_it_found():
+    unstructured = tl.wrap(
+        keras.Sequential([keras.Input((8,)), L.Dense(6, name="fc"), L.Dense(3, name="out")])
+    )
+    tl.prune(unstructured, tl.PruneFraction(0.3))
+    pruned = f"{tl.sparsity(unstructured).sparsity:.1%} of the kernel weights"
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(pruned)} .* none of their 9 units .*UnitNorm"
+    ):
+        tl.shrink(unstructured)
+    # Units with every incoming weight pruned, but only where shrink must keep them.
+    output_unit = keras.Sequential([keras.Input((8,)), L.Dense(6), L.Dense(3)])
+    kernel = _numpy(output_unit.layers[1].kernel)
+    kernel[:, 0] = 0
+    output_unit.layers[1].kernel.assign(kernel)
+    with pytest.raises(ValueError, match="1 of the 9 units .* has every incoming weight pruned"):
+        tl.shrink(output_unit)

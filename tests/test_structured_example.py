@@ -8,7 +8,7 @@ import sys
 import pytest
 
 # The example exports to TFLite, which needs the TensorFlow backend.
-pytestmark = pytest.mark.tensorflow
+pytestmark = [pytest.mark.tensorflow, pytest.mark.slow]
 
 EXAMPLE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "mnist_structured.py"

@@ -320,7 +320,7 @@ def test_sparse_files_with_nan_outputs_are_caught_for_two_input_models(tmp_path,
         assert "prune layer" not in str(raised.value) and "quantize='int8'" in str(raised.value)
 
 
-def test_two_inputs_two_outputs_int8_from_dicts_lists_and_datasets(tmp_path):
+def test_two_inputs_two_outputs_int8_from_dicts_and_datasets(tmp_path):
     import tensorflow as tf
 
     model, data = two_input_model(heads=("scores", "value"))
@@ -328,11 +328,12 @@ def test_two_inputs_two_outputs_int8_from_dicts_lists_and_datasets(tmp_path):
     path = os.path.join(tmp_path, "m.tflite")
     expected = model.predict([pixels, meta], verbose=0)
     labels = np.zeros(len(pixels), "int32")
+    # A list is refused as representative_data here, the model's order differing
+    # from the file's: test_a_list_of_inputs_is_refused_where_the_keras_and_file_orders_differ.
     for representative_data in (
         data,
-        [pixels, meta],
         tf.data.Dataset.from_tensor_slices((data, labels)).batch(64),
-        tf.data.Dataset.from_tensor_slices((pixels, meta)).batch(64),
+        tf.data.Dataset.from_tensor_slices(data).batch(64),
     ):
         report = tl.export_tflite(
             model, path, quantize="int8", representative_data=representative_data
@@ -360,7 +361,10 @@ def test_representative_data_that_does_not_fit_is_refused_with_what_fits(tmp_pat
             {"pixels": data["pixels"]},
             r"by name: \['pixels', 'meta'\]. Received: .* keys \['pixels'\]",
         ),
-        ([data["meta"], data["pixels"]], r"input 'pixels' to be a batch of shape \(None, 32\)"),
+        (
+            {"pixels": data["meta"], "meta": data["pixels"]},
+            r"input 'pixels' to be a batch of shape \(None, 32\)",
+        ),
         (data["pixels"], "a list or a dict of 2 arrays"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -472,3 +476,117 @@ def test_an_lstm_exports_with_a_fixed_batch_size_and_says_so_when_it_cannot(tmp_
     np.testing.assert_allclose(tl.run_tflite(path, x), wrapped.predict(x, verbose=0), atol=1e-5)
     flex = tl.export_tflite(wrapped, str(tmp_path / "flex.tflite"), select_tf_ops=True)
     assert any("Flex delegate" in note for note in flex.notes) and not flex.delegate_ok
+
+
+def _two_named_inputs(first="zeta", second="alpha", sizes=(3, 5)):
+    """A two-input Functional model, inputs `first` then `second` of `sizes`, and data by name.
+
+    With the default names, the inputs sort the other way round.
+    """
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((sizes[0],), name=first), keras.Input((sizes[1],), name=second)
+    h = L.Concatenate()([L.Dense(4)(a), L.Dense(4)(b)])
+    model = keras.Model([a, b], L.Dense(2, name="out")(h))
+    rng = np.random.default_rng(0)
+    data = {name: rng.normal(size=(40, size)) for name, size in zip((first, second), sizes)}
+    return model, {name: x.astype("float32") for name, x in data.items()}
+
+
+def test_a_list_of_inputs_is_refused_where_the_keras_and_file_orders_differ(tmp_path):
+    import tensorflow as tf
+
+    model, data = _two_named_inputs()
+    path = os.path.join(tmp_path, "m.tflite")
+    both = r"Keras model's order \['zeta', 'alpha'\] and .*\['alpha', 'zeta'\]"
+    listed = [data["zeta"], data["alpha"]]
+    for ambiguous in (listed, tuple(listed), tf.data.Dataset.from_tensor_slices(tuple(listed))):
+        with pytest.raises(ValueError, match=r"representative_data to be a dict .* by input name"):
+            tl.export_tflite(model, path, representative_data=ambiguous)
+        with pytest.raises(ValueError, match=both):
+            tl.export_tflite(model, path, representative_data=ambiguous)
+    assert not os.path.exists(path)
+    tl.export_tflite(model, path, representative_data=data)
+    np.testing.assert_allclose(tl.run_tflite(path, data), model.predict(data, verbose=0), atol=1e-5)
+
+
+def test_run_tflite_refuses_a_list_that_fits_the_inputs_in_two_orders(tmp_path):
+    model, data = _two_named_inputs(sizes=(4, 4))
+    path = tl.export_tflite(model, os.path.join(tmp_path, "m.tflite"), representative_data=data)
+    both = r"signature order \(by name\) \['alpha', 'zeta'\] and another .*\['zeta', 'alpha'\]"
+    for ambiguous in ([data["alpha"], data["zeta"]], (data["zeta"], data["alpha"])):
+        with pytest.raises(ValueError, match=r"x to be a dict of arrays by input name"):
+            tl.run_tflite(path.path, ambiguous)
+        with pytest.raises(ValueError, match=both):
+            tl.run_tflite(path.path, ambiguous)
+    expected = model.predict(data, verbose=0)
+    np.testing.assert_allclose(tl.run_tflite(path.path, data), expected, atol=1e-5)
+
+
+def test_a_list_of_inputs_works_where_the_orders_agree_or_only_one_fits(tmp_path):
+    model, data = _two_named_inputs("alpha", "zeta")
+    path = os.path.join(tmp_path, "m.tflite")
+    listed = [data["alpha"], data["zeta"]]
+    tl.export_tflite(model, path, representative_data=listed)
+    expected = model.predict(data, verbose=0)
+    np.testing.assert_allclose(tl.run_tflite(path, listed), expected, atol=1e-5)
+    np.testing.assert_allclose(tl.run_tflite(path, data), expected, atol=1e-5)
+
+
+def _conv_bn_relu():
+    """Conv+BatchNorm+ReLU twice, a zero padding (a PAD op), a plain conv and a Dense head."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((10, 10, 3))
+    h = x
+    for name in ("a", "b"):
+        h = L.Conv2D(8, 3, padding="same", use_bias=False, name=f"conv_{name}")(h)
+        h = L.BatchNormalization(name=f"bn_{name}")(h)
+        h = L.ReLU(name=f"relu_{name}")(h)
+    h = L.ZeroPadding2D(((1, 2), (0, 1)), name="pad")(h)
+    h = L.Conv2D(4, 3, strides=2, name="conv_c")(h)
+    model = keras.Model(x, L.Dense(5, name="out")(L.Flatten()(h)))
+    rng = np.random.default_rng(0)
+    for name in ("bn_a", "bn_b"):
+        gamma, beta = rng.uniform(0.5, 2, 8), rng.normal(size=8)
+        mean, variance = rng.normal(size=8), rng.uniform(0.5, 2, 8)
+        model.get_layer(name).set_weights([gamma, beta, mean, variance])
+    model = tl.wrap(model)
+    tl.prune(model, tl.PruneFraction(0.5))
+    return model, rng.normal(size=(40, 10, 10, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_the_report_names_each_weight_by_its_keras_layer_folded_batchnorms_too(tmp_path, quantize):
+    model, x = _conv_bn_relu()
+    report = tl.export_tflite(
+        model, tmp_path / "m.tflite", quantize=quantize, representative_data=x, shrink=False
+    )
+    assert sorted(t.label for t in report.tensors) == [
+        "conv_c/kernel",
+        "folded into conv_a (with bn_a)",
+        "folded into conv_b (with bn_b)",
+        "out/kernel",
+    ]
+    assert {t.weight for t in report.tensors if t.folded} == {"conv_a/kernel", "conv_b/kernel"}
+    # PAD's paddings are not a weight; the folded kernels keep the Keras kernels' zeros.
+    assert all(t.dtype != "int32" for t in tl.inspect_tflite(report.path).tensors)
+    assert [t.sparsity for t in report.tensors if t.folded] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("quantize", [None, "float16", "dynamic", "int8"])
+def test_the_report_names_each_kernel_of_a_lenet_style_mlp(tmp_path, quantize):
+    model = tl.wrap(
+        keras.Sequential(
+            [
+                keras.Input((64,)),
+                L.Dense(48, activation="relu", name="fc1"),
+                L.Dense(32, activation="relu", name="fc2"),
+                L.Dense(10, name="out"),
+            ]
+        )
+    )
+    tl.prune(model, tl.PruneFraction(0.9, block="tflite-int8", output_rate=0.5))
+    x = inputs(100)
+    report = tl.export_tflite(
+        model, tmp_path / "m.tflite", quantize=quantize, representative_data=x
+    )
+    assert sorted(t.label for t in report.tensors) == ["fc1/kernel", "fc2/kernel", "out/kernel"]

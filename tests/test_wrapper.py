@@ -405,10 +405,43 @@ def test_the_pruning_step_is_saved_and_files_without_it_still_load(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert [int(w.pruning_step.numpy()) for w in tl.find_wrappers(loaded)] == [7, 7]
-    # A file written before pruning_step existed has one variable less per wrapper.
-    source = tl.find_wrappers(model)[0]
-    older = {str(i): v.numpy() for i, v in enumerate(keras_private.own_variables(source)[:-1])}
-    fresh = tl.find_wrappers(tl.wrap(mlp()))[0]
-    fresh.load_own_variables(older)
-    np.testing.assert_array_equal(fresh.masks["kernel"].numpy(), source.masks["kernel"].numpy())
+    # A file written before pruning_step existed lacks it and pruning_stage, the
+    # last two variables of each wrapper.
+    fresh = _loaded_without_last(tl.find_wrappers(model)[0], 2)
     assert int(fresh.pruning_step.numpy()) == 0
+
+
+def _rebuilt_from_a_layout_1_config(wrapper):
+    """`wrapper` rebuilt as loading does from a file written before layout 2: its
+    config has no layout_version, and its store every variable the wrapper tracks."""
+    config = wrapper.get_config()
+    del config["layout_version"]
+    rebuilt = type(wrapper).from_config(config)
+    rebuilt.build_from_config(wrapper.get_build_config())
+    return rebuilt
+
+
+def _loaded_without_last(source, count):
+    """A fresh wrapper loaded from `source`'s variables less the last `count`, as an older
+    file holds them; its masks must load as written."""
+    own = keras_private.own_variables(source)[:-count]
+    fresh = _rebuilt_from_a_layout_1_config(tl.find_wrappers(tl.wrap(mlp()))[0])
+    fresh.load_own_variables({str(i): v.numpy() for i, v in enumerate(own)})
+    np.testing.assert_array_equal(fresh.masks["kernel"].numpy(), source.masks["kernel"].numpy())
+    return fresh
+
+
+def test_the_pruning_stage_is_saved_and_files_without_it_still_load(tmp_path):
+    model = tl.wrap(mlp())
+    tl.prune(model, tl.PruneFraction(0.5))
+    for wrapper in tl.find_wrappers(model):
+        wrapper.pruning_step.assign(7)
+        wrapper.pruning_stage.assign([12345, 1])
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert [w.pruning_stage.numpy().tolist() for w in tl.find_wrappers(loaded)] == [[12345, 1]] * 2
+    # A file written before pruning_stage existed has one variable less per wrapper.
+    fresh = _loaded_without_last(tl.find_wrappers(model)[0], 1)
+    assert int(fresh.pruning_step.numpy()) == 7
+    assert fresh.pruning_stage.numpy().tolist() == [0, 0]

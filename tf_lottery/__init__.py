@@ -13,76 +13,110 @@ plain = tf_lottery.strip(model)
 ```
 """
 
-# Importing Keras loads its backend; TensorFlow's logs that C++ prints at load
-# time ignore TF_CPP_MIN_LOG_LEVEL, so they are captured here and dropped (import
-# tf_lottery before keras to keep them out of your program's output). The
-# package imports Keras eagerly so that its classes are registered for
-# `keras.models.load_model` as soon as `tf_lottery` is imported.
+# Two halves. Reading and running .tflite files (`run_tflite`, `inspect_tflite`
+# and their reports) needs numpy and LiteRT only: imported here always. The rest
+# needs Keras, and so a backend; it is imported here too, because Keras'
+# deserializer imports only Keras' own packages: `keras.models.load_model` finds
+# `tf_lottery>PruneWrapper` only once `import tf_lottery` has registered it. It is
+# left to first use (`__getattr__`) in two cases: Keras cannot be imported (no
+# backend installed, e.g. `pip install 'tf_lottery[litert]'`), or the process is
+# the `tf-lottery` command (`tf_lottery_cli`), whose `--help`, `inspect` and
+# `eval` must not pay seconds for TensorFlow. See docs/imports.md.
+import importlib
+import sys
+
 from tf_lottery.capture import captured_output as _captured_output
+from tf_lottery.capture import quiet_tensorflow_import as _quiet_tensorflow_import
+from tf_lottery.litert import run_tflite
+from tf_lottery.tflite_report import ExportReport
+from tf_lottery.tflite_report import TFLiteReport
+from tf_lottery.tflite_report import inspect_tflite
 
-with _captured_output():
-    # Devices are left uninitialized: jax.distributed.initialize() and
-    # tf.config's device settings must come before that.
-    import keras  # noqa: F401
+# The names that need Keras, by the module that defines them.
+_KERAS_SIDE = {
+    "callbacks": ["GradualPruning", "IterativePruning"],
+    "criteria": [
+        "Criterion",
+        "NMSparsity",
+        "PruneFraction",
+        "PruneTarget",
+        "RandomPrune",
+        "StdThreshold",
+    ],
+    "history": ["LotteryHistory", "RoundResult", "RoundSummary", "Statistic", "plot_history"],
+    "init_criteria": ["GraSP", "InitCriterion", "SNIP", "SynFlow"],
+    "instability": [
+        "InterpolationResult",
+        "instability_analysis",
+        "interpolate",
+        "plot_interpolation",
+    ],
+    "lottery": ["collect_history", "find_winning_ticket", "load_round"],
+    "oneshot": ["OneShotCriterion", "SparseGPT", "Wanda"],
+    "pruning": ["apply_masks", "erk_targets", "prune", "reset_optimizer", "rewind"],
+    "report": ["LayerSparsity", "SparsityReport", "sparsity"],
+    "saving": ["load_model"],
+    "schedules": ["ConstantSparsity", "EveryEpochs", "PolynomialDecay", "Schedule"],
+    "sensitivity": ["SensitivityReport", "sensitivity"],
+    "shrink": ["ShrinkReport", "shrink", "shrink_report"],
+    "structured": ["BatchNormScale", "UnitCriterion", "UnitNorm", "UnitStdThreshold"],
+    "tflite": ["ExportError", "export_tflite"],
+    "transforms": ["strip", "wrap"],
+    "wrapper": ["PruneWrapper", "RewindWrapper", "find_rewind_wrappers", "find_wrappers"],
+}
+_KERAS_NAMES = {name for names in _KERAS_SIDE.values() for name in names}
 
-from tf_lottery.callbacks import GradualPruning  # noqa: E402
-from tf_lottery.callbacks import IterativePruning  # noqa: E402
-from tf_lottery.criteria import Criterion
-from tf_lottery.criteria import NMSparsity
-from tf_lottery.criteria import PruneFraction
-from tf_lottery.criteria import PruneTarget
-from tf_lottery.criteria import RandomPrune
-from tf_lottery.criteria import StdThreshold
-from tf_lottery.history import LotteryHistory
-from tf_lottery.history import RoundResult
-from tf_lottery.history import RoundSummary
-from tf_lottery.history import Statistic
-from tf_lottery.history import plot_history
-from tf_lottery.init_criteria import GraSP
-from tf_lottery.init_criteria import InitCriterion
-from tf_lottery.init_criteria import SNIP
-from tf_lottery.init_criteria import SynFlow
-from tf_lottery.instability import InterpolationResult
-from tf_lottery.instability import instability_analysis
-from tf_lottery.instability import interpolate
-from tf_lottery.instability import plot_interpolation
-from tf_lottery.lottery import collect_history
-from tf_lottery.lottery import find_winning_ticket
-from tf_lottery.lottery import load_round
-from tf_lottery.pruning import apply_masks
-from tf_lottery.pruning import erk_targets
-from tf_lottery.pruning import prune
-from tf_lottery.pruning import reset_optimizer
-from tf_lottery.pruning import rewind
-from tf_lottery.report import LayerSparsity
-from tf_lottery.report import SparsityReport
-from tf_lottery.report import sparsity
-from tf_lottery.saving import load_model
-from tf_lottery.schedules import ConstantSparsity
-from tf_lottery.schedules import EveryEpochs
-from tf_lottery.schedules import PolynomialDecay
-from tf_lottery.schedules import Schedule
-from tf_lottery.shrink import ShrinkReport
-from tf_lottery.shrink import shrink
-from tf_lottery.shrink import shrink_report
-from tf_lottery.structured import BatchNormScale
-from tf_lottery.structured import UnitCriterion
-from tf_lottery.structured import UnitNorm
-from tf_lottery.structured import UnitStdThreshold
-from tf_lottery.sensitivity import SensitivityReport
-from tf_lottery.sensitivity import sensitivity
-from tf_lottery.tflite import ExportError
-from tf_lottery.tflite import ExportReport
-from tf_lottery.tflite import TFLiteReport
-from tf_lottery.tflite import export_tflite
-from tf_lottery.tflite import inspect_tflite
-from tf_lottery.tflite import run_tflite
-from tf_lottery.transforms import strip
-from tf_lottery.transforms import wrap
-from tf_lottery.wrapper import PruneWrapper
-from tf_lottery.wrapper import RewindWrapper
-from tf_lottery.wrapper import find_rewind_wrappers
-from tf_lottery.wrapper import find_wrappers
+
+def _import_keras():
+    """Imports Keras, and so its backend, without their start-up logs."""
+    # Whoever imports TensorFlow later (Keras itself, or set_random_seed under
+    # JAX and PyTorch), its start-up logs are captured too.
+    _quiet_tensorflow_import()
+    with _captured_output():
+        # Devices are left uninitialized: jax.distributed.initialize() and
+        # tf.config's device settings must come before that.
+        importlib.import_module("keras")
+
+
+def _load_keras_side():
+    """Imports the Keras half and binds its names in this package."""
+    with _captured_output():
+        modules = {name: importlib.import_module(f"tf_lottery.{name}") for name in _KERAS_SIDE}
+    # Bound after every import: importing the submodules `shrink` and
+    # `sensitivity` sets package attributes of those names to the modules.
+    for module, names in _KERAS_SIDE.items():
+        for name in names:
+            globals()[name] = getattr(modules[module], name)
+
+
+def __getattr__(name):
+    if name not in _KERAS_NAMES:
+        raise AttributeError(f"module 'tf_lottery' has no attribute {name!r}")
+    try:
+        _import_keras()
+    except ImportError as error:
+        raise ImportError(
+            f"tf_lottery.{name} needs Keras with a backend, and Keras cannot be imported "
+            f"here ({type(error).__name__}: {error}). Install a backend: pip install "
+            "'tf_lottery[tensorflow]' (or [jax] or [torch], with KERAS_BACKEND naming it). "
+            "Reading and running .tflite files (run_tflite, inspect_tflite) needs only "
+            "'tf_lottery[litert]'."
+        ) from error
+    _load_keras_side()
+    return globals()[name]
+
+
+def __dir__():
+    return sorted({*globals(), *_KERAS_NAMES})
+
+
+if "tf_lottery_cli" not in sys.modules:
+    try:
+        _import_keras()
+    except ImportError:
+        pass  # no backend: the Keras half's names raise a clear ImportError when used
+    else:
+        _load_keras_side()
 
 __version__ = "0.1.0"
 
@@ -101,6 +135,7 @@ __all__ = [
     "LayerSparsity",
     "LotteryHistory",
     "NMSparsity",
+    "OneShotCriterion",
     "PolynomialDecay",
     "PruneFraction",
     "PruneTarget",
@@ -111,6 +146,7 @@ __all__ = [
     "Schedule",
     "RoundSummary",
     "SNIP",
+    "SparseGPT",
     "SensitivityReport",
     "ShrinkReport",
     "SparsityReport",
@@ -121,6 +157,7 @@ __all__ = [
     "UnitCriterion",
     "UnitNorm",
     "UnitStdThreshold",
+    "Wanda",
     "apply_masks",
     "erk_targets",
     "collect_history",

@@ -32,7 +32,7 @@ def describe_layers(model):
     """
     return [
         {
-            "name": wrapper.layer.name,
+            "name": wrapper.target_name,
             "type": type(wrapper.layer).__name__,
             "weights": {m.name: list(m.mask.shape) for m in wrapper.masked_weights},
         }
@@ -40,7 +40,7 @@ def describe_layers(model):
     ]
 
 
-def check_layers(layers, model, source):
+def check_layers(layers, model, source, caller="find_winning_ticket"):
     """Raises a ValueError unless `model`'s wrapped layers match `layers` by position.
 
     Names may differ; types, weight names and shapes may not.
@@ -49,6 +49,7 @@ def check_layers(layers, model, source):
         layers: A list from `describe_layers`, the run's first model.
         model: A model from the same `build_model`.
         source: Where `layers` came from, for the message.
+        caller: The function given `build_model`, for the message.
     """
     found = describe_layers(model)
     if len(found) != len(layers):
@@ -67,7 +68,8 @@ def check_layers(layers, model, source):
             f"now, {layers[i]['type']} with weights {layers[i]['weights']} in {source}"
         )
     raise ValueError(
-        f"build_model returned a model of another architecture than the run's first one: "
+        f"{caller}'s build_model returned a model of another architecture than the run's "
+        "first one: "
         f"{difference}. A lottery run matches layers by position, so build_model must "
         "return the same architecture on every call; for a new architecture use a new out_dir."
     )
@@ -117,9 +119,11 @@ def copy_unit_masks(source, target):
 
 
 def _state_variables(model):
-    """`model`'s weights less the masks and the wrappers' θ0 and rewind-point copies.
+    """`model`'s weights less the masks, the wrappers' θ0 and rewind-point copies
+    and `IterativePruning`'s stage.
 
-    Those are stored once per run (θ0, the rewind point) or per round in masks.npz.
+    Those are stored once per run (θ0, the rewind point) or per round in masks.npz;
+    a lottery run has no stage, and leaving it out keeps older runs loadable.
     """
     copies = {
         id(variable)
@@ -128,6 +132,7 @@ def _state_variables(model):
         for variable in (saved.initial, saved.rewind_point)
     }
     copies.update(id(m.mask) for w in find_wrappers(model) for m in w.masked_weights)
+    copies.update(id(w.pruning_stage) for w in find_wrappers(model))
     return [v for v in model.weights if id(v) not in copies]
 
 

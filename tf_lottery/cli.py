@@ -10,20 +10,26 @@ array per input, matched to the inputs by name when the keys are the input
 names, else in the file's order; an array named `y` holds labels.
 
 Errors are one line on stderr and exit status 2, never a traceback. Keras and
-TensorFlow are imported only inside the commands that need them (quietly: their
-C++ logs ignore TF_CPP_MIN_LOG_LEVEL), so `--help` and argument errors answer at
-once.
+TensorFlow are imported only by `export` and `summary` (quietly: their C++ logs
+ignore TF_CPP_MIN_LOG_LEVEL); `--help`, argument errors, `inspect` and `eval`
+need numpy and LiteRT only, and answer at once.
 """
 
 import argparse
-import importlib
+import difflib
 import io
 import os
 import sys
 
 import numpy as np
 
+import tf_lottery
+from tf_lottery import litert
 from tf_lottery.capture import captured_output
+from tf_lottery.files import write_atomically
+from tf_lottery.samples import ModelInput
+from tf_lottery.samples import arrange
+from tf_lottery.model_file import check_model_file
 
 _DATA_HELP = (
     ".npy of inputs, or .npz with one array per input (by input name, else in order) "
@@ -35,22 +41,45 @@ class CommandError(Exception):
     """A user-facing error: printed as one line."""
 
 
-def _import(name):
-    """Imports a tf_lottery module that loads TensorFlow, without its import-time logs."""
-    with captured_output():
-        return importlib.import_module(name)
+def _keras_side(name, command):
+    """A name of tf_lottery's Keras half: the first one imports Keras, quietly.
+
+    Under `tf_lottery_cli` the package leaves its Keras half to first use; this
+    loads all of it, so that every tf_lottery class is registered for loading.
+    """
+    try:
+        return getattr(tf_lottery, name)
+    except ImportError as error:  # no backend installed
+        cause = error.__cause__ or error
+        raise CommandError(
+            f"{command} needs Keras with a backend, which cannot be imported here "
+            f"({type(cause).__name__}: {cause}): pip install 'tf_lottery[export]' "
+            "(TensorFlow and LiteRT: every command)"
+        ) from error
 
 
-def _load_model(path):
-    saving = _import("tf_lottery.saving")
-    _import("tf_lottery.wrapper")  # registers the wrapper classes with Keras
+def _load_model(path, command):
+    try:
+        check_model_file(path)  # at once, before Keras is imported
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    load_model = _keras_side("load_model", command)
     try:
         with captured_output():
             # Not compiled: exporting and summarizing need no optimizer, and the
             # optimizer of a model saved under another backend is that backend's class.
-            return saving.load_model(path, compile=False)
+            return load_model(path, compile=False)
     except ValueError as error:
         raise CommandError(str(error)) from error
+
+
+def _check_folder(path, argument):
+    """Fails before any work when the folder that `path` is to be written in is missing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(
+            f"cannot write {argument} {path}: there is no folder {folder} (create it first)"
+        )
 
 
 def _read_arrays(path, argument):
@@ -92,7 +121,8 @@ def _inputs(arrays, names, path):
             f"{path} holds {len(inputs)} input arrays {list(inputs)} for {len(names)} inputs "
             f"{names}: save one array per input, named after it or in this order"
         )
-    return list(inputs.values())
+    # By name from here on: a list is refused where the model's and the file's orders differ.
+    return dict(zip(names, inputs.values()))
 
 
 def _labels(args, arrays):
@@ -127,28 +157,46 @@ def _accuracy(outputs, labels):
 
 
 def _save_outputs(path, outputs, details):
-    from tf_lottery.files import write_atomically
-
     buffer = io.BytesIO()
     np.savez(buffer, **{d["name"]: output for d, output in zip(details, outputs)})
     write_atomically(path, buffer.getvalue())
 
 
-def _export(args):
-    tflite = _import("tf_lottery.tflite")
-    model = _load_model(args.model)
-    data = None
-    if args.data is not None:
-        data = _inputs(_read_arrays(args.data, "--data"), [t.name for t in model.inputs], args.data)
-    quantize = None if args.quantize == "none" else args.quantize
+def _export_data(path, model):
+    """The model's inputs in a --data file: one array, or a dict by input name."""
+    specs = [ModelInput(t.name, tuple(t.shape)) for t in model.inputs]
     try:
-        report = tflite.export_tflite(
+        arrays = arrange(
+            _inputs(_read_arrays(path, "--data"), [s.name for s in specs], path), specs, "--data"
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    return arrays[0] if len(arrays) == 1 else {s.name: a for s, a in zip(specs, arrays)}
+
+
+def _export(args):
+    if args.quantize == "int8" and args.data is None:
+        raise CommandError(
+            "--quantize int8 needs --data: a .npy or .npz of a few hundred real inputs "
+            "(e.g. 300 training samples) to calibrate activation ranges"
+        )
+    _check_folder(args.output, "output")
+    model = _load_model(args.model, "export")
+    export_tflite = _keras_side("export_tflite", "export")
+    data = None if args.data is None else _export_data(args.data, model)
+    try:
+        report = export_tflite(
             model,
             args.output,
-            quantize=quantize,
+            quantize=None if args.quantize == "none" else args.quantize,
             representative_data=data,
             verify=not args.no_verify,
+            tolerance=args.tolerance,
             fallback=args.fallback,
+            per_channel=args.per_channel,
+            shrink=not args.no_shrink,
+            batch_size=args.batch_size,
+            select_tf_ops=args.select_tf_ops,
         )
     except (ValueError, ImportError) as error:
         raise CommandError(str(error)) from error
@@ -165,9 +213,8 @@ def _inspect(args):
 
 
 def _eval(args):
-    from tf_lottery import litert
-    from tf_lottery.samples import arrange
-
+    if args.out is not None:
+        _check_folder(args.out, "--out")
     arrays = _read_arrays(args.data, "data")
     labels = _labels(args, arrays)
     try:
@@ -175,7 +222,7 @@ def _eval(args):
         inputs, outputs = litert.signature(interpreter)
         x = _inputs(arrays, [d["name"] for d in inputs], args.data)
         results = litert.run(interpreter, arrange(x, litert.model_inputs(inputs), "data"))
-    except (ValueError, ImportError, litert.LiteRTError) as error:
+    except (FileNotFoundError, ValueError, ImportError, litert.LiteRTError) as error:
         raise CommandError(str(error)) from error
     print(f"{args.file}: ran {len(results[0]):,} samples")
     if labels is not None:
@@ -190,12 +237,21 @@ def _eval(args):
 
 
 def _summary(args):
-    report = _import("tf_lottery.report")
-    model = _load_model(args.model)
+    model = _load_model(args.model, "summary")
+    sparsity = _keras_side("sparsity", "summary")
     try:
-        print(report.sparsity(model))
+        print(sparsity(model))
     except ValueError as error:
         raise CommandError(str(error)) from error
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, less `None` and `False`: a flag's help says what it changes."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _command(commands, name, run, help, description):
@@ -203,10 +259,26 @@ def _command(commands, name, run, help, description):
         name,
         help=help,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    command.set_defaults(run=run)
+    command.set_defaults(run=run, command_parser=command)
     return command
+
+
+def _positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return int(text)
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, received {text!r}")
+    return value
 
 
 def _parser():
@@ -244,10 +316,43 @@ def _parser():
         "--no-verify", action="store_true", help="skip the comparison with the Keras model"
     )
     export.add_argument(
+        "--tolerance",
+        type=_non_negative_float,
+        help="the check against Keras: the allowed max |error| as a fraction of max(1, largest "
+        "|output|) for float and float16 files, or the minimum argmax agreement for dynamic "
+        "and int8 ones; without it, export_tflite's own for the --quantize mode",
+    )
+    export.add_argument(
         "--fallback",
         choices=["dense", "error"],
         default="dense",
         help="when LiteRT cannot use the sparse file: write the dense one, or fail",
+    )
+    export.add_argument(
+        "--per-channel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dynamic and int8: one quantization scale per output channel of each Dense "
+        "kernel (TensorFlow's default); --no-per-channel uses one per tensor, which saves "
+        "12 bytes per output channel: the smallest files",
+    )
+    export.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="keep the units that pruning left dead (by default they are removed before "
+        "converting: a smaller, faster dense model)",
+    )
+    export.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="fix the batch size of the file's inputs, e.g. 1 (an LSTM or GRU that is not "
+        "unrolled converts only so, or with --select-tf-ops); without it, any batch size",
+    )
+    export.add_argument(
+        "--select-tf-ops",
+        action="store_true",
+        help="let the converter keep TensorFlow ops that TFLite lacks; the file then needs "
+        "the Flex delegate, which LiteRT's Python package lacks, so it is not checked here",
     )
     inspect = _command(
         commands,
@@ -283,8 +388,23 @@ def _parser():
     return parser
 
 
+def _unrecognized(arguments, parser):
+    """argparse's message for arguments a command does not take, with a close option named."""
+    options = [option for action in parser._actions for option in action.option_strings]
+    hints = [
+        f"{argument} (did you mean {close[0]}?)" if close else argument
+        for argument in arguments
+        for close in [difflib.get_close_matches(argument.split("=")[0], options, n=1)]
+    ]
+    return "unrecognized arguments: " + " ".join(hints)
+
+
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    """Runs `tf-lottery` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        # Reported by the command's parser, with its usage, not the top-level one.
+        args.command_parser.error(_unrecognized(unknown, args.command_parser))
     try:
         args.run(args)
     except CommandError as error:

@@ -5,8 +5,9 @@ A criterion is a small serializable object. Its one method to extend,
 of its units (single weights, or blocks with `block=`) to keep, and the threshold
 it used. The shared machinery here turns that into a 0/1 mask, multiplies it into
 the old mask (masks only shrink, a pruned weight never comes back) and keeps at
-least one unit per tensor. Global pruning is the same computation over all
-tensors at once.
+least one unit per tensor. Which units go, given their scores, is decided in
+`tf_lottery.selection`, one engine for every criterion: global pruning is the
+same selection over the concatenated scores of all tensors.
 
 Masks are computed on the host with numpy: pruning runs once per round, never
 inside the training step, and numpy works the same under every Keras backend.
@@ -20,12 +21,22 @@ import keras
 import numpy as np
 
 from tf_lottery import tflite_blocks
+from tf_lottery.selection import count_to_drop
+from tf_lottery.selection import drop_smallest
+from tf_lottery.selection import drop_smallest_across
+from tf_lottery.selection import erk_sparsities
+from tf_lottery.selection import expand_blocks
+from tf_lottery.selection import keep_n_of_m
+from tf_lottery.selection import keep_one
+from tf_lottery.selection import reduce_blocks
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
+from tf_lottery.validators import check_instance
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_number
 from tf_lottery.validators import check_per_layer
+from tf_lottery.validators import is_int
 
 
 @dataclasses.dataclass
@@ -49,6 +60,9 @@ class PruneTarget:
         sparsity: The fraction of this tensor's units to have pruned when a
             schedule asks for a target (see `Criterion.compute_target_masks`),
             or `None` for one round of the criterion's own rule.
+        input_axes: The axes of `weight` that its layer contracts with the
+            input (an EinsumDense kernel's, read from its equation), or `None`
+            for the second-to-last axis (Dense and convolution kernels).
     """
 
     layer: str
@@ -62,6 +76,7 @@ class PruneTarget:
     scores: np.ndarray | None = None
     alive: np.ndarray | None = None
     sparsity: float | None = None
+    input_axes: tuple | None = None
 
 
 def _check_rate(value, argument):
@@ -85,7 +100,7 @@ def _check_block(block):
     if (
         not isinstance(block, (tuple, list))
         or len(block) != 2
-        or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)
+        or not all(is_int(b) and b > 0 for b in block)
     ):
         raise ValueError(
             "Expected block to be a pair of positive integers (rows, columns) in the "
@@ -101,47 +116,18 @@ def _read(value):
     return np.asarray(keras.ops.convert_to_numpy(value.value if hasattr(value, "value") else value))
 
 
-def _block_view(array, block, reduce):
-    """Reduces a 2-D array over (r, c) blocks; the last block may be partial."""
-    r, c = block
-    rows, cols = array.shape
-    padded = np.zeros((-(-rows // r) * r, -(-cols // c) * c), dtype=array.dtype)
-    padded[:rows, :cols] = array
-    blocks = padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c)
-    return reduce(blocks, axis=(1, 3))
-
-
 def _units(weight, mask, block, pooling):
     """Scores and alive flags per unit (a weight, or a block of weights)."""
     if block == (1, 1):
         return np.abs(weight), mask > 0
-    alive = _block_view(mask > 0, block, np.any)
+    alive = reduce_blocks(mask > 0, block, np.any)
     if pooling == "max":
         # Padding is zero, which never exceeds a magnitude.
-        return _block_view(np.abs(weight), block, np.max), alive
+        return reduce_blocks(np.abs(weight), block, np.max), alive
     magnitude = np.abs(weight).astype(np.float64)
-    sums = _block_view(magnitude, block, np.sum)
-    counts = _block_view(np.ones_like(magnitude), block, np.sum)
+    sums = reduce_blocks(magnitude, block, np.sum)
+    counts = reduce_blocks(np.ones_like(magnitude), block, np.sum)
     return (sums / counts).astype(np.float32), alive
-
-
-def _expand(keep, block, shape):
-    """The element mask of a unit mask (inverse of `_units`)."""
-    if block == (1, 1):
-        return keep
-    r, c = block
-    return np.repeat(np.repeat(keep, r, axis=0), c, axis=1)[: shape[0], : shape[1]]
-
-
-def keep_count(units, sparsity):
-    """How many of `units` a tensor keeps at a target `sparsity`.
-
-    tfmot's rule, `max(round(units * (1 - sparsity)), 1)`, computed in float32
-    with round-half-to-even as tfmot does, so that the same schedule keeps the
-    same number of weights.
-    """
-    kept = np.round(np.float32(units) * (np.float32(1) - np.float32(sparsity)))
-    return max(int(kept), 1)
 
 
 def _with_sparsity(targets, sparsity):
@@ -161,62 +147,6 @@ def _with_sparsity(targets, sparsity):
     for target, value in zip(targets, values):
         check_fraction(value, f"sparsity of {target.layer}/{target.name}", allow_zero=True)
     return [dataclasses.replace(t, sparsity=float(v)) for t, v in zip(targets, values)]
-
-
-def erk_sparsities(shapes, sparsity, power_scale=1.0):
-    """Spreads an overall target sparsity over tensors by Erdős–Rényi-kernel scaling.
-
-    Evci et al. 2020 (RigL): a tensor of shape (k_1, ..., k_n) gets a density
-    proportional to ((k_1 + ... + k_n) / (k_1 · ... · k_n)) ** power_scale, so
-    small layers stay denser than large ones, with the factor chosen so that the
-    tensors together keep `1 - sparsity` of their weights. A tensor whose
-    density would exceed 1 is kept dense and the factor is found again for the
-    others, as RigL does.
-
-    Args:
-        shapes: Shapes of the tensors, in order.
-        sparsity: The overall target, in [0, 1).
-        power_scale: Exponent on the ratio; below 1 makes the spread gentler.
-            Defaults to `1.0` (ERK as published).
-
-    Returns:
-        A list of sparsities, one per shape.
-    """
-    check_fraction(sparsity, "sparsity", allow_zero=True)
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    raw = [(float(np.sum(shape)) / size) ** power_scale for shape, size in zip(shapes, sizes)]
-    dense = set()
-    while True:
-        # With the dense tensors D fixed, eps·Σ_{i∉D} raw_i·n_i keeps what the
-        # target allows: Σ_{i∉D} (n_i − zeros_i) − Σ_{i∈D} zeros_i.
-        zeros = [int(np.floor(sparsity * size)) for size in sizes]
-        kept = sum(n - z for i, (n, z) in enumerate(zip(sizes, zeros)) if i not in dense)
-        kept -= sum(z for i, z in enumerate(zeros) if i in dense)
-        divisor = sum(r * n for i, (r, n) in enumerate(zip(raw, sizes)) if i not in dense)
-        eps = kept / divisor if divisor else 0.0
-        largest = max((r for i, r in enumerate(raw) if i not in dense), default=0.0)
-        if largest * eps <= 1:
-            break
-        dense |= {i for i, r in enumerate(raw) if r == largest and i not in dense}
-    return [0.0 if i in dense else 1.0 - eps * r for i, r in enumerate(raw)]
-
-
-def _prune_smallest(scores, alive, count):
-    """Keep-flags that drop exactly `count` alive units with the smallest scores.
-
-    Ties at the cut are broken by position, so the count is exact.
-    """
-    keep = alive.copy()
-    if count <= 0:
-        return keep, math.nan
-    alive_scores = scores[alive]
-    alive_scores.partition(count - 1)
-    cut = alive_scores[count - 1]
-    below = alive & (scores < cut)
-    keep &= ~below
-    at_cut = np.flatnonzero(alive & (scores == cut))
-    keep.flat[at_cut[: count - int(below.sum())]] = False
-    return keep, float(cut)
 
 
 class Criterion:
@@ -359,10 +289,8 @@ class Criterion:
         return dataclasses.replace(target, block=block, scores=scores, alive=alive)
 
     def _finish(self, target, keep, threshold):
-        keep = keep & target.alive
-        if not keep.any() and target.alive.any():
-            alive_scores = np.where(target.alive, target.scores, -np.inf)
-            keep.flat[int(np.argmax(alive_scores))] = True
+        keep, kept_one = keep_one(keep, target.scores, target.alive)
+        if kept_one:
             key = f"{target.layer}/{target.name}"
             if key not in self._warned:
                 self._warned.add(key)
@@ -372,7 +300,7 @@ class Criterion:
                     "the layer or prune it less.",
                     stacklevel=3,
                 )
-        element_keep = _expand(keep, target.block, target.weight.shape)
+        element_keep = expand_blocks(keep, target.block, target.weight.shape)
         # One new array: the old mask where kept, zero elsewhere.
         return np.where(element_keep, target.mask, target.mask.dtype.type(0)), threshold
 
@@ -395,6 +323,17 @@ class Criterion:
         config = {**self.get_config(), "block": self.block}
         args = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({args})"
+
+
+def check_criterion(criterion):
+    """A `tf_lottery.Criterion` instance; a ValueError that says what to pass otherwise."""
+    return check_instance(
+        criterion,
+        "criterion",
+        Criterion,
+        "a tf_lottery criterion such as tf_lottery.PruneFraction(0.2) or "
+        "tf_lottery.StdThreshold(0.5)",
+    )
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
@@ -449,9 +388,9 @@ class StdThreshold(Criterion):
         if target.block == (1, 1):
             return target.scores >= threshold, threshold
         fraction = np.count_nonzero(np.abs(survivors) < threshold) / max(1, survivors.size)
-        keep, _ = _prune_smallest(
-            target.scores, target.alive, round(fraction * int(target.alive.sum()))
-        )
+        alive = int(target.alive.sum())
+        count = count_to_drop(alive, target.alive.size, fraction)
+        keep, _ = drop_smallest(target.scores, target.alive, count)
         return keep, threshold
 
     def get_config(self):
@@ -493,8 +432,8 @@ class PruneFraction(Criterion):
         per_layer: Optional dict from layer name to its own rate. Only with
             `scope="layer"`. Defaults to `None`.
         block: Block shape, see `Criterion`. Defaults to `(1, 1)`.
-        output_rate: Rate of the output layer with `scope="layer"`; `None` means
-            `rate / 2`. Defaults to `None`.
+        output_rate: Rate of the output layer; `None` means `rate / 2`. Only
+            with `scope="layer"`. Defaults to `None`.
         block_pooling: `"avg"` or `"max"`, see `Criterion`. Defaults to `"avg"`.
 
     Example:
@@ -524,12 +463,17 @@ class PruneFraction(Criterion):
         self.rate = _check_rate(rate, "rate")
         self.scope = check_choice(scope, "scope", ("layer", "global", "erk"))
         self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
-        if scope != "layer" and self.per_layer:
-            raise ValueError(
-                f"per_layer rates only apply with scope='layer'; scope={scope!r} spreads "
-                f"one rate over all layers. Received: scope={scope!r}, per_layer={per_layer!r}"
-            )
         self.output_rate = None if output_rate is None else _check_rate(output_rate, "output_rate")
+        for argument, given in (
+            ("per_layer", self.per_layer or None),
+            ("output_rate", output_rate),
+        ):
+            if scope != "layer" and given is not None:
+                raise ValueError(
+                    f"{argument} only applies with scope='layer': scope={scope!r} spreads one "
+                    "rate over all layers, the output layer included. Use scope='layer', or "
+                    f"leave {argument} out. Received: scope={scope!r}, {argument}={given!r}"
+                )
 
     def check_target(self):
         if self.per_layer or self.output_rate is not None:
@@ -561,11 +505,9 @@ class PruneFraction(Criterion):
 
     def compute_mask(self, target):
         alive = int(target.alive.sum())
-        if target.sparsity is None:
-            count = round(self.rate_for(target) * alive)
-        else:
-            count = alive - keep_count(target.alive.size, target.sparsity)
-        return _prune_smallest(self.scores(target, (self._draw_seed(),)), target.alive, count)
+        rate = self.rate_for(target)
+        count = count_to_drop(alive, target.alive.size, rate, target.sparsity)
+        return drop_smallest(self.scores(target, (self._draw_seed(),)), target.alive, count)
 
     def compute_target_masks(self, targets, sparsity):
         if self.scope != "layer" and isinstance(sparsity, (dict, list, tuple)):
@@ -589,37 +531,23 @@ class PruneFraction(Criterion):
         if self.scope != "global":
             yield from super().compute_masks(targets)
             return
-        # Global scope: the same ranking over all tensors at once, in two passes
-        # that each hold one tensor plus the surviving scores, never every
-        # tensor's weights together.
+        # Global scope: local selection over the concatenated scores, read in
+        # two passes that each hold one tensor plus the surviving scores.
         self.check(targets)
         seed = self._draw_seed()
-        parts, total = [], 0
-        for index, target in enumerate(targets):
-            unit = self._with_units(target)
-            parts.append(self.scores(unit, (seed, index))[unit.alive])
-            total += unit.alive.size
-        alive_scores = np.concatenate(parts)
-        del parts
-        if targets and targets[0].sparsity is not None:
-            count = alive_scores.size - keep_count(total, targets[0].sparsity)
-        else:
-            count = round(self.rate * alive_scores.size)
-        if count > 0:
-            alive_scores.partition(count - 1)
-            cut = float(alive_scores[count - 1])
-            ties = count - int(np.count_nonzero(alive_scores < cut))
-        else:
-            cut, ties = -np.inf, 0
-        del alive_scores
-        for index, target in enumerate(targets):
-            unit = self._with_units(target)
-            scores = self.scores(unit, (seed, index))
-            keep = unit.alive & (scores > cut)
-            at_cut = np.flatnonzero(unit.alive & (scores == cut))
-            keep.flat[at_cut[ties:]] = True
-            ties = max(0, ties - at_cut.size)
-            yield self._finish(unit, keep, cut if count > 0 else math.nan)
+
+        def parts():
+            for index, target in enumerate(targets):
+                unit = self._with_units(target)
+                yield unit, self.scores(unit, (seed, index)), unit.alive
+
+        sparsity = targets[0].sparsity if targets else None
+
+        def count(alive, units):
+            return count_to_drop(alive, units, self.rate, sparsity)
+
+        for unit, keep, cut in drop_smallest_across(parts, count):
+            yield self._finish(unit, keep, cut)
 
     def get_config(self):
         return {
@@ -641,10 +569,13 @@ class RandomPrune(PruneFraction):
 
     Args:
         rate: Fraction of surviving weights to prune per round. Defaults to `0.2`.
-        scope: `"layer"` or `"global"`. Defaults to `"layer"`.
-        per_layer: Optional dict from layer name to rate. Defaults to `None`.
+        scope: `"layer"`, `"global"` or `"erk"`, as in `PruneFraction`. Defaults
+            to `"layer"`.
+        per_layer: Optional dict from layer name to rate. Only with
+            `scope="layer"`. Defaults to `None`.
         block: Block shape, see `Criterion`. Defaults to `(1, 1)`.
-        output_rate: Rate of the output layer; `None` means `rate / 2`.
+        output_rate: Rate of the output layer; `None` means `rate / 2`. Only
+            with `scope="layer"`. Defaults to `None`.
         seed: Integer seed. `None` draws from numpy's global generator, which
             `keras.utils.set_random_seed` seeds. Defaults to `None`.
 
@@ -689,7 +620,10 @@ class NMSparsity(Criterion):
     The groups run along the input dimension: the second-to-last axis of the
     kernel, which is the input of Dense and convolution kernels ([in, out],
     [h, w, in, out]), as NVIDIA's 2:4 sparse tensor cores and tfmot's
-    `sparsity_m_by_n` use it. `NMSparsity(2, 4)` leaves at most 2 non-zeros in
+    `sparsity_m_by_n` use it. For EinsumDense kernels, MultiHeadAttention's
+    among them, the input axes are read from the layer's equation: the query
+    kernel [in, heads, head_dim] groups along `in`, the output kernel
+    [heads, head_dim, out] along `heads × head_dim`. `NMSparsity(2, 4)` leaves at most 2 non-zeros in
     every 4 consecutive inputs of each output (50% sparsity). Masks only shrink:
     a group keeps the `n` largest of its surviving weights, so a group with
     fewer survivors keeps them all, and pruning again changes nothing. When `m`
@@ -731,17 +665,22 @@ class NMSparsity(Criterion):
                 )
 
     def compute_mask(self, target):
-        scores = np.where(target.alive, target.scores, -np.inf)
-        rows = np.moveaxis(scores, -2, -1)
-        inputs = rows.shape[-1]
-        pad = [(0, 0)] * (rows.ndim - 1) + [(0, -inputs % self.m)]
-        groups = np.pad(rows, pad, constant_values=-np.inf)
-        groups = groups.reshape(*groups.shape[:-1], -1, self.m)
-        # Rank within the group, largest first; ties go to the earlier weight.
-        order = np.argsort(-groups, axis=-1, kind="stable")
-        rank = np.argsort(order, axis=-1, kind="stable")
-        keep = (rank < self.n).reshape(*rows.shape[:-1], -1)[..., :inputs]
-        return np.moveaxis(keep, -1, -2) & target.alive, math.nan
+        axes = target.input_axes
+        if axes is None:
+            return keep_n_of_m(target.scores, target.alive, self.n, self.m), math.nan
+        # Groups run along the contraction axes, whatever the kernel's layout
+        # (MultiHeadAttention's query kernel is [in, heads, head_dim]): as an
+        # [inputs, outputs] matrix, then back.
+        rest = [a for a in range(target.scores.ndim) if a not in axes]
+        order = [*axes, *rest]
+        shape = [target.scores.shape[a] for a in order]
+        inputs = int(np.prod(shape[: len(axes)]))
+
+        def as_matrix(array):
+            return np.transpose(array, order).reshape(inputs, -1)
+
+        keep = keep_n_of_m(as_matrix(target.scores), as_matrix(target.alive), self.n, self.m)
+        return np.transpose(keep.reshape(shape), np.argsort(order)), math.nan
 
     def get_config(self):
         return {"n": self.n, "m": self.m}

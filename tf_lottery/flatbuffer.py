@@ -1,7 +1,8 @@
 """Reading .tflite flatbuffers: ops, constant weights and their values.
 
 Reads any .tflite file, including ones made without tf_lottery, with the
-schema that ships with TensorFlow.
+schema that ships with LiteRT (or TensorFlow). Part of tf_lottery's LiteRT side:
+imports neither Keras nor TensorFlow (see docs/imports.md).
 """
 
 import re
@@ -43,6 +44,23 @@ def _schema():
     return schema_py_generated
 
 
+def check_identifier(head, where):
+    """Raises a `ValueError` naming `where` unless `head` (a file's first bytes) is a .tflite file's.
+
+    LiteRT refuses a file without TFLite's identifier at bytes 4-8 too, but says
+    only that it is not a valid flatbuffer.
+    """
+    if head[:4] == b"PK\x03\x04":
+        raise ValueError(
+            f"{where} is not a valid .tflite file: it is a zip archive (a .keras model, or a .npz?)."
+        )
+    if head[4:8] != b"TFL3":
+        raise ValueError(
+            f"{where} is not a valid .tflite file: it lacks TFLite's identifier 'TFL3' at "
+            f"byte 4 (it has {head[4:8]!r})."
+        )
+
+
 def read(content):
     """The file's `ModelT` (flatbuffer object API); raises on malformed bytes."""
     schema = _schema()
@@ -59,11 +77,21 @@ def op_names(model):
     ]
 
 
+# int32 and int64: the types of PAD's paddings and of shapes, never of a weight
+# of 2 or more dimensions (int8 files keep only their biases in int32).
+_NOT_WEIGHT_TYPES = (2, 4)
+
+
 def constant_weights(model):
-    """Yields `(index, tensor, data)` for each constant tensor of 2 or more dimensions."""
+    """Yields `(index, tensor, data)` for each constant weight tensor of 2 or more dimensions.
+
+    Integer constants (PAD's paddings, shapes) are not weights and are left out.
+    """
     for index, tensor in enumerate(model.subgraphs[0].tensors):
         data = model.buffers[tensor.buffer].data
-        if data is not None and tensor.shape is not None and len(tensor.shape) >= 2:
+        if data is None or tensor.shape is None or len(tensor.shape) < 2:
+            continue
+        if tensor.type not in _NOT_WEIGHT_TYPES:
             yield index, tensor, data
 
 

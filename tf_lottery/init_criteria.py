@@ -26,27 +26,22 @@ import keras
 import numpy as np
 
 from tf_lottery.criteria import Criterion
-from tf_lottery.criteria import _prune_smallest
 from tf_lottery.criteria import _read
 from tf_lottery.gradients import gradients
 from tf_lottery.gradients import hessian_vector_product
+from tf_lottery.selection import drop_smallest_across
+from tf_lottery.validators import check_fraction
+from tf_lottery.validators import check_int
+from tf_lottery.validators import check_number
 
 
 def _check_sparsity(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(
-            "Expected sparsity to be a number in [0, 1): the fraction of all the pruned "
-            f"layers' weights to have pruned. Received: sparsity={value!r}"
-        )
-    return float(value)
-
-
-def _check_positive_int(value, argument):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Expected {argument} to be a positive integer. Received: {argument}={value!r}"
-        )
-    return value
+    return check_fraction(
+        value,
+        "sparsity",
+        allow_zero=True,
+        meaning="the fraction of all the pruned layers' weights to have pruned",
+    )
 
 
 def keep_top(scores, alive, count):
@@ -55,14 +50,12 @@ def keep_top(scores, alive, count):
     Ties at the cut are broken by position, so exactly `count` survive (or every
     alive weight, if fewer).
     """
-    flat_scores = np.concatenate([s.ravel() for s in scores]).astype(np.float64)
-    flat_alive = np.concatenate([a.ravel() for a in alive])
-    keep, _ = _prune_smallest(flat_scores, flat_alive, max(0, int(flat_alive.sum()) - count))
-    result, start = [], 0
-    for a in alive:
-        result.append(keep[start : start + a.size].reshape(a.shape))
-        start += a.size
-    return result
+
+    def parts():
+        for s, a in zip(scores, alive):
+            yield None, np.asarray(s, np.float64), a
+
+    return [keep for _, keep, _ in drop_smallest_across(parts, lambda n, _: n - count)]
 
 
 class InitCriterion(Criterion):
@@ -210,7 +203,7 @@ class _DataCriterion(InitCriterion):
     def __init__(self, sparsity=0.9, *, data=None, batches=1, loss=None):
         super().__init__(sparsity)
         self.data = _check_data(data, type(self).__name__)
-        self.batches = _check_positive_int(batches, "batches")
+        self.batches = check_int(batches, "batches", minimum=1)
         self.loss = loss
 
     def objectives(self, model, scale=1.0):
@@ -304,15 +297,9 @@ class GraSP(_DataCriterion):
 
     def __init__(self, sparsity=0.9, *, data=None, batches=1, loss=None, temperature=200.0):
         super().__init__(sparsity, data=data, batches=batches, loss=loss)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not temperature > 0
-        ):
-            raise ValueError(
-                f"Expected temperature to be a positive number. Received: temperature={temperature!r}"
-            )
-        self.temperature = float(temperature)
+        self.temperature = check_number(
+            temperature, "temperature", positive=True, meaning="the logits are divided by it"
+        )
 
     def scores(self, model, targets, masks):
         objectives = self.objectives(model, self.temperature)
@@ -365,7 +352,7 @@ class SynFlow(InitCriterion):
 
     def __init__(self, sparsity=0.9, iterations=100, input_shape=None):
         super().__init__(sparsity)
-        self.iterations = _check_positive_int(iterations, "iterations")
+        self.iterations = check_int(iterations, "iterations", minimum=1)
         self.input_shape = input_shape
 
     def _ones(self, model):

@@ -94,7 +94,7 @@ def _check_same_network(model_a, model_b):
         for ma, mb in zip(wa.masked_weights, wb.masked_weights):
             if not np.array_equal(_numpy(ma.mask), _numpy(mb.mask)):
                 raise ValueError(
-                    f"The two networks have different masks ({wa.layer.name}/{ma.name}). "
+                    f"The two networks have different masks ({wa.target_name}/{ma.name}). "
                     "Instability analysis trains two copies with the same masks."
                 )
 

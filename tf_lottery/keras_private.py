@@ -19,7 +19,9 @@ __all__ = [
     "get_stateless_scope",
     "input_shape_arg",
     "is_graph_model",
+    "is_plain_graph_model",
     "optimizer_model_variables",
+    "output_operations",
     "own_variables",
     "tensor_key",
 ]
@@ -61,6 +63,13 @@ def is_graph_model(model):
     import keras
 
     return isinstance(model, (keras.Sequential, Functional))
+
+
+def is_plain_graph_model(model):
+    """Whether `model` is exactly a Sequential or a Functional, not a subclass of one."""
+    import keras
+
+    return type(model) in (keras.Sequential, Functional)
 
 
 def optimizer_model_variables(optimizer):
@@ -126,3 +135,8 @@ def call_arguments(tensor):
     operation, node_index, _ = tensor._keras_history
     arguments = operation._inbound_nodes[node_index].arguments
     return arguments.args, arguments.kwargs
+
+
+def output_operations(model):
+    """The operations (layers) whose calls give a graph `model`'s outputs."""
+    return [tensor._keras_history[0] for tensor in graph_outputs(model)]

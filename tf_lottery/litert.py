@@ -3,6 +3,10 @@
 TensorFlow's own `tf.lite.Interpreter` is being retired: files are loaded and run
 with LiteRT (`ai-edge-litert`), the runtime that ships on devices, with its
 default delegate (XNNPACK).
+
+Part of tf_lottery's LiteRT side: imports neither Keras nor TensorFlow, so it
+works with `tf_lottery[litert]` alone and keeps `tf-lottery eval` fast (see
+docs/imports.md).
 """
 
 import os
@@ -11,8 +15,10 @@ import re
 import numpy as np
 
 from tf_lottery.capture import captured_output
+from tf_lottery.flatbuffer import check_identifier
 from tf_lottery.flatbuffer import natural_key
 from tf_lottery.samples import ModelInput
+from tf_lottery.samples import another_order
 from tf_lottery.samples import arrange
 
 
@@ -54,13 +60,21 @@ def load(path_or_bytes, num_threads=1):
         A LiteRT `Interpreter`.
 
     Raises:
+        FileNotFoundError: No such file.
+        ValueError: It is not a .tflite file (a .keras model, say).
         LiteRTError: LiteRT refused the file; the message is one clean line.
     """
     interpreter_class = _interpreter_class()
     if isinstance(path_or_bytes, (bytes, bytearray)):
         source = {"model_content": bytes(path_or_bytes)}
+        head = source["model_content"][:8]
     else:
         source = {"model_path": os.fspath(path_or_bytes)}
+        if not os.path.isfile(source["model_path"]):
+            raise FileNotFoundError(f"No such .tflite file: {source['model_path']}")
+        with open(source["model_path"], "rb") as file:
+            head = file.read(8)
+    check_identifier(head, source.get("model_path", "The bytes given"))
     try:
         with captured_output():
             interpreter = interpreter_class(**source, num_threads=num_threads)
@@ -188,8 +202,10 @@ def run_tflite(path_or_bytes, x, *, num_threads=1):
         path_or_bytes: A .tflite file path, or its bytes.
         x: The inputs: an array for a one-input file; for several inputs a
             dict by input name (a Keras model's input names), or a list in the
-            file's signature order (alphabetical by input name for files
-            made from Keras).
+            file's signature order (alphabetical by input name for files made
+            from Keras, which need not be the Keras model's order). A file does
+            not record its model's input order, so a list whose arrays would
+            fit the inputs in another order too is refused: pass a dict.
         num_threads: LiteRT threads. Defaults to `1`.
 
     Returns:
@@ -206,5 +222,10 @@ def run_tflite(path_or_bytes, x, *, num_threads=1):
     """
     interpreter = load(path_or_bytes, num_threads)
     input_details, _ = signature(interpreter)
-    outputs = run(interpreter, arrange(x, model_inputs(input_details), "x"))
+    specs = model_inputs(input_details)
+    orders = {"the file's signature order (by name)": [spec.name for spec in specs]}
+    other = another_order(x, specs)
+    if other is not None:
+        orders["another they fit, which may be the Keras model's (the file does not say)"] = other
+    outputs = run(interpreter, arrange(x, specs, "x", orders))
     return outputs[0] if len(outputs) == 1 else outputs

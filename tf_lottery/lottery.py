@@ -41,6 +41,7 @@ from tf_lottery.controls import name_of
 from tf_lottery.controls import random_masks
 from tf_lottery.controls import remaining
 from tf_lottery.criteria import PruneFraction
+from tf_lottery.criteria import check_criterion
 from tf_lottery.evaluation import evaluate_metric
 from tf_lottery.files import write_atomically
 from tf_lottery.files import write_once
@@ -55,7 +56,6 @@ from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
 from tf_lottery.transforms import wrap
-from tf_lottery.validators import check_criterion
 from tf_lottery.validators import check_int
 from tf_lottery.validators import is_int
 from tf_lottery.wrapper import find_rewind_wrappers
@@ -87,7 +87,8 @@ class _RecordEpochs(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.rewind_epoch is not None and epoch == self.rewind_epoch:
-            for wrapper in find_wrappers(self.model):
+            # Every wrapper that tf_lottery.rewind resets, BatchNormalization's included.
+            for wrapper in pruning.rewindable(self.model):
                 wrapper.save_rewind_point(epoch)
             save_state(self.model, self.rewind_path)
 
@@ -103,7 +104,8 @@ def _fingerprint(data):
     if not isinstance(data, tuple):
         return type(data).__name__
     digest = hashlib.sha256()
-    for array in data:
+    # Inputs may be dicts by name (every KerasHub model's): flattened by key.
+    for array in keras.tree.flatten(data):
         array = np.asarray(array)
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array[:64]).tobytes())
@@ -219,6 +221,9 @@ class _Experiment:
     layers: list = None
     controls: dict = dataclasses.field(default_factory=dict)
     instability_points: int | None = None
+    # Who builds the models, for the messages; load_round's models are for
+    # inference and need no compile.
+    caller: str = "find_winning_ticket"
 
     def new_model(self, seed):
         """A freshly initialized, wrapped and compiled model."""
@@ -226,7 +231,8 @@ class _Experiment:
         model = self.build_model()
         if not isinstance(model, keras.Model):
             raise ValueError(
-                f"build_model must return a Keras model. Received: {type(model).__name__}"
+                f"{self.caller} needs a build_model that returns a Keras model. "
+                f"Received: {type(model).__name__}"
             )
         if not find_wrappers(model):
             compiled = model.compiled
@@ -235,7 +241,7 @@ class _Experiment:
             if config is not None and not self.compile_kwargs:
                 model.compile_from_config(config)
         if self.layers is not None:
-            check_layers(self.layers, model, self.paths.settings)
+            check_layers(self.layers, model, self.paths.settings, self.caller)
         if self.compile_kwargs:
             kwargs = dict(self.compile_kwargs)
             optimizer = kwargs.get("optimizer")
@@ -243,7 +249,7 @@ class _Experiment:
                 # One optimizer per round: a built optimizer cannot move to new variables.
                 kwargs["optimizer"] = optimizer.__class__.from_config(optimizer.get_config())
             model.compile(**kwargs)
-        if not model.compiled:
+        if not model.compiled and self.caller == "find_winning_ticket":
             raise ValueError(
                 "find_winning_ticket needs a compiled model: have build_model compile it, or "
                 "pass compile_kwargs=dict(optimizer=..., loss=..., metrics=['accuracy'])."
@@ -268,8 +274,12 @@ class _Experiment:
         rewind_point = RunPaths.rewind_point(self.paths.round_dir(TICKET, 0))
         if arm == TICKET and os.path.exists(rewind_point):
             load_state(model, rewind_point)
-            for wrapper in find_wrappers(model):
-                wrapper.save_rewind_point(int(keras.ops.convert_to_numpy(wrapper.rewind_epoch)))
+            # One epoch for all: files written before the fix hold it only in the
+            # PruneWrappers, the RewindWrappers' still reading -1 (none saved).
+            wrappers = pruning.rewindable(model)
+            epoch = max(int(keras.ops.convert_to_numpy(w.rewind_epoch)) for w in wrappers)
+            for wrapper in wrappers:
+                wrapper.save_rewind_point(epoch)
         return model
 
     def trained_model(self, arm, round_index):
@@ -384,7 +394,9 @@ class _Experiment:
             record["error_barrier"] = self.measure_instability(model, start, round_index, folder)
         # The run's layer names, which a builder that leaves naming to Keras
         # changes from call to call.
-        names = {w.layer.name: layer["name"] for w, layer in zip(find_wrappers(model), self.layers)}
+        names = {
+            w.target_name: layer["name"] for w, layer in zip(find_wrappers(model), self.layers)
+        }
         layer_sparsity = report.to_dict()
         for row in layer_sparsity["layers"]:
             row["layer"] = names.get(row["layer"], row["layer"])
@@ -806,13 +818,16 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
         round_index: Which round.
         arm: `"ticket"` or a control's name, e.g. `"reinit"` or `"snip"`.
             Defaults to `"ticket"`.
-        compile_kwargs: As given to `find_winning_ticket`, if any.
+        compile_kwargs: As given to `find_winning_ticket`, if any; to evaluate or
+            train the model. Not needed for inference (`predict`, `sparsity`,
+            export). Defaults to `None`.
         seed: Which seed of a sweep (`seeds=...`); not needed for a run with
             one seed. Defaults to `None`.
 
     Returns:
-        The wrapped, compiled model with that round's masks and trained
-        weights, and the arm's θ0 as its initial weights.
+        The wrapped model with that round's masks and trained weights, and the
+        arm's θ0 as its initial weights; compiled if `build_model` compiles it
+        or `compile_kwargs` are given.
 
     Example:
 
@@ -847,5 +862,6 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
         compile_kwargs=compile_kwargs,
         paths=paths,
         layers=settings["layers"],
+        caller="load_round",
     )
     return experiment.trained_model(arm, round_index)

@@ -10,10 +10,11 @@ import numpy as np
 from tf_lottery import keras_private
 
 from tf_lottery.criteria import PruneTarget
-from tf_lottery.criteria import erk_sparsities
-from tf_lottery.validators import check_criterion as check_criterion_type
+from tf_lottery.criteria import check_criterion as check_criterion_type
+from tf_lottery.selection import erk_sparsities
 from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
+from tf_lottery.registry import input_axes
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
 from tf_lottery.wrapper import read_threshold
@@ -40,16 +41,17 @@ def prune_targets(wrappers, layers=None):
     """
     return [
         PruneTarget(
-            layer=wrapper.layer.name,
+            layer=wrapper.target_name,
             name=masked.name,
             layer_type=type(wrapper.layer).__name__,
             weight=masked.variable,
             mask=masked.mask,
             threshold=read_threshold(masked.threshold),
             is_output=index == len(wrappers) - 1,
+            input_axes=input_axes(wrapper.layer, masked.variable),
         )
         for index, wrapper in enumerate(wrappers)
-        if layers is None or wrapper.layer.name in layers
+        if layers is None or wrapper.target_name in layers
         for masked in wrapper.masked_weights
     ]
 
@@ -64,7 +66,7 @@ def check_criterion(criterion, wrappers):
 def check_layer_names(argument, given, wrappers):
     """Raises a ValueError if `given` (names, or a dict keyed by them) names a
     layer that is not wrapped; `argument` is the argument's name for the message."""
-    names = [w.layer.name for w in wrappers]
+    names = [w.target_name for w in wrappers]
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise ValueError(
@@ -87,7 +89,8 @@ def prune(model, criterion, *, layers=None, sparsity=None):
 
     Computes the new masks with `criterion`, multiplies them into the old ones,
     sets the newly pruned weights to zero and records each threshold. Weights
-    are not rewound: call `rewind` for that.
+    are not rewound: call `rewind` for that. `SparseGPT` also updates the
+    surviving weights, which this writes into the layers.
 
     Args:
         model: A Keras model with `PruneWrapper` layers.
@@ -116,25 +119,36 @@ def prune(model, criterion, *, layers=None, sparsity=None):
     check_criterion(criterion, wrappers)
     targets = prune_targets(wrappers, layers)
     masked = [
-        m for w in wrappers if layers is None or w.layer.name in layers for m in w.masked_weights
+        m for w in wrappers if layers is None or w.target_name in layers for m in w.masked_weights
     ]
+    unit_masks = {}
     if sparsity is not None:
         masks = criterion.compute_target_masks(targets, sparsity)
+    elif hasattr(criterion, "compute_unit_masks"):
+        masks, unit_masks = criterion.compute_unit_masks(targets, model)
     elif criterion.uses_model:
         masks = criterion.compute_masks(targets, model=model)
     else:
         masks = criterion.compute_masks(targets)
     thresholds = {}
     # The masks come from a generator: each tensor is read, masked and written
-    # before the next is read, so a round holds about one tensor in memory.
-    for target, weight, (mask, threshold) in zip(targets, masked, masks):
+    # before the next is read, so a round holds about one tensor in memory, and a
+    # criterion that calibrates layer by layer (Wanda, SparseGPT) sees the layers
+    # before the next one already pruned. A criterion that also moves the
+    # surviving weights (SparseGPT) yields their new values third.
+    for target, weight, (mask, threshold, *values) in zip(targets, masked, masks):
         mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
         write_threshold(weight.threshold, threshold)
-        weight.variable.assign(keras.ops.multiply(weight.variable.value, mask))
+        survivors = keras.ops.convert_to_tensor(values[0]) if values else weight.variable.value
+        weight.variable.assign(keras.ops.multiply(survivors, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
+    for wrapper in find_rewind_wrappers(model):
+        if wrapper.layer.name in unit_masks:
+            wrapper.unit_mask.assign(unit_masks[wrapper.layer.name])
+            wrapper.apply_masks()  # the pruned units' biases, γ and β become zero
     for wrapper in wrappers:
-        if layers is None or wrapper.layer.name in layers:
+        if layers is None or wrapper.target_name in layers:
             wrapper.pruning_round.assign(wrapper.pruning_round + 1)
     return thresholds
 
@@ -203,10 +217,10 @@ def rewind(model, to="initial", *, layers=None):
     require_wrappers(model, "tf_lottery.rewind()")
     wrappers = rewindable(model)
     selected = _check_layers(layers, wrappers)
-    wrappers = [w for w in wrappers if selected is None or w.layer.name in selected]
+    wrappers = [w for w in wrappers if selected is None or w.target_name in selected]
     if to not in REWIND_TARGETS:
         raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
-    missing = [w.layer.name for w in wrappers if to == "rewind_point" and not w.has_rewind_point]
+    missing = [w.target_name for w in wrappers if to == "rewind_point" and not w.has_rewind_point]
     if missing:
         raise ValueError(
             f"Layers {missing} have no rewind point saved yet. Save one with "

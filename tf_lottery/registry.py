@@ -7,6 +7,8 @@ manner of tfmot's prune_registry. A layer of your own joins by defining
 
 import keras
 
+from tf_lottery import keras_private
+
 # Names of the variables that are pruned, per layer class. Biases and
 # normalization parameters are never pruned.
 _PRUNABLE_NAMES = (
@@ -69,3 +71,24 @@ def prunable_weights(layer):
             # a prunable weight, counted by `sparsity`.
             return [w for w in layer.weights if w.name in names]
     return []
+
+
+def input_axes(layer, variable):
+    """The axes of `variable` that `layer` contracts with its input, or `None`.
+
+    Read from the equation of the EinsumDense that owns the kernel (the layer,
+    or a sublayer such as MultiHeadAttention's projections): the kernel's
+    letters that appear in the input and not in the output. `None` for every
+    other weight, whose input axis is the second-to-last (Dense, convolutions).
+    """
+    for sub in [layer, *keras_private.flatten_layers(layer)]:
+        if isinstance(sub, keras.layers.EinsumDense) and sub.kernel is variable:
+            return einsum_input_axes(sub.equation)
+    return None
+
+
+def einsum_input_axes(equation):
+    """The kernel axes an EinsumDense `equation` contracts: "abc,cde->abde" gives (0,)."""
+    operands, output = equation.replace(" ", "").split("->")
+    inputs, kernel = operands.split(",")
+    return tuple(i for i, letter in enumerate(kernel) if letter in inputs and letter not in output)

@@ -9,6 +9,7 @@ from tf_lottery import keras_private
 from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
 from tf_lottery.wrapper import PruneWrapper
+from tf_lottery.wrapper import model_layers
 from tf_lottery.wrapper import find_wrappers
 
 
@@ -97,14 +98,28 @@ def count_nonzero(variable):
     return int(np.count_nonzero(keras.ops.convert_to_numpy(variable.value)))
 
 
-def sparsity(model):
+def _row(name, variables, counted, wrapped):
+    return LayerSparsity(
+        name,
+        sum(int(np.prod(v.shape)) for v in variables),
+        sum(count_nonzero(v) for v in counted),
+        wrapped=wrapped,
+    )
+
+
+def sparsity(model, *, per_weight=False):
     """Returns the per-layer and overall sparsity of `model`'s prunable weights.
 
     Works on wrapped models (counts the masks) and plain ones, e.g. the result of
     `strip` (counts non-zero weights). Layers left out of `wrap` count as dense.
+    Rows are named by layer name, or by path in a model wrapped in place, where
+    names repeat across blocks.
 
     Args:
         model: A built Keras model.
+        per_weight: One row per weight (`"fc1/kernel"`,
+            `"transformer_layer_0/self_attention/query/kernel"`) instead of one
+            per layer. Defaults to `False`.
 
     Returns:
         A `SparsityReport`; `print()` it for a table, or read `.sparsity`,
@@ -123,29 +138,34 @@ def sparsity(model):
         id(sub) for w in wrappers for sub in [w.layer, *keras_private.flatten_layers(w.layer)]
     }
     rows = []
-    for layer in keras_private.flatten_layers(model):
+    for layer in model_layers(model):
         if isinstance(layer, PruneWrapper):
-            masks = [m.mask for m in layer.masked_weights]
-            rows.append(
-                LayerSparsity(
-                    layer.layer.name,
-                    sum(int(np.prod(m.shape)) for m in masks),
-                    sum(count_nonzero(m) for m in masks),
-                    wrapped=True,
+            if per_weight:
+                rows.extend(
+                    _row(f"{layer.target_name}/{m.name}", [m.mask], [m.mask], True)
+                    for m in layer.masked_weights
                 )
-            )
+            else:
+                masks = [m.mask for m in layer.masked_weights]
+                rows.append(_row(layer.target_name, masks, masks, True))
         elif id(layer) not in inside and is_prunable(layer) and layer.built:
             weights = prunable_weights(layer)
             inside.update(id(sub) for sub in keras_private.flatten_layers(layer))
-            if weights:
-                rows.append(
-                    LayerSparsity(
-                        layer.name,
-                        sum(int(np.prod(w.shape)) for w in weights),
-                        sum(count_nonzero(w) for w in weights),
-                        wrapped=False,
+            if not weights:
+                continue
+            if per_weight:
+                prefix = layer.path + "/"
+                rows.extend(
+                    _row(
+                        w.path if w.path.startswith(prefix) else f"{layer.name}/{w.name}",
+                        [w],
+                        [w],
+                        False,
                     )
+                    for w in weights
                 )
+            else:
+                rows.append(_row(layer.name, weights, weights, False))
     if not rows:
         raise ValueError(
             f"Model '{model.name}' has no prunable layers (Dense, convolutions, Embedding, "

@@ -212,7 +212,7 @@ def sensitivity(
     baseline = evaluate_metric(model, data, metric)
     results, sparsities_reached = {}, {}
     for wrapper in wrappers:
-        name = wrapper.layer.name
+        name = wrapper.target_name
         saved = [keras.ops.convert_to_numpy(v.value) for v in wrapper.weights]
         masks = [m.mask for m in wrapper.masked_weights]
         # The layer is restored after every level, so it starts each at this sparsity.

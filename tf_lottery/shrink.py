@@ -218,15 +218,40 @@ def shrink(model, *, align=1, verbose=0):
             plan.add(group, _removable(group, values, constants, align), constants)
     if not plan.changed:
         raise NothingToShrink(
-            f"Model '{model.name}' has no unit that shrink() can remove: no unit has all "
-            "of its incoming or outgoing weights pruned. Prune whole units first, e.g. "
-            "tf_lottery.prune(model, tf_lottery.UnitNorm(0.5)), or prune further."
+            f"Model '{model.name}' has no unit that shrink() can remove: "
+            + _what_was_found(plain, values)
         )
     small = _rebuild(plain, plan)
     _check_same_predictions(plain, small)
     if verbose:
         print(shrink_report(plain, small))
     return small
+
+
+def _what_was_found(model, values):
+    """Why nothing can be removed, from the units and weights the model has."""
+    dead = units = pruned = size = 0
+    for layer in keras_private.flatten_layers(model):
+        if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
+            kernel = values[id(layer)]["kernel"]
+            dead += int(_dead_columns(kernel).sum())
+            units += kernel.shape[-1]
+            pruned += int((kernel == 0).sum())
+            size += kernel.size
+    if dead:
+        return (
+            f"{dead} of the {units} units of its Dense and convolution layers "
+            f"{'has' if dead == 1 else 'have'} every incoming weight pruned, but each of "
+            "them reaches the model's output or a layer "
+            "that keeps its units (see the warnings above, if any). Prune units of the "
+            "hidden layers, or prune further."
+        )
+    return (
+        f"{pruned / max(size, 1):.1%} of the kernel weights of its Dense and convolution "
+        f"layers are pruned, but none of their {units} units has all of its incoming or "
+        "outgoing weights pruned. Prune whole units first, e.g. "
+        "tf_lottery.prune(model, tf_lottery.UnitNorm(0.5)), or prune further."
+    )
 
 
 def _warn_blocked(groups):

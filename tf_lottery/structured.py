@@ -27,17 +27,14 @@ from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
+from tf_lottery.selection import count_to_drop
+from tf_lottery.selection import cut_of
+from tf_lottery.selection import drop_smallest
+from tf_lottery.selection import rounded_count
+from tf_lottery.validators import check_choice
+from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
 from tf_lottery.wrapper import find_rewind_wrappers
-
-
-def _check_round_to(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            "Expected round_to to be a positive integer (keep unit counts a multiple of it, "
-            f"e.g. 8). Received: round_to={value!r}"
-        )
-    return value
 
 
 def _column_norms(kernel, p):
@@ -82,11 +79,11 @@ class UnitCriterion(Criterion):
     def __init__(self, rate=0.2, scope="layer", per_layer=None, round_to=1):
         super().__init__()
         self.rate = _check_rate(rate, "rate")
-        if scope not in ("layer", "global"):
-            raise ValueError(f"Expected scope='layer' or 'global'. Received: scope={scope!r}")
-        self.scope = scope
+        self.scope = check_choice(scope, "scope", ("layer", "global"))
         self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
-        self.round_to = _check_round_to(round_to)
+        self.round_to = check_int(
+            round_to, "round_to", minimum=1, meaning="keep unit counts a multiple of it, e.g. 8"
+        )
 
     def check(self, targets):
         for target in targets:
@@ -105,14 +102,28 @@ class UnitCriterion(Criterion):
     def prune_count(self, group, wrappers, scores, alive):
         """How many of the `alive` channels of `group` to prune, scope="layer"."""
         rate = self.per_layer.get(group.producers[0].name, self.rate)
-        return round(rate * int(alive.sum()))
-
-    def _rounded(self, alive_count, count):
-        keep = max(1, alive_count - count)
-        keep = min(alive_count, math.ceil(keep / self.round_to) * self.round_to)
-        return alive_count - keep
+        return count_to_drop(int(alive.sum()), alive.size, rate)
 
     def compute_masks(self, targets, model=None):
+        masks, _ = self.compute_unit_masks(targets, model)
+        yield from masks
+
+    def compute_unit_masks(self, targets, model):
+        """The new masks of `targets` and the new unit masks, computed without changing `model`.
+
+        `tf_lottery.prune` writes both: the masks into the targets' wrappers,
+        and each unit mask into its wrapper, whose bias (or BatchNormalization
+        γ and β) it then zeroes.
+
+        Args:
+            targets: The `PruneTarget`s, as for `compute_masks`.
+            model: The model the targets belong to; its graph gives the groups.
+
+        Returns:
+            A list of (0/1 mask, threshold) pairs, one per target, and a dict
+            from layer name to the new 0/1 unit mask of each wrapper with pruned
+            units.
+        """
         if model is None:
             raise ValueError(
                 f"{type(self).__name__} needs the model's graph: call "
@@ -131,11 +142,10 @@ class UnitCriterion(Criterion):
             and all(p.name in selected for p in g.producers)
         ]
         masks = {(t.layer, t.name): _read(t.mask).copy() for t in targets}
-        plans = self._plan(groups, wrappers)
-        for group, pruned in plans:
-            self._apply(group, pruned, wrappers, masks)
-        for target in targets:
-            yield masks[(target.layer, target.name)], math.nan
+        unit_masks = {}
+        for group, pruned in self._plan(groups, wrappers):
+            self._apply(group, pruned, wrappers, masks, unit_masks)
+        return [(masks[(t.layer, t.name)], math.nan) for t in targets], unit_masks
 
     def _warn_blocked(self, groups):
         for kind, entries in unknown_kinds(groups).items():
@@ -149,49 +159,37 @@ class UnitCriterion(Criterion):
         return unit_mask[: group.size] > 0
 
     def _plan(self, groups, wrappers):
+        """(group, indices of the channels to prune) for each group."""
         scored = []
         for group in groups:
             alive = self._alive(group, wrappers)
             scores = np.asarray(self.unit_scores(group, wrappers), np.float64)
             scored.append((group, alive, scores))
-        if self.scope == "layer":
-            return [
-                (
-                    g,
-                    self._smallest(
-                        s, a, self._rounded(int(a.sum()), self.prune_count(g, wrappers, s, a))
-                    ),
-                )
-                for g, a, s in scored
-            ]
-        normalized = [s / max(np.mean(s[a]), 1e-12) if a.any() else s for _, a, s in scored]
-        pool = np.concatenate([s[a] for (_, a, _), s in zip(scored, normalized)])
-        count = round(self.rate * pool.size)
-        cut = np.partition(pool, count - 1)[count - 1] if count > 0 else -np.inf
+        if self.scope == "global":
+            # Scores over their layer's mean, so that wide layers do not dominate;
+            # each group then loses its units at or below the cut of the pool.
+            scored = [(g, a, s / max(np.mean(s[a]), 1e-12) if a.any() else s) for g, a, s in scored]
+            pool = np.concatenate([s[a] for _, a, s in scored] or [np.zeros(0)])
+            total = count_to_drop(pool.size, pool.size, self.rate)
+            cut = cut_of(pool, total) if total > 0 else -np.inf
         plans = []
-        for (group, alive, _), score in zip(scored, normalized):
-            below = int(np.count_nonzero(alive & (score <= cut)))
-            plans.append(
-                (group, self._smallest(score, alive, self._rounded(int(alive.sum()), below)))
+        for group, alive, scores in scored:
+            if self.scope == "layer":
+                count = self.prune_count(group, wrappers, scores, alive)
+            else:
+                count = int(np.count_nonzero(alive & (scores <= cut)))
+            keep, _ = drop_smallest(
+                scores, alive, rounded_count(int(alive.sum()), count, self.round_to)
             )
+            plans.append((group, np.flatnonzero(alive & ~keep)))
         return plans
 
-    @staticmethod
-    def _smallest(scores, alive, count):
-        if count <= 0:
-            return np.array([], int)
-        candidates = np.flatnonzero(alive)
-        order = candidates[np.argsort(scores[candidates], kind="stable")]
-        return order[:count]
-
-    def _apply(self, group, pruned, wrappers, masks):
+    def _apply(self, group, pruned, wrappers, masks, unit_masks):
         if not len(pruned):
             return
         for producer in group.producers:
-            wrapper = wrappers[id(producer)]
-            mask = masks[(producer.name, "kernel")]
-            mask[..., pruned] = 0
-            _zero_units(wrapper, pruned)
+            masks[(producer.name, "kernel")][..., pruned] = 0
+            _zero_units(unit_masks, wrappers[id(producer)], pruned)
         for follower, offset in group.followers:
             wrapper = wrappers.get(id(follower))
             if wrapper is None:
@@ -201,7 +199,7 @@ class UnitCriterion(Criterion):
                 mask = masks[(follower.name, "kernel")]
                 axis = per_channel_axes(follower)["kernel"] % mask.ndim
                 mask[(slice(None),) * axis + (channels,)] = 0
-            _zero_units(wrapper, channels)
+            _zero_units(unit_masks, wrapper, channels)
 
     def get_config(self):
         return {
@@ -231,13 +229,14 @@ _NO_UNIT_AXIS = (
 )
 
 
-def _zero_units(wrapper, units):
+def _zero_units(unit_masks, wrapper, units):
+    """Zeroes `units` in the new unit mask of `wrapper`, starting from its current one."""
     if wrapper.unit_mask is None:
         return
-    unit_mask = _read(wrapper.unit_mask).copy()
-    unit_mask[units] = 0
-    wrapper.unit_mask.assign(unit_mask)
-    wrapper.apply_masks()
+    name = wrapper.layer.name
+    if name not in unit_masks:
+        unit_masks[name] = _read(wrapper.unit_mask).copy()
+    unit_masks[name][units] = 0
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
@@ -265,9 +264,7 @@ class UnitNorm(UnitCriterion):
 
     def __init__(self, rate=0.2, p=2, scope="layer", per_layer=None, round_to=1):
         super().__init__(rate, scope, per_layer, round_to)
-        if p not in (1, 2):
-            raise ValueError(f"Expected p=1 or p=2 (the norm). Received: p={p!r}")
-        self.p = p
+        self.p = check_choice(p, "p", (1, 2), meaning="the norm")
 
     def unit_scores(self, group, wrappers):
         return _norm_scores(group, self.p)
@@ -360,7 +357,7 @@ class UnitStdThreshold(UnitCriterion):
                 below += int(np.count_nonzero(np.abs(alive_weights) < s * alive_weights.std()))
                 survivors += alive_weights.size
         fraction = below / survivors if survivors else 0.0
-        return round(fraction * int(alive.sum()))
+        return count_to_drop(int(alive.sum()), alive.size, fraction)
 
     def get_config(self):
         return {

@@ -21,11 +21,13 @@ checked again by `tests/test_tflite.py` and `benchmarks/tflite_bench.py`):
   indices); the export writes the smaller.
 """
 
+import functools
 import importlib.util
 import itertools
 import warnings
 import os
 import re
+import tempfile
 from typing import NamedTuple
 
 import keras
@@ -250,9 +252,49 @@ def _check_converter_available():
 
 def _convert(model, quantize, sparse, calibration, per_channel=True, select_tf_ops=False):
     """The .tflite bytes, and what the converter said that matters."""
+    with tempfile.TemporaryDirectory() as saved_model:
+        converter = _converter_for(model, saved_model)
+        _configure(converter, model, quantize, sparse, calibration, per_channel, select_tf_ops)
+        with captured_output() as lines:
+            content = converter.convert()
+    return content, _converter_notes(lines)
+
+
+def _input_dict(model):
+    """The model's input structure when it takes a dict of inputs, else `None`."""
+    # A Sequential takes no dict, and one never called (built from keras.Input,
+    # or loaded) has no `input` of its own.
+    if isinstance(model, keras.Sequential) or not isinstance(model.input, dict):
+        return None
+    return model.input
+
+
+def _converter_for(model, folder):
+    """A TFLite converter for `model`; `folder` holds a SavedModel where one is needed."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if _input_dict(model) is None:
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    # from_keras_model traces dict inputs through tf_keras' helpers, which fail
+    # on Keras 3 ("'NoneType' object is not callable"). Keras' own LiteRT export
+    # goes through a SavedModel instead; so does this, each input named by its key.
+    signature = {
+        key: tf.TensorSpec(tensor.shape, tensor.dtype, name=key)
+        for key, tensor in model.input.items()
+    }
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve", functools.partial(model.__call__, training=False), input_signature=[signature]
+    )
+    with captured_output():
+        archive.write_out(folder, verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(folder)
+
+
+def _configure(converter, model, quantize, sparse, calibration, per_channel, select_tf_ops):
+    import tensorflow as tf
+
     if select_tf_ops:
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS,
@@ -273,16 +315,17 @@ def _convert(model, quantize, sparse, calibration, per_channel=True, select_tf_o
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter._experimental_disable_per_channel_quantization_for_dense_layers = not per_channel
     converter.optimizations = optimizations
-    with captured_output() as lines:
-        content = converter.convert()
-    return content, _converter_notes(lines)
 
 
 def _keras_outputs(model, inputs, batch_size=256):
     batches = []
     for start in range(0, len(inputs[0]), batch_size):
         batch = [x[start : start + batch_size] for x in inputs]
-        outputs = model(batch if len(batch) > 1 else batch[0], training=False)
+        if _input_dict(model) is not None:
+            batch = keras.tree.pack_sequence_as(_input_dict(model), batch)
+        elif len(batch) == 1:
+            batch = batch[0]
+        outputs = model(batch, training=False)
         batches.append([keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(outputs)])
     return [np.concatenate(parts) for parts in zip(*batches)]
 
@@ -338,11 +381,26 @@ class _KerasWeight(NamedTuple):
     layer: str
     layer_type: str
     value: np.ndarray
+    # The BatchNormalization right after the layer, which the converter may fold in.
+    normalized_by: str | None = None
+
+
+def _normalizations(model):
+    """`{layer name: name of the BatchNormalization that takes its output}`."""
+    found = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            for parent in node.parent_nodes:
+                found[parent.operation.name] = layer.name
+    return found
 
 
 def _keras_weights(model):
     """`{"layer/weight": _KerasWeight}` for each Keras weight of 2 or more dimensions."""
     weights = {}
+    normalizations = _normalizations(model)
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             weights.update(_keras_weights(layer))
@@ -351,7 +409,7 @@ def _keras_weights(model):
             if len(variable.shape) >= 2:
                 value = keras.ops.convert_to_numpy(variable)
                 weights[f"{layer.name}/{variable.name}"] = _KerasWeight(
-                    layer.name, type(layer).__name__, value
+                    layer.name, type(layer).__name__, value, normalizations.get(layer.name)
                 )
     return weights
 
@@ -363,20 +421,44 @@ def _layouts(value, shape):
         yield np.transpose(value, order).reshape(shape)
 
 
+def _scaled_per_channel(layout, values, precision):
+    """Whether `values` is `layout` times one factor per output channel: a folded
+    BatchNormalization (the channel is the first axis, or the last for depthwise)."""
+    alive = layout != 0
+    if not alive.any() or np.any(np.abs(values[~alive]) > precision[~alive]):
+        return False
+    for axis in dict.fromkeys((0, values.ndim - 1)):
+        others = tuple(i for i in range(values.ndim) if i != axis)
+        # Least squares, so that the largest weights, the least rounded, decide. The
+        # factor is estimated from rounded values: allow a whole rounding step.
+        squares = np.sum(layout * layout, axis=others, keepdims=True)
+        scale = np.sum(values * layout, axis=others, keepdims=True) / np.maximum(squares, 1e-30)
+        if np.all(np.abs(values - layout * scale) <= 2 * precision + 1e-4 * np.abs(values)):
+            return True
+    return False
+
+
 def _weight_names(keras_weights, model):
-    """Maps each constant tensor of a read file to the Keras weight it holds.
+    """Maps each constant weight tensor of a read file to the Keras weight it holds.
 
     The converter names tensors after neighbouring ops (`model/re_lu/Relu` for a
     kernel), so tensors are matched by value: a weight in some axis order,
-    within the tensor's precision (half a quantization step for int8).
+    within the tensor's precision (half a quantization step for int8). A kernel
+    whose BatchNormalization the converter folded in matches where its values
+    are the Keras kernel's times one factor per output channel, its pruned
+    weights zero.
 
     Returns:
-        `{tensor index: "layer/weight"}` for the tensors that matched.
+        `(names, folded)`: `{tensor index: "layer/weight"}` for the tensors that
+        matched, and `{tensor index: BatchNormalization layer name}` for those
+        with a normalization folded in.
     """
-    names = {}
+    names, folded = {}, {}
+    candidates = []
     for index, tensor, data in flatbuffer.constant_weights(model):
         values, precision = flatbuffer.dense_values(tensor, data)
-        slack = float(np.sum(np.broadcast_to(precision, values.shape)))
+        precision = np.broadcast_to(precision, values.shape)
+        slack = float(np.sum(precision))
         for name, weight in keras_weights.items():
             value = weight.value
             if value.size != values.size or value.ndim > 4 or name in names.values():
@@ -386,7 +468,20 @@ def _weight_names(keras_weights, model):
             if any(np.all(np.abs(v - values) <= precision) for v in _layouts(value, values.shape)):
                 names[index] = name
                 break
-    return names
+        else:
+            candidates.append((index, values, precision))
+    for index, values, precision in candidates:
+        for name, weight in keras_weights.items():
+            value = weight.value
+            if weight.normalized_by is None or name in names.values():
+                continue
+            if value.size != values.size or value.ndim > 4:
+                continue
+            layouts = _layouts(value, values.shape)
+            if any(_scaled_per_channel(v, values, precision) for v in layouts):
+                names[index], folded[index] = name, weight.normalized_by
+                break
+    return names, folded
 
 
 def _in_whole_int8_blocks(kernel):
@@ -490,7 +585,7 @@ def _pick_encoding(plain, sparse, dense, inputs, quantize, fallback):
         return sparse, sparse_outputs, notes
     flat = flatbuffer.read(sparse)
     weights = _keras_weights(plain)
-    report = describe(flat, None, len(sparse), _weight_names(weights, flat))
+    report = describe(flat, None, len(sparse), *_weight_names(weights, flat))
     message = _refusal(report, quantize, problem, weights)
     if fallback == "error":
         raise ExportError(message + " No file was written.")
@@ -670,11 +765,13 @@ def export_tflite(
             activations), `"float16"` or `"int8"` (full integer; needs
             `representative_data`). Defaults to `None`.
         representative_data: A few hundred real inputs: an array (one-input
-            models), a list of arrays in the model's input order, a dict of
-            arrays by input name, or a `tf.data.Dataset` of such batches or of
-            `(x, y)` batches. At most the first 1,000 samples are used: to
-            calibrate int8, and to run the files on. Without it, the files run
-            on 300 random inputs. Defaults to `None`.
+            models), a dict of arrays by input name, a list of arrays in the
+            model's input order (refused where that differs from the file's
+            order, by name, which `run_tflite` takes: pass a dict), or a
+            `tf.data.Dataset` of such batches or of `(x, y)` batches. At most
+            the first 1,000 samples are used: to calibrate int8, and to run
+            the files on. Without it, the files run on 300 random inputs.
+            Defaults to `None`.
         verify: Compare the file's outputs with Keras' on those inputs: max
             absolute error for float and float16; for dynamic and int8, argmax
             agreement on the inputs with a clear top class (or max error when
@@ -746,7 +843,11 @@ def export_tflite(
     if shrink:
         plain, shrunk, shrink_notes = _shrunk(plain, quantize)
     plain, export_notes = _exportable(plain, representative_data, batch_size)
-    data = take(representative_data, _keras_inputs(plain), "representative_data", _MAX_SAMPLES)
+    names = [t.name for t in plain.inputs]
+    orders = {"the Keras model's order": names, "the .tflite file's (by name)": sorted(names)}
+    data = take(
+        representative_data, _keras_inputs(plain), "representative_data", _MAX_SAMPLES, orders
+    )
     calibration, held_out = _held_out(data, quantize)
     try:
         sparse, sparse_notes = _convert(
@@ -793,7 +894,7 @@ def export_tflite(
     write_atomically(path, content)
     flat = flatbuffer.read(content)
     inspected = describe(
-        flat, os.fspath(path), len(content), _weight_names(_keras_weights(plain), flat)
+        flat, os.fspath(path), len(content), *_weight_names(_keras_weights(plain), flat)
     )
     return ExportReport(
         path=inspected.path,

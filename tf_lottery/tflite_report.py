@@ -1,4 +1,9 @@
-"""What a .tflite file holds: `inspect_tflite` and the reports it and `export_tflite` print."""
+"""What a .tflite file holds: `inspect_tflite` and the reports it and `export_tflite` print.
+
+Part of tf_lottery's LiteRT side: imports neither Keras nor TensorFlow, so
+`tf-lottery inspect` answers at once and works with `tf_lottery[litert]` alone
+(see docs/imports.md).
+"""
 
 import dataclasses
 import os
@@ -28,6 +33,9 @@ class TensorEncoding:
         nbytes: Bytes of its buffer in the file.
         weight: The Keras weight it holds, as `"layer/weight"` (e.g.
             `"conv1/kernel"`), for files made by `export_tflite`; else `None`.
+        folded: The BatchNormalization layer that the converter folded into
+            the weight, whose values then differ from the Keras weight's by a
+            factor per output channel; else `None`.
     """
 
     name: str
@@ -40,10 +48,13 @@ class TensorEncoding:
     densified: bool
     nbytes: int
     weight: str | None = None
+    folded: str | None = None
 
     @property
     def label(self):
         """The Keras weight's name where known, else the tensor's (shortened)."""
+        if self.weight and self.folded:
+            return f"folded into {self.weight.split('/')[0]} (with {self.folded})"
         return self.weight or _short(self.name)
 
 
@@ -160,13 +171,15 @@ def _read_tflite(path_or_bytes):
             raise FileNotFoundError(f"No such .tflite file: {path}")
         with open(path, "rb") as file:
             content = file.read()
+    where = path or "The bytes given"
+    flatbuffer.check_identifier(content, where)
     try:
         model = flatbuffer.read(content)
         if not model.subgraphs:
             raise ValueError("it has no subgraph")
     except Exception as error:  # the flatbuffer reader raises many kinds
         raise ValueError(
-            f"{path or 'The bytes given'} is not a valid .tflite file ({type(error).__name__}: {error})."
+            f"{where} is not a valid .tflite file ({type(error).__name__}: {error})."
         ) from error
     return path, content, model
 
@@ -186,7 +199,7 @@ def _readers(model):
     return ops, {**readers, **densified}, set(densified)
 
 
-def _encoding(index, tensor, data, readers, densified, weight_names):
+def _encoding(index, tensor, data, readers, densified, weight_names, folded):
     shape = tuple(int(d) for d in tensor.shape)
     stored = flatbuffer.stored_values(tensor, data)
     block = flatbuffer.block_shape(tensor)
@@ -207,14 +220,19 @@ def _encoding(index, tensor, data, readers, densified, weight_names):
         densified=index in densified,
         nbytes=len(data),
         weight=weight_names.get(index),
+        folded=folded.get(index),
     )
 
 
-def describe(model, path, size, weight_names=None):
-    """The `TFLiteReport` of a read file; `weight_names` maps tensor indices to Keras names."""
+def describe(model, path, size, weight_names=None, folded=None):
+    """The `TFLiteReport` of a read file.
+
+    `weight_names` maps tensor indices to Keras names, `folded` to the
+    BatchNormalization folded into them.
+    """
     ops, readers, densified = _readers(model)
     tensors = [
-        _encoding(index, tensor, data, readers, densified, weight_names or {})
+        _encoding(index, tensor, data, readers, densified, weight_names or {}, folded or {})
         for index, tensor, data in flatbuffer.constant_weights(model)
     ]
     return TFLiteReport(path=path, size=size, ops=ops, tensors=tensors)

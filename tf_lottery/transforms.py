@@ -5,6 +5,7 @@ import warnings
 import keras
 from keras import ops
 
+from tf_lottery import in_place as _in_place
 from tf_lottery import keras_private
 from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
@@ -50,7 +51,11 @@ def _weight_units(model):
 
 
 def _copy_weights(source, target, masked):
-    """Assigns `source`'s layer weights to `target`'s, multiplying in masks if `masked`."""
+    """Assigns `source`'s layer weights to `target`'s, matched in tracking order.
+
+    For a subclassed model rebuilt from its config, where there is no graph to
+    match layers by; `clone_model` copies record their pairs instead.
+    """
     sources, targets = _weight_units(source), _weight_units(target)
     if len(sources) != len(targets):
         raise ValueError(
@@ -58,9 +63,17 @@ def _copy_weights(source, target, masked):
             f"({len(sources)} vs {len(targets)} layers with weights). The model may create "
             "layers in a way that depends on more than its config."
         )
-    for src, dst in zip(sources, targets):
-        src_layer = src.layer if isinstance(src, PruneWrapper) else src
-        dst_layer = dst.layer if isinstance(dst, PruneWrapper) else dst
+    _copy_pairs(source, zip(sources, targets), masked)
+
+
+def _copy_pairs(source, pairs, masked):
+    """Assigns each `(layer, copy)` pair's weights, multiplying in masks if `masked`.
+
+    Either side may be a wrapper; the wrapped layers' weights are copied.
+    """
+    for src, dst in pairs:
+        src_layer = src.layer if isinstance(src, RewindWrapper) else src
+        dst_layer = dst.layer if isinstance(dst, RewindWrapper) else dst
         values = [v.value for v in src_layer.weights]
         if masked and isinstance(src, PruneWrapper):
             masks = {id(m.variable): m.mask for m in src.masked_weights}
@@ -82,6 +95,57 @@ def _copy_weights(source, target, masked):
             assign_copy(variable, value)
 
 
+def _wrap_in_place(model, exclude):
+    """`wrap(model, in_place=True)`: wrappers attached to the model's own layers."""
+    if isinstance(model, keras.Sequential):
+        raise ValueError(
+            f"Model '{model.name}' is a Sequential model, which tf_lottery.wrap() wraps as "
+            "a copy. Received: in_place=True. Call tf_lottery.wrap(model) without it."
+        )
+    if not model.built:
+        raise ValueError(
+            f"tf_lottery.wrap() needs a built model, and subclassed model '{model.name}' is "
+            "not built yet. Call it on a batch of data (model(x)) or model.build(shape) "
+            "first, or write tf_lottery.PruneWrapper(layer) in its __init__."
+        )
+    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    prune, rewind, frozen, unreached = _in_place.plan(model, patterns)
+    matched = prune + rewind + frozen
+    unknown = [p for p in patterns if not _in_place.matching(matched, p)]
+    if unknown:
+        raise ValueError(
+            f"exclude names no prunable layer of model '{model.name}': {unknown}. Prunable "
+            f"layers: {[layer.path for layer in prune + frozen] or 'none'}. Received: "
+            f"exclude={list(patterns)}"
+        )
+    if not prune:
+        raise ValueError(
+            f"Model '{model.name}' has nothing to prune: no trainable Dense, EinsumDense, "
+            "convolution, Embedding, attention or RNN layer"
+            + (f" outside exclude={list(patterns)}" if patterns else "")
+            + " was found, in any layer"
+            + (f" (frozen: {[layer.path for layer in frozen]})." if frozen else ".")
+        )
+    if frozen:
+        warnings.warn(
+            "wrap() leaves the frozen (trainable=False) layers "
+            f"{[layer.path for layer in frozen]} as they are: they are not pruned, and count "
+            "as dense in tf_lottery.sparsity(). To prune one, set its trainable = True first.",
+            stacklevel=3,
+        )
+    if unreached:
+        warnings.warn(
+            "wrap() prunes no weight of "
+            + ", ".join(f"'{layer.path}' ({type(layer).__name__})" for layer in unreached)
+            + ": tf_lottery does not know which of their weights are prunable (they are "
+            "rewound only). To prune them, give the layer class a get_prunable_weights() "
+            "method that returns those variables.",
+            stacklevel=3,
+        )
+    _in_place.attach(model, prune, rewind)
+    return model
+
+
 def fresh_copy(layer):
     """A new layer like `layer`, or `layer` itself when it holds no variables.
 
@@ -94,30 +158,69 @@ def fresh_copy(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def wrap(model, *, exclude=()):
-    """Returns a copy of `model` with every prunable layer in a `PruneWrapper`.
+def _needs_in_place(model):
+    """Whether a config copy of `model` could not stand for it.
 
-    The copy has the same architecture and the same weights: a pretrained model
-    can be pruned, and its current weights become the initial weights (θ0) that
-    pruning rewinds to. Every other layer with weights (BatchNormalization,
-    LayerNormalization, excluded layers, your own layers) gets a `RewindWrapper`,
+    A copy is a plain Functional model built from configs: it loses a subclass
+    (a KerasHub `CausalLM` and its `generate()`), and wrappers in its graph
+    cannot reach layers that a composite layer calls inside itself
+    (`TransformerEncoder`'s Dense layers).
+    """
+    if not keras_private.is_graph_model(model):
+        return True
+    for layer in [model, *keras_private.flatten_layers(model)]:
+        if isinstance(layer, keras.Model):
+            if not keras_private.is_plain_graph_model(layer):
+                return True
+        elif not is_prunable(layer) and any(
+            is_prunable(sub) for sub in keras_private.flatten_layers(layer)
+        ):
+            return True
+    return False
+
+
+def wrap(model, *, exclude=(), in_place=None):
+    """Returns `model` ready to prune: every prunable layer with masks and θ0.
+
+    Every prunable layer (Dense, EinsumDense, convolutions, Embedding,
+    MultiHeadAttention, RNNs, or any layer with `get_prunable_weights()`) gets
+    a `PruneWrapper`; every other layer with weights (BatchNormalization,
+    LayerNormalization, excluded layers, your own layers) a `RewindWrapper`,
     which keeps θ0 and the rewind point of all its weights, so that a rewind
-    puts the whole model back, BN moving statistics included. Frozen layers
-    (`trainable=False`) are left as they are: neither pruned nor rewound. The
-    original model is not changed. Nested Sequential and Functional models are
-    wrapped too, a layer shared by two calls gets one wrapper (one mask), and a
-    layer without weights (`Lambda`, `Flatten`) is reused as it is. For a
-    subclassed model, write `PruneWrapper(layer)` (and `RewindWrapper(layer)`)
-    in its `__init__` instead.
+    puts the whole model back, BN moving statistics included. The current
+    weights become the initial weights (θ0) that pruning rewinds to. Frozen
+    layers (`trainable=False`) are left as they are: neither pruned nor rewound.
+
+    There are two ways to do it, and `in_place` chooses:
+
+    - **A copy** (plain Sequential and Functional models of Keras layers): the
+      model is rebuilt from its config with wrappers in its graph; the original
+      is not changed. Nested models are wrapped too, a layer shared by two calls
+      gets one wrapper, and a layer without weights is reused as it is.
+    - **In place** (a Functional subclass such as every KerasHub Backbone and
+      Task, a subclassed model, or any model whose composite layers hold
+      prunable layers inside, such as a `TransformerEncoder`): the model itself
+      is changed and returned, keeping its class (`generate()` still works) and
+      its layers, with wrappers attached beside them rather than put in the
+      graph. Nothing is rebuilt from a config. Layers are known by their path
+      (`transformer_layer_0/self_attention/query`) in `sparsity()`, `exclude`,
+      `per_layer` and `frozen`. Save with `model.save()`; load with
+      `tf_lottery.load_model` to get the pruning state back (a plain
+      `keras.models.load_model` gives the model, pruned weights zero, without
+      it). See docs/in_place.md.
 
     Args:
-        model: A built Sequential or Functional Keras model.
+        model: A built Keras model.
         exclude: Names of prunable layers not to prune (for example the first
             convolution, which Han et al. found most sensitive); they are still
-            rewound. Defaults to `()`.
+            rewound. In place, names, paths or glob patterns of paths
+            (`"*/query"`). Defaults to `()`.
+        in_place: `True` to change `model` itself, `False` to return a wrapped
+            copy, `None` to copy where a copy can stand for the model and work
+            in place otherwise (see above). Defaults to `None`.
 
     Returns:
-        A new, uncompiled Keras model.
+        The wrapped model: a new, uncompiled model, or `model` itself in place.
 
     Example:
 
@@ -125,23 +228,38 @@ def wrap(model, *, exclude=()):
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(300, "relu"),
                               keras.layers.Dense(10)])
     pruned = tf_lottery.wrap(model, exclude=["dense_1"])
+
+    causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    causal_lm = tf_lottery.wrap(causal_lm)  # in place: generate() still works
     ```
     """
-    if not keras_private.is_graph_model(model):
+    if in_place not in (None, True, False):
+        raise ValueError(f"Expected in_place=None, True or False. Received: in_place={in_place!r}")
+    if not isinstance(model, keras.Model):
         raise ValueError(
-            "tf_lottery.wrap() expects a Sequential or Functional model. Received: "
-            f"model of type {type(model).__name__}. In a subclassed model, write "
-            "tf_lottery.PruneWrapper(layer) in __init__ instead."
+            "tf_lottery.wrap() expects a Keras model: a Sequential or Functional model, or a "
+            f"built subclassed one. Received: model of type {type(model).__name__}."
+        )
+    if find_rewind_wrappers(model):
+        raise ValueError(
+            f"Model '{model.name}' already contains PruneWrapper layers: wrap() was "
+            "called on it before. Use the model as it is, or strip() it first."
+        )
+    if in_place is None:
+        in_place = _needs_in_place(model)
+    if in_place:
+        return _wrap_in_place(model, exclude)
+    if _needs_in_place(model):
+        raise ValueError(
+            "tf_lottery.wrap(in_place=False) copies a plain Sequential or Functional model "
+            f"through its config. Model '{model.name}' of type {type(model).__name__} is a "
+            "subclass, or holds prunable layers inside composite layers, so a copy would "
+            "lose its class or miss those layers. Use in_place=True (the default for it)."
         )
     if isinstance(exclude, str):
         exclude = (exclude,)
     exclude = set(exclude)
     layers = keras_private.flatten_layers(model)
-    if any(isinstance(layer, RewindWrapper) for layer in layers):
-        raise ValueError(
-            f"Model '{model.name}' already contains PruneWrapper layers: wrap() was "
-            "called on it before. Use the model as it is, or strip() it first."
-        )
     candidates = [layer for layer in layers if is_prunable(layer) and prunable_weights(layer)]
     frozen = {layer.name for layer in candidates if not layer.trainable}
     prunable = {layer.name for layer in candidates} - frozen
@@ -173,8 +291,14 @@ def wrap(model, *, exclude=()):
             stacklevel=2,
         )
 
+    # Each copy is paired with its original as clone_model makes it: weights
+    # then go to the right layer whatever order the layers were created in.
+    pairs = []
+
     def clone_function(layer):
         copy = fresh_copy(layer)
+        if copy is not layer and isinstance(layer, keras.layers.Layer):
+            pairs.append((layer, copy))
         if (
             copy is layer
             or not isinstance(layer, keras.layers.Layer)
@@ -190,13 +314,46 @@ def wrap(model, *, exclude=()):
         return RewindWrapper(copy)
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    _copy_weights(model, clone, masked=False)
+    _copy_pairs(model, pairs, masked=False)
     for wrapper in find_rewind_wrappers(clone):
         wrapper.save_initial_weights()
     return clone
 
 
-def strip(model):
+def _copy_of_in_place(model):
+    """A plain copy of a model wrapped in place, its weights multiplied by their masks."""
+    state = _in_place.state_of(model)
+    try:
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+        if not clone.built:
+            clone.build_from_config(model.get_build_config())
+    except Exception as error:  # a config that does not rebuild the model raises anything
+        raise ValueError(
+            f"strip() copies model '{model.name}' through its config, and that failed: "
+            f"{type(error).__name__}: {error}. Call tf_lottery.strip(model, in_place=True) "
+            "to take the pruning state off the model itself instead."
+        ) from error
+    state_ids = {id(v) for v in state.state_variables()}
+    masks = {
+        id(m.variable): m.mask for w in state.wrappers for m in getattr(w, "masked_weights", [])
+    }
+    masks.update({id(v): m for w in state.wrappers for v, m in w._mask_pairs})
+    sources = [v for v in model.weights if id(v) not in state_ids]
+    targets = clone.weights
+    if [tuple(v.shape) for v in sources] != [tuple(v.shape) for v in targets]:
+        raise ValueError(
+            f"strip() rebuilt model '{model.name}' from its config, but the copy's weights "
+            "differ from the model's. Call tf_lottery.strip(model, in_place=True) instead."
+        )
+    for source, target in zip(sources, targets):
+        value = source.value
+        if id(source) in masks:
+            value = ops.multiply(value, ops.cast(masks[id(source)].value, value.dtype))
+        assign_copy(target, value)
+    return clone
+
+
+def strip(model, *, in_place=False):
     """Returns a plain Keras model without wrappers, with weights = weight * mask.
 
     The result has no tf_lottery objects in it: it saves, loads and converts like
@@ -205,11 +362,19 @@ def strip(model):
     a working `get_config()`), with each `PruneWrapper(layer)` in its `__init__`
     replaced by the layer itself.
 
+    A model wrapped in place (see `wrap`) is copied through its config
+    (`keras.saving.serialize_keras_object`), keeping its class; with
+    `in_place=True` the pruning state is taken off the model itself instead
+    (masks applied, constraints removed), for models whose config does not
+    rebuild them.
+
     Args:
         model: A Keras model containing `PruneWrapper` layers.
+        in_place: For a model wrapped in place, `True` strips the model itself
+            and returns it. Defaults to `False`.
 
     Returns:
-        A new, uncompiled Keras model.
+        A new, uncompiled Keras model, or `model` itself with `in_place=True`.
 
     Example:
 
@@ -223,25 +388,35 @@ def strip(model):
             f"Model '{model.name}' has no PruneWrapper layers, so there is nothing to "
             "strip. Received: a model that was never wrapped."
         )
-    if keras_private.is_graph_model(model):
-        clone = keras.models.clone_model(
-            model,
-            clone_function=lambda layer: fresh_copy(
-                layer.layer if isinstance(layer, RewindWrapper) else layer
-            ),
-            recursive=True,
+    if _in_place.state_of(model) is not None:
+        return _in_place.detach(model) if in_place else _copy_of_in_place(model)
+    if in_place:
+        raise ValueError(
+            f"strip(in_place=True) is for models wrapped in place; model '{model.name}' has "
+            "wrappers in its graph. Call tf_lottery.strip(model) for a plain copy."
         )
-    else:
-        try:
-            config = model.get_config()
-            with constructing_unwrapped():
-                clone = model.__class__.from_config(config)
-        except (NotImplementedError, TypeError) as error:
-            raise ValueError(
-                f"strip() rebuilds subclassed model '{model.name}' from its config, but "
-                f"{type(model).__name__}.get_config()/from_config() failed: {error}. "
-                "Give the model a get_config() that returns its __init__ arguments."
-            ) from error
-        clone.build_from_config(model.get_build_config())
+    if keras_private.is_graph_model(model):
+        pairs = []
+
+        def clone_function(layer):
+            copy = fresh_copy(layer.layer if isinstance(layer, RewindWrapper) else layer)
+            if copy is not layer and isinstance(layer, keras.layers.Layer):
+                pairs.append((layer, copy))
+            return copy
+
+        clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+        _copy_pairs(model, pairs, masked=True)
+        return clone
+    try:
+        config = model.get_config()
+        with constructing_unwrapped():
+            clone = model.__class__.from_config(config)
+    except (NotImplementedError, TypeError) as error:
+        raise ValueError(
+            f"strip() rebuilds subclassed model '{model.name}' from its config, but "
+            f"{type(model).__name__}.get_config()/from_config() failed: {error}. "
+            "Give the model a get_config() that returns its __init__ arguments."
+        ) from error
+    clone.build_from_config(model.get_build_config())
     _copy_weights(model, clone, masked=True)
     return clone

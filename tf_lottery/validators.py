@@ -19,26 +19,33 @@ def is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _fail(argument, expected, value):
+def _fail(argument, expected, value, meaning=""):
+    if meaning:
+        expected += f" ({meaning})"
     raise ValueError(f"Expected {argument} to be {expected}. Received: {argument}={value!r}")
 
 
-def check_int(value, argument, *, minimum=0, allow_none=False):
-    """An int `>= minimum`, or `None` with `allow_none=True`."""
+def check_int(value, argument, *, minimum=0, allow_none=False, meaning=""):
+    """An int `>= minimum`, or `None` with `allow_none=True`; `meaning` as in `check_number`."""
     if value is None and allow_none:
         return None
     if not is_int(value) or value < minimum:
         expected = {0: "a non-negative integer", 1: "a positive integer"}.get(
             minimum, f"an integer >= {minimum}"
         )
-        _fail(argument, expected + (" or None" if allow_none else ""), value)
+        _fail(argument, expected + (" or None" if allow_none else ""), value, meaning)
     return int(value)
 
 
-def check_number(value, argument, *, meaning=""):
-    """A non-negative int or float; `meaning` says what it stands for in the message."""
-    if not is_number(value) or not value >= 0:
-        _fail(argument, "a non-negative number" + (f" ({meaning})" if meaning else ""), value)
+def check_number(value, argument, *, positive=False, meaning=""):
+    """A non-negative (or, with `positive=True`, positive) int or float, returned as a float.
+
+    `meaning` says what the number stands for in the message.
+    """
+    if not is_number(value) or not (value > 0 if positive else value >= 0):
+        _fail(
+            argument, "a positive number" if positive else "a non-negative number", value, meaning
+        )
     return float(value)
 
 
@@ -60,10 +67,17 @@ def check_bool(value, argument):
     return value
 
 
-def check_choice(value, argument, choices):
+def check_choice(value, argument, choices, *, meaning=""):
     """One of `choices`, compared with `==`."""
     if value not in choices:
-        _fail(argument, " or ".join(repr(c) for c in choices), value)
+        _fail(argument, " or ".join(repr(c) for c in choices), value, meaning)
+    return value
+
+
+def check_instance(value, argument, types, expected):
+    """An instance of `types`; `expected` says in words what to pass instead."""
+    if not isinstance(value, types):
+        _fail(argument, expected, value)
     return value
 
 
@@ -78,17 +92,3 @@ def check_per_layer(per_layer, argument, check_value):
     if not isinstance(per_layer, dict):
         _fail(argument, "a dict from layer name to value", per_layer)
     return {name: check_value(v, f"{argument}[{name!r}]") for name, v in per_layer.items()}
-
-
-def check_criterion(criterion):
-    """A `tf_lottery.Criterion` instance."""
-    from tf_lottery.criteria import Criterion  # here: criteria itself uses this module
-
-    if not isinstance(criterion, Criterion):
-        _fail(
-            "criterion",
-            "a tf_lottery criterion such as tf_lottery.PruneFraction(0.2) or "
-            "tf_lottery.StdThreshold(0.5)",
-            criterion,
-        )
-    return criterion

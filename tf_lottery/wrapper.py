@@ -23,6 +23,12 @@ from tf_lottery.registry import prunable_weights
 
 REWIND_TARGETS = ("initial", "rewind_point")
 
+# How a wrapper writes its variables. 1 (tf_lottery 0.1, no "layout_version" in
+# the config): every variable it tracks, the wrapped layer's weights included,
+# which the wrapped layer also writes. 2: its own variables only (masks,
+# thresholds, saved copies, counters), so each weight is written once.
+LAYOUT_VERSION = 2
+
 # What a threshold variable holds where there is no threshold (before the first
 # round, or from a criterion without one such as RandomPrune); users see NaN.
 # NaN itself is not stored: multi-process JAX checks that a value put on the
@@ -226,6 +232,8 @@ class RewindWrapper(keras.layers.Wrapper):
                 f"pass the wrapper itself instead of wrapping it again. Received: layer={layer}"
             )
         kwargs.setdefault("name", f"{self._default_prefix}_{layer.name}")
+        # The layout of the file being loaded; a new wrapper writes LAYOUT_VERSION.
+        self._loaded_layout = kwargs.pop("layout_version", LAYOUT_VERSION)
         super().__init__(layer, **kwargs)
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._saved = []
@@ -246,9 +254,23 @@ class RewindWrapper(keras.layers.Wrapper):
             ) from error
         self.layer.built = True
 
+    @property
+    def target_name(self):
+        """The name that criteria, reports and callbacks know this layer by.
+
+        The wrapped layer's name; for a wrapper attached in place (see
+        `tf_lottery.wrap(in_place=True)`), its path, since names repeat across
+        a transformer's blocks.
+        """
+        return self.layer.name
+
+    def _rewound_variables(self):
+        """The variables that get saved copies: all of the wrapped layer's."""
+        return self.layer.weights
+
     def _add_saved_copies(self, masks):
         """θ0 and rewind-point copies of every weight; `masks` by variable id."""
-        for variable in self.layer.weights:
+        for variable in self._rewound_variables():
             key = _weight_key(self.layer, variable)
             copies = [
                 self.add_weight(
@@ -313,6 +335,41 @@ class RewindWrapper(keras.layers.Wrapper):
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
+
+    def get_config(self):
+        return {**super().get_config(), "layout_version": LAYOUT_VERSION}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # A config without a layout version was written by tf_lottery 0.1.
+        return super().from_config({"layout_version": 1, **config}, custom_objects)
+
+    def state_variables(self):
+        """The wrapper's own variables (masks, thresholds, saved copies, counters),
+        without the wrapped layer's weights, which the layer keeps itself."""
+        weights = {id(v) for v in self.layer.variables}
+        return [v for v in keras_private.own_variables(self) if id(v) not in weights]
+
+    def save_own_variables(self, store):
+        for index, variable in enumerate(self.state_variables()):
+            store[str(index)] = ops.convert_to_numpy(variable.value)
+
+    def load_own_variables(self, store):
+        if self._loaded_layout == 1:
+            return self._load_layout_1(store)
+        variables = self.state_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' has {len(variables)} variables, and the "
+                f"file holds {len(store.keys())} for it: the file does not belong to this "
+                "model, or was written by another version of tf_lottery."
+            )
+        for index, variable in enumerate(variables):
+            variable.assign(store[str(index)])
+
+    def _load_layout_1(self, store):
+        """Every tracked variable, in tracking order, as Keras' default writes them."""
+        return super().load_own_variables(store)
 
     def get_build_config(self):
         return {"layer": self.layer.get_build_config()}
@@ -487,24 +544,31 @@ class PruneWrapper(RewindWrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
+        # The IterativePruning stage under way: (key of its settings, the model's
+        # rounds before it), so that its `rounds` count its own rounds and a
+        # resume with initial_epoch tells itself from a new stage. (0, 0): none.
+        self.pruning_stage = self.add_weight(
+            name="pruning_stage", shape=(2,), dtype="int32", initializer="zeros", trainable=False
+        )
         self.built = True
 
-    def load_own_variables(self, store):
+    def _load_layout_1(self, store):
         own = keras_private.own_variables(self)
         # Files written by older versions lack the variables added since, in this
-        # order: pruning_step, then unit_mask. Those keep their initial values (step
-        # 0, every unit alive); the others load as written.
-        added = [self.pruning_step, self.unit_mask]
+        # order: pruning_stage, pruning_step, then unit_mask. Those keep their
+        # initial values (no stage, step 0, every unit alive); the others load as
+        # written.
+        added = [self.pruning_stage, self.pruning_step, self.unit_mask]
         for count in range(len(added) + 1):
             missing = {id(v) for v in added[:count] if v is not None}
             present = [v for v in own if id(v) not in missing]
             if len(store.keys()) == len(present):
                 if count == 0:
-                    return super().load_own_variables(store)
+                    return super()._load_layout_1(store)
                 for index, variable in enumerate(present):
                     variable.assign(store[str(index)])
                 return
-        super().load_own_variables(store)
+        super()._load_layout_1(store)  # Keras' own error for a count that fits no version
 
     @property
     def masked_weights(self):
@@ -517,15 +581,33 @@ class PruneWrapper(RewindWrapper):
         return {m.name: m.mask for m in self._masked}
 
 
+# The attribute of a model wrapped in place that holds its `PruningState`
+# (tf_lottery.in_place).
+STATE_ATTRIBUTE = "_tf_lottery_state"
+
+
+def model_layers(model):
+    """Every layer of `model`, recursively, each once: in model order, and the
+    wrappers attached in place last, in the order they were attached."""
+    state = model.__dict__.get(STATE_ATTRIBUTE)
+    attached = state.wrappers if state is not None else []
+    known = {id(w) for w in attached} | {id(state)}
+    layers = [layer for layer in keras_private.flatten_layers(model) if id(layer) not in known]
+    return layers + attached
+
+
+def _wrappers_of(model):
+    return [layer for layer in model_layers(model) if isinstance(layer, RewindWrapper)]
+
+
 def find_wrappers(model):
     """Returns the `PruneWrapper` layers of `model`, each once, in model order.
 
     Works for Sequential, Functional and subclassed models, nested ones
-    included. A layer shared between two calls appears once.
+    included, and for models wrapped in place. A layer shared between two
+    calls appears once.
     """
-    return [
-        layer for layer in keras_private.flatten_layers(model) if isinstance(layer, PruneWrapper)
-    ]
+    return [w for w in _wrappers_of(model) if isinstance(w, PruneWrapper)]
 
 
 def find_rewind_wrappers(model):
@@ -533,6 +615,4 @@ def find_rewind_wrappers(model):
 
     In model order, each once.
     """
-    return [
-        layer for layer in keras_private.flatten_layers(model) if isinstance(layer, RewindWrapper)
-    ]
+    return _wrappers_of(model)

@@ -24,7 +24,7 @@ from tf_lottery.wrapper import find_rewind_wrappers
 
 def _name(layer):
     """A layer's name as users know it: the wrapped layer's for a wrapper."""
-    return layer.layer.name if isinstance(layer, RewindWrapper) else layer.name
+    return layer.target_name if isinstance(layer, RewindWrapper) else layer.name
 
 
 def check_patterns(frozen):

@@ -7,10 +7,10 @@ from tf_lottery.callbacks import freezing
 from tf_lottery.callbacks.scheduled_masks import ScheduledMasks
 from tf_lottery.callbacks.sparsity_logs import SparsityLogs
 from tf_lottery.criteria import PruneFraction
+from tf_lottery.criteria import check_criterion
 from tf_lottery.schedules import Schedule
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
-from tf_lottery.validators import check_criterion
 
 
 class GradualPruning(keras.callbacks.Callback):
@@ -89,7 +89,7 @@ class GradualPruning(keras.callbacks.Callback):
         wrappers = pruning.require_wrappers(self.model, "GradualPruning")
         pruning.check_criterion(self.criterion, wrappers)
         frozen = freezing.match_layers(self.model, self.frozen)
-        layers = [w.layer.name for w in wrappers if w not in frozen]
+        layers = [w.target_name for w in wrappers if w not in frozen]
         self._masks = ScheduledMasks(
             self.model, wrappers, [(layers, self.schedule, self.criterion)]
         )

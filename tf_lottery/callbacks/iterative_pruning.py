@@ -1,6 +1,9 @@
 """`IterativePruning`: the Keras callback that prunes and rewinds at epoch ends."""
 
 import functools
+import json
+import warnings
+import zlib
 
 import keras
 
@@ -8,14 +11,15 @@ from tf_lottery import pruning
 from tf_lottery.callbacks import freezing
 from tf_lottery.callbacks.drop_rule import DropRule
 from tf_lottery.callbacks.sparsity_logs import SparsityLogs
+from tf_lottery.criteria import check_criterion
 from tf_lottery.schedules import EveryEpochs
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
-from tf_lottery.validators import check_criterion
 from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
 from tf_lottery.validators import is_int
+from tf_lottery.wrapper import assign_copy
 
 
 class IterativePruning(keras.callbacks.Callback):
@@ -40,7 +44,8 @@ class IterativePruning(keras.callbacks.Callback):
     to zero, so each round trains like a fresh run with the same learning-rate
     schedule. Pruning stops after `rounds` rounds or once the overall sparsity
     reaches `target_sparsity`. To train the last ticket too, fit for
-    `(rounds + 1) * every` epochs.
+    `(rounds + 1) * every` epochs: a round that rewinds on the last epoch leaves
+    `fit` returning the untrained ticket, and the callback warns when it does.
 
     Han et al.'s stopping rules: `layer_targets` gives layers their own target
     sparsity (a layer that reaches it stops pruning while the others go on;
@@ -70,6 +75,15 @@ class IterativePruning(keras.callbacks.Callback):
     point and the thresholds live in the wrappers' variables, so a model saved
     with `model.save()` and loaded again continues where it stopped when fit
     again with `initial_epoch` (or under `keras.callbacks.BackupAndRestore`).
+
+    Pruning in stages (unstructured, then Han et al., then whole units) is one
+    `fit` per stage, each with its own callback. `rounds` counts the rounds of
+    the stage, not those the model had before it. A fit is a new stage when it
+    starts at epoch 0, or when its criterion or schedule differs from the
+    stage the model was in; a fit that starts later (`initial_epoch`) with the
+    same criterion and schedule resumes that stage, its rounds counted from the
+    stage's start. Each fit begins on its first epoch, after every callback's
+    `on_train_begin` (so after `BackupAndRestore` has restored the model).
 
     Args:
         criterion: A `tf_lottery` criterion: `PruneFraction`, `StdThreshold`,
@@ -171,23 +185,40 @@ class IterativePruning(keras.callbacks.Callback):
         pruning.check_layer_names("layer_targets", self.layer_targets, self._wrappers)
         frozen = freezing.match_layers(self.model, self.frozen)
         # Wrapped layers that train, prune and rewind: all but the frozen ones.
-        self._movable = [w.layer.name for w in self._wrappers if w not in frozen]
+        self._movable = [w.target_name for w in self._wrappers if w not in frozen]
         # Every wrapper a rewind resets (BatchNormalization too), frozen ones aside.
         self._rewound = [w for w in pruning.rewindable(self.model) if w not in frozen]
         self.drop_rule.reset()
         self._reached = set()
         self._logs = SparsityLogs(self.model, self._wrappers, self.log_layers)
+        self._first_epoch = None
+        self._rounds_before = None
+        self._last_epoch = None
+        self._rewound_after = None
         freezing.freeze(self.model, frozen)
 
     def on_train_end(self, logs=None):
         freezing.release(self.model)
+        if self._last_epoch is not None and self._rewound_after == self._last_epoch:
+            to = "θ0" if self.rewind == "init" else f"its weights after epoch {self.rewind}"
+            warnings.warn(
+                f"IterativePruning ran round {self.stage_rounds} at the end of the last epoch "
+                f"({self._last_epoch + 1}) and rewound the model to {to}: the model that fit "
+                "returns is the pruned, untrained ticket, not the network whose metrics were "
+                f"logged. Fit {self.every} more epoch{'s' * (self.every > 1)} to train it (fit again with "
+                f"initial_epoch={self._last_epoch + 1}), or fit (rounds + 1) * every epochs.",
+                stacklevel=2,
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
-        if is_int(self.rewind) and epoch == self.rewind and self.rounds_done == 0:
+        self._begin_stage(epoch)
+        if is_int(self.rewind) and epoch == self.rewind and self.stage_rounds == 0:
             for wrapper in self._rewound:
                 wrapper.save_rewind_point(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._begin_stage(epoch)
+        self._last_epoch = epoch
         self.drop_rule.check_logs(logs or {})
         self._end_of_epoch(epoch, logs or {})
         if logs is not None:
@@ -203,14 +234,69 @@ class IterativePruning(keras.callbacks.Callback):
 
     @property
     def rounds_done(self):
-        """Number of pruning rounds this model has been through."""
+        """Number of pruning rounds this model has been through, in every stage."""
         return max(int(keras.ops.convert_to_numpy(w.pruning_round.value)) for w in self._wrappers)
+
+    @property
+    def stage_rounds(self):
+        """Number of pruning rounds of this stage: the ones `rounds` counts."""
+        return self.rounds_done - (self._rounds_before or 0)
+
+    def _stage_key(self):
+        """A nonzero int32 naming the criterion and schedule, to tell a resume from a new stage."""
+        criterion = type(self.criterion)
+        settings = json.dumps(
+            [
+                f"{criterion.__module__}.{criterion.__qualname__}",
+                self.criterion.get_config(),
+                self.schedule.get_config(),
+                self.rewind,
+            ],
+            sort_keys=True,
+            default=repr,
+        )
+        return zlib.crc32(settings.encode()) % (2**31 - 1) + 1
+
+    def _begin_stage(self, epoch):
+        """On the fit's first epoch: resumes the model's stage, or starts a new one.
+
+        A subclassed model builds its wrappers in its first call: then the stage
+        begins at the end of the first epoch, as the fit's first epoch decides.
+        """
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+        if self._rounds_before is not None or not all(w.built for w in self._wrappers):
+            return
+        epoch = self._first_epoch
+        key = self._stage_key()
+        stored_key, stored_before = (
+            int(v) for v in keras.ops.convert_to_numpy(self._wrappers[0].pruning_stage.value)
+        )
+        # A stage from before stages were recorded (key 0) resumes with absolute rounds.
+        resumes = epoch > 0 and stored_key in (key, 0)
+        self._rounds_before = stored_before if resumes else self.rounds_done
+        stage = keras.ops.convert_to_tensor([key, self._rounds_before], dtype="int32")
+        for wrapper in self._wrappers:
+            assign_copy(wrapper.pruning_stage, stage)
+        if self.verbose and self.rounds is not None and self.stage_rounds >= self.rounds:
+            print(
+                f"IterativePruning resumes at epoch {epoch + 1} a stage whose {self.rounds} "
+                "rounds are done: it prunes no more in this fit."
+            )
+        reached = self._logs.report.sparsity
+        if not resumes and self.target_sparsity is not None and reached >= self.target_sparsity:
+            warnings.warn(
+                f"IterativePruning will prune nothing: the model is already {reached:.2%} "
+                f"sparse, at or past target_sparsity={self.target_sparsity}. Raise "
+                "target_sparsity, or leave it out to prune for `rounds` rounds.",
+                stacklevel=2,
+            )
 
     def _end_of_epoch(self, epoch, logs):
         due, _ = self.schedule(epoch + 1)
         if not due or self.drop_rule.stopped:
             return
-        state = f"round {self.rounds_done} ({self._logs.report.sparsity:.2%} sparse)"
+        state = f"round {self.stage_rounds} ({self._logs.report.sparsity:.2%} sparse)"
         if not self.drop_rule.allows(self.model, epoch, logs, state):
             if self.drop_rule.restore_best:
                 self._reset_optimizer()
@@ -238,7 +324,7 @@ class IterativePruning(keras.callbacks.Callback):
         return names
 
     def _should_prune(self):
-        if self.rounds is not None and self.rounds_done >= self.rounds:
+        if self.rounds is not None and self.stage_rounds >= self.rounds:
             return False
         if self.target_sparsity is not None and self._logs.report.sparsity >= self.target_sparsity:
             return False
@@ -251,7 +337,7 @@ class IterativePruning(keras.callbacks.Callback):
     def _prune_round(self, epoch):
         if is_int(self.rewind):
             missing = [
-                w.layer.name
+                w.target_name
                 for w in self._rewound
                 if int(keras.ops.convert_to_numpy(w.rewind_epoch.value)) != self.rewind
             ]
@@ -262,11 +348,13 @@ class IterativePruning(keras.callbacks.Callback):
                     "never went through it. Start from epoch 0 or use rewind='init'."
                 )
         pruning.prune(self.model, self.criterion, layers=self._layers_to_prune())
-        rewound = [w.layer.name for w in self._rewound]
+        rewound = [w.target_name for w in self._rewound]
         if self.rewind == "init":
             pruning.rewind(self.model, "initial", layers=rewound)
         elif self.rewind is not None:
             pruning.rewind(self.model, "rewind_point", layers=rewound)
+        if self.rewind is not None:
+            self._rewound_after = epoch
         self._reset_optimizer()
         self._logs.update()
         if self.verbose:
@@ -279,8 +367,9 @@ class IterativePruning(keras.callbacks.Callback):
         rewound = {"init": "rewound to θ0", None: "not rewound"}.get(
             self.rewind, f"rewound to epoch {self.rewind}"
         )
+        earlier = f" ({self.rounds_done} in all)" if self._rounds_before else ""
         print(
-            f"Pruning round {self.rounds_done} after epoch {epoch + 1}: "
+            f"Pruning round {self.stage_rounds}{earlier} after epoch {epoch + 1}: "
             f"{report.surviving:,} of {report.total:,} weights remain "
             f"({1 - report.sparsity:.2%}; {spread}); {rewound}."
         )

@@ -33,4 +33,4 @@ class SparsityLogs:
         for wrapper in self.wrappers:
             for masked in wrapper.masked_weights:
                 threshold = read_threshold(masked.threshold)
-                self.figures[f"threshold/{wrapper.layer.name}/{masked.name}"] = threshold
+                self.figures[f"threshold/{wrapper.target_name}/{masked.name}"] = threshold

@@ -30,6 +30,9 @@ def _is_kept(layer):
 
 
 def _wrap(layer, params):
+    if isinstance(layer, keras.Operation) and not isinstance(layer, keras.layers.Layer):
+        # An operator node of a Functional graph (`x + 1.0`): nothing to prune.
+        return layer
     if not isinstance(layer, keras.layers.Layer):
         raise ValueError(
             "prune_low_magnitude expects Keras layers or a Sequential or Functional model. "

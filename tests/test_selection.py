@@ -1,0 +1,81 @@
+"""The selection engine: which units go, given their scores."""
+
+import math
+
+import numpy as np
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from tf_lottery import selection
+
+
+def test_drop_smallest_breaks_ties_by_position_and_drops_exactly_count():
+    scores = np.array([0.5, 0.1, 0.1, 0.1, 0.9])
+    alive = np.array([True, True, False, True, True])
+    keep, cut = selection.drop_smallest(scores, alive, 2)
+    np.testing.assert_array_equal(keep, [True, False, False, False, True])
+    assert cut == 0.1
+    keep, cut = selection.drop_smallest(scores, alive, 0)
+    np.testing.assert_array_equal(keep, alive)
+    assert math.isnan(cut)
+    keep, _ = selection.drop_smallest(scores, alive, 9)  # more than alive: all go
+    assert not keep.any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    seed=st.integers(0, 2**16),
+    fraction=st.floats(0, 1),
+)
+def test_global_selection_is_local_selection_over_the_concatenated_scores(sizes, seed, fraction):
+    rng = np.random.default_rng(seed)
+    # Few distinct values, so that ties at the cut are common.
+    scores = [rng.integers(0, 4, size).astype(np.float32) for size in sizes]
+    alive = [rng.random(size) < 0.8 for size in sizes]
+    count = int(fraction * sum(int(a.sum()) for a in alive))
+    flat, _ = selection.drop_smallest(np.concatenate(scores), np.concatenate(alive), count)
+    parts = list(
+        selection.drop_smallest_across(
+            lambda: ((i, s, a) for i, (s, a) in enumerate(zip(scores, alive))), count
+        )
+    )
+    assert [i for i, _, _ in parts] == list(range(len(sizes)))
+    np.testing.assert_array_equal(np.concatenate([keep for _, keep, _ in parts]), flat)
+
+
+def test_counts_rates_targets_and_round_to():
+    assert selection.count_to_drop(5, 10, rate=0.5) == 2  # round half to even
+    assert selection.count_to_drop(7, 10, rate=0.5) == 4
+    assert selection.count_to_drop(10, 10, sparsity=0.75) == 8  # keeps round(2.5) = 2
+    assert selection.count_to_drop(3, 10, sparsity=0.5) == -2  # already sparser
+    assert selection.rounded_count(20, 6, round_to=8) == 4  # 14 kept -> 16
+    assert selection.rounded_count(5, 5) == 4  # one is kept
+
+
+def test_keep_one_keeps_the_best_alive_unit_only_when_none_would_survive():
+    scores = np.array([0.3, 0.9, 0.5])
+    alive = np.array([True, False, True])
+    keep, forced = selection.keep_one(np.zeros(3, bool), scores, alive)
+    np.testing.assert_array_equal(keep, [False, False, True])
+    assert forced
+    keep, forced = selection.keep_one(np.array([True, True, False]), scores, alive)
+    np.testing.assert_array_equal(keep, [True, False, False])  # masks only shrink
+    assert not forced
+
+
+def test_blocks_reduce_with_a_partial_last_block_and_expand_back():
+    mask = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1]], bool)
+    alive = selection.reduce_blocks(mask, (2, 2), np.any)
+    np.testing.assert_array_equal(alive, [[True, False], [False, True]])
+    np.testing.assert_array_equal(
+        selection.expand_blocks(alive, (2, 2), mask.shape),
+        [[1, 1, 0], [1, 1, 0], [0, 0, 1]],
+    )
+
+
+def test_n_of_m_keeps_the_largest_of_each_group_of_inputs():
+    scores = np.array([[0.1], [0.4], [0.4], [0.2], [0.9]])  # groups of 4 inputs: 4 + 1
+    keep = selection.keep_n_of_m(scores, np.ones_like(scores, bool), 2, 4)
+    np.testing.assert_array_equal(keep.ravel(), [False, True, True, False, True])

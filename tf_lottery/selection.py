@@ -1,0 +1,239 @@
+"""Selection: which units go, given their scores. One engine for every criterion.
+
+A criterion scores units (weights, blocks, whole output units); these functions
+decide which of the surviving ones to drop, and nothing else. They read
+numpy arrays and never the model, so computing masks changes nothing.
+
+- `drop_smallest`: one tensor (or group) loses `count` of its surviving units,
+  those of smallest score, ties broken by position so that the count is exact.
+- `drop_smallest_across`: the same over several tensors at once, as if their
+  scores were concatenated (global pruning is local pruning over the
+  concatenated scores), in two passes that hold one tensor's scores plus the
+  surviving scores, never every tensor's weights together.
+- `cut_of`: the score at which `count` surviving units are dropped.
+- Blocks: `reduce_blocks` turns a tensor into one entry per block (its alive
+  flag, or a pooled score), `expand_blocks` turns keep-flags back into a mask.
+- How many: `count_to_drop` (a rate of the survivors, or a target sparsity by
+  tfmot's `keep_count`), `rounded_count`
+  (a multiple of `round_to`, keeping at least one), `erk_sparsities` (one
+  overall target spread over tensors by ERK).
+- `keep_n_of_m`: N:M patterns, the `n` largest of every `m` inputs.
+- `keep_one`: a tensor that would lose every surviving unit keeps its best.
+
+Masks only shrink: every result is a subset of `alive`.
+
+Example, a selection of one's own scores:
+
+```python
+import numpy as np
+from tf_lottery import selection
+
+scores = np.array([0.3, 0.1, 0.1, 0.7])
+keep, cut = selection.drop_smallest(scores, np.ones(4, bool), 2)
+# keep == [True, False, False, True], cut == 0.1
+```
+"""
+
+import math
+
+import numpy as np
+
+from tf_lottery.validators import check_fraction
+
+
+def drop_smallest(scores, alive, count):
+    """Keep-flags that drop exactly `count` alive units with the smallest scores.
+
+    Ties at the cut are broken by position (the first go), so the count is
+    exact; a `count` above the number of alive units drops them all.
+
+    Args:
+        scores: Array of scores, larger kept.
+        alive: Boolean array of the same shape, True for surviving units.
+        count: How many alive units to drop.
+
+    Returns:
+        The boolean keep-flags, a subset of `alive`, and the cut: the largest
+        score dropped, or NaN if none is.
+    """
+    keep = alive.copy()
+    count = min(count, int(alive.sum()))
+    if count <= 0:
+        return keep, math.nan
+    cut = cut_of(scores[alive], count)
+    below = alive & (scores < cut)
+    keep &= ~below
+    at_cut = np.flatnonzero(alive & (scores == cut))
+    keep.flat[at_cut[: count - int(below.sum())]] = False
+    return keep, float(cut)
+
+
+def cut_of(alive_scores, count):
+    """The `count`-th smallest of `alive_scores` (a 1-D array, reordered in place)."""
+    alive_scores.partition(count - 1)
+    return alive_scores[count - 1]
+
+
+def drop_smallest_across(parts, count):
+    """`drop_smallest` over several tensors at once, as if their scores were one array.
+
+    The tensors are read twice, one at a time: a first pass gathers the
+    surviving scores to find the cut, a second gives each tensor its keep-flags.
+    Ties at the cut go in tensor order, then by position.
+
+    Args:
+        parts: A callable returning a fresh iterable of `(item, scores, alive)`,
+            one per tensor; it is called twice. `item` is handed back with the
+            tensor's result, e.g. the tensor itself.
+        count: How many alive units to drop over all tensors, or a callable
+            `count(alive, units)` from the number of alive units and of all units.
+
+    Yields:
+        `(item, keep, cut)` per tensor, in order; `cut` is NaN if nothing is
+        dropped.
+    """
+    gathered, units = [], 0
+    for _, scores, alive in parts():
+        gathered.append(scores[alive])
+        units += alive.size
+    alive_scores = np.concatenate(gathered) if gathered else np.zeros(0)
+    del gathered
+    if callable(count):
+        count = count(alive_scores.size, units)
+    count = min(count, alive_scores.size)
+    if count > 0:
+        cut = float(cut_of(alive_scores, count))
+        ties = count - int(np.count_nonzero(alive_scores < cut))
+    else:
+        cut, ties = -np.inf, 0
+    del alive_scores
+    for item, scores, alive in parts():
+        keep = alive & (scores > cut)
+        at_cut = np.flatnonzero(alive & (scores == cut))
+        keep.flat[at_cut[ties:]] = True
+        ties = max(0, ties - at_cut.size)
+        yield item, keep, cut if count > 0 else math.nan
+
+
+def count_to_drop(alive, units, rate=None, sparsity=None):
+    """How many of `alive` units to drop, out of `units` in all.
+
+    `rate` of the survivors (rounded half to even, as Python's `round`), or,
+    with a target `sparsity`, as many as leave `keep_count(units, sparsity)`
+    (zero or fewer when the tensor is already that sparse: masks only shrink).
+    """
+    if sparsity is None:
+        return round(rate * alive)
+    return alive - keep_count(units, sparsity)
+
+
+def keep_count(units, sparsity):
+    """How many of `units` a tensor keeps at a target `sparsity`.
+
+    tfmot's rule, `max(round(units * (1 - sparsity)), 1)`, computed in float32
+    with round-half-to-even as tfmot does, so that the same schedule keeps the
+    same number of weights.
+    """
+    kept = np.round(np.float32(units) * (np.float32(1) - np.float32(sparsity)))
+    return max(int(kept), 1)
+
+
+def rounded_count(alive, count, round_to=1):
+    """How many of `alive` units to drop when `count` would go: at least one is kept,
+    and the number kept is rounded up to a multiple of `round_to` (or all of them)."""
+    kept = max(1, alive - count)
+    kept = min(alive, math.ceil(kept / round_to) * round_to)
+    return alive - kept
+
+
+def erk_sparsities(shapes, sparsity, power_scale=1.0):
+    """Spreads an overall target sparsity over tensors by Erdős–Rényi-kernel scaling.
+
+    Evci et al. 2020 (RigL): a tensor of shape (k_1, ..., k_n) gets a density
+    proportional to ((k_1 + ... + k_n) / (k_1 · ... · k_n)) ** power_scale, so
+    small layers stay denser than large ones, with the factor chosen so that the
+    tensors together keep `1 - sparsity` of their weights. A tensor whose
+    density would exceed 1 is kept dense and the factor is found again for the
+    others, as RigL does.
+
+    Args:
+        shapes: Shapes of the tensors, in order.
+        sparsity: The overall target, in [0, 1).
+        power_scale: Exponent on the ratio; below 1 makes the spread gentler.
+            Defaults to `1.0` (ERK as published).
+
+    Returns:
+        A list of sparsities, one per shape.
+    """
+    check_fraction(sparsity, "sparsity", allow_zero=True)
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    raw = [(float(np.sum(shape)) / size) ** power_scale for shape, size in zip(shapes, sizes)]
+    dense = set()
+    while True:
+        # With the dense tensors D fixed, eps·Σ_{i∉D} raw_i·n_i keeps what the
+        # target allows: Σ_{i∉D} (n_i − zeros_i) − Σ_{i∈D} zeros_i.
+        zeros = [int(np.floor(sparsity * size)) for size in sizes]
+        kept = sum(n - z for i, (n, z) in enumerate(zip(sizes, zeros)) if i not in dense)
+        kept -= sum(z for i, z in enumerate(zeros) if i in dense)
+        divisor = sum(r * n for i, (r, n) in enumerate(zip(raw, sizes)) if i not in dense)
+        eps = kept / divisor if divisor else 0.0
+        largest = max((r for i, r in enumerate(raw) if i not in dense), default=0.0)
+        if largest * eps <= 1:
+            break
+        dense |= {i for i, r in enumerate(raw) if r == largest and i not in dense}
+    return [0.0 if i in dense else 1.0 - eps * r for i, r in enumerate(raw)]
+
+
+def reduce_blocks(array, block, reduce):
+    """Reduces a 2-D array over `(rows, columns)` blocks; the last blocks may be partial.
+
+    The padding is zero (False), so `np.any`, `np.sum` and, on magnitudes,
+    `np.max` see only the block's own entries.
+    """
+    r, c = block
+    rows, cols = array.shape
+    padded = np.zeros((-(-rows // r) * r, -(-cols // c) * c), dtype=array.dtype)
+    padded[:rows, :cols] = array
+    blocks = padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c)
+    return reduce(blocks, axis=(1, 3))
+
+
+def expand_blocks(keep, block, shape):
+    """The element mask of `shape` from keep-flags per block (inverse of `reduce_blocks`)."""
+    if block == (1, 1):
+        return keep
+    r, c = block
+    return np.repeat(np.repeat(keep, r, axis=0), c, axis=1)[: shape[0], : shape[1]]
+
+
+def keep_n_of_m(scores, alive, n, m):
+    """Keep-flags for the `n` largest alive scores of every `m` consecutive inputs.
+
+    The groups run along the second-to-last axis (the input axis of Dense and
+    convolution kernels); a last group shorter than `m` keeps at most `n`, and
+    a group with fewer than `n` survivors keeps them all. Ties go to the earlier
+    input.
+    """
+    scores = np.where(alive, scores, -np.inf)
+    rows = np.moveaxis(scores, -2, -1)
+    inputs = rows.shape[-1]
+    pad = [(0, 0)] * (rows.ndim - 1) + [(0, -inputs % m)]
+    groups = np.pad(rows, pad, constant_values=-np.inf)
+    groups = groups.reshape(*groups.shape[:-1], -1, m)
+    order = np.argsort(-groups, axis=-1, kind="stable")
+    rank = np.argsort(order, axis=-1, kind="stable")
+    keep = (rank < n).reshape(*rows.shape[:-1], -1)[..., :inputs]
+    return np.moveaxis(keep, -1, -2) & alive
+
+
+def keep_one(keep, scores, alive):
+    """`keep` (a subset of `alive`), with the best alive unit kept if none would be.
+
+    Returns:
+        The keep-flags and whether a unit had to be kept that way.
+    """
+    keep = keep & alive
+    if keep.any() or not alive.any():
+        return keep, False
+    keep.flat[int(np.argmax(np.where(alive, scores, -np.inf)))] = True
+    return keep, True
