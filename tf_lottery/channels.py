@@ -13,8 +13,19 @@ layers whose per-channel parameters follow those units (BatchNormalization,
 DepthwiseConv with depth_multiplier 1), and the layers that read them
 (consumers, with where the channels sit in their input). A group whose channels
 reach a layer the analysis does not understand (a `Lambda`, a custom layer, a
-`Reshape`, a subclassed model inside) or the model's output is *blocked*: it is never
+`Reshape` that moves channels, a subclassed model inside) or the model's output is
+*blocked*: it is never
 pruned or shrunk, and `blocked` says why.
+
+Modern CNNs are followed too: squeeze-excite (a `GlobalAveragePooling` with
+`keepdims` or a `Reshape((1, 1, C))`, convolutions, and a broadcast `Multiply`
+back onto the channels joins the gate's units to the channels it scales),
+operator nodes of a Functional graph (`x + 3`, `x * y`, `keras.ops.hard_sigmoid`),
+ConvNeXt's `LayerScale`, grouped convolutions (`Conv2D(groups=g)`: the same
+number of channels goes from every group; with `groups=C`, a depthwise
+convolution, a follower), `Rescaling` and
+`Normalization`. `LayerNormalization` normalizes over the channels, so it
+blocks them.
 
 The analysis sees through `PruneWrapper` and `RewindWrapper`, and into nested
 Sequential and Functional models: units inside one are pruned and removed like
@@ -26,6 +37,7 @@ import dataclasses
 import math
 
 import keras
+import numpy as np
 
 from tf_lottery import keras_private
 from tf_lottery.wrapper import RewindWrapper
@@ -71,6 +83,70 @@ ELEMENTWISE = (
     L.GlobalMaxPooling3D,
 )
 MERGES = (L.Add, L.Subtract, L.Multiply, L.Maximum, L.Minimum, L.Average)
+# Layers that normalize over the channel axis: no channel can go alone.
+NORMALIZERS = (L.LayerNormalization, L.GroupNormalization, L.UnitNormalization)
+# Keras operator nodes (keras.ops classes) that act on each element alone, given
+# one tensor and constants that are scalars; the binary ones also merge two tensors.
+UNARY_OPERATIONS = frozenset(
+    (
+        "Relu Relu6 Sigmoid Softplus Softsign Silu LeakyRelu HardSigmoid HardSilu Elu Selu "
+        "Gelu Celu HardTanh TanhShrink SoftShrink HardShrink LogSigmoid Squareplus Threshold "
+        "Negative Absolute Square Sqrt Exp Log Tanh Sign Clip Cast Reciprocal"
+    ).split()
+)
+BINARY_OPERATIONS = frozenset(
+    "Add Subtract Multiply Divide TrueDivide Maximum Minimum Power".split()
+)
+
+
+class BlockReason(str):
+    """Why a group is blocked: the text, and the layer kind behind it when unknown.
+
+    Attributes:
+        kind: The class name of a layer the analysis does not know (or that
+            merges channels that do not line up), or `None` for a known cause
+            (the model output, a `LayerNormalization`). Warnings are given once
+            per kind.
+        layer: That layer's name, or `None`.
+    """
+
+    def __new__(cls, text, kind=None, layer=None):
+        reason = super().__new__(cls, text)
+        reason.kind, reason.layer = kind, layer
+        return reason
+
+
+def _reason(reason):
+    return reason if isinstance(reason, BlockReason) else BlockReason(reason)
+
+
+def unknown_kinds(groups):
+    """`{kind: [(group, reason), ...]}` of the groups with producers that an unknown layer
+    blocks, in order: what to warn about, once per kind."""
+    kinds = {}
+    for group in groups:
+        for reason in group.blocked:
+            if group.producers and reason.kind:
+                kinds.setdefault(reason.kind, []).append((group, reason))
+    return kinds
+
+
+def per_kind_warning(entries, subject):
+    """One warning line for the groups an unknown kind blocks: the first named, the others counted.
+
+    `subject(group)` says what is left alone, e.g. "the units of fc1".
+    """
+    group, reason = entries[0]
+    others = sorted({r.layer for _, r in entries[1:]} - {reason.layer})
+    line = f"{subject(group)} as they are: {reason}"
+    if len(entries) > 1:
+        named = ", ".join(f"'{name}'" for name in others[:3]) + (", ..." if len(others) > 3 else "")
+        line += (
+            f" (and {len(entries) - 1} more groups"
+            + (f", reaching {len(others)} more such layers: {named}" if others else "")
+            + ")"
+        )
+    return line
 
 
 @dataclasses.dataclass
@@ -152,7 +228,8 @@ class _Spaces:
 
     def new(self, size, blocked=None):
         self.parent.append(len(self.parent))
-        self.groups.append(ChannelGroup(size, blocked=[blocked] if blocked else []))
+        blocked = [_reason(blocked)] if blocked else []
+        self.groups.append(ChannelGroup(size, blocked=blocked))
         return len(self.parent) - 1
 
     def find(self, space):
@@ -181,7 +258,7 @@ class _Spaces:
         for space, _ in description.segments:
             group = self.group(space)
             if reason not in group.blocked:
-                group.blocked.append(reason)
+                group.blocked.append(_reason(reason))
 
     def result(self):
         roots = sorted({self.find(s) for s in range(len(self.parent))})
@@ -199,8 +276,10 @@ class _Description:
 
 def _unknown(spaces, layer, inputs, outputs, why=None):
     kind = "nested model" if keras_private.is_graph_model(layer) else type(layer).__name__
-    reason = why or (
-        f"layer '{layer.name}' ({kind}) reads them, and how it maps channels is not known"
+    reason = BlockReason(
+        why or f"layer '{layer.name}' ({kind}) reads them, and how it maps channels is not known",
+        kind,
+        layer.name,
     )
     for description in inputs:
         spaces.block(description, reason)
@@ -301,25 +380,38 @@ def _describe_call(spaces, layer, inputs, ins, outputs):
         ]
     if any(d is None for d in ins):
         return _unknown(spaces, layer, ins, outputs)
+    if not isinstance(layer, L.Layer):
+        return _describe_operation(spaces, layer, inputs, ins, outputs)
     rank = len(inputs[0].shape)
     (first,) = ins[:1]
-    if isinstance(layer, PRODUCERS) and _channels_last(layer) and getattr(layer, "groups", 1) == 1:
+    if per_channel_axes(layer, rank) is not None:
+        if first.positions > 1:
+            return _unknown(spaces, layer, ins, outputs)
+        return [_follow(spaces, layer, first)]
+    if isinstance(layer, PRODUCERS) and _channels_last(layer):
         if first.positions > 1 and not isinstance(layer, L.Dense):
+            return _unknown(spaces, layer, ins, outputs)
+        if getattr(layer, "groups", 1) > 1 and len(first.segments) > 1:
+            # Each group of a grouped convolution must lose as many channels as the
+            # others: that is kept within one channel group only.
             return _unknown(spaces, layer, ins, outputs)
         _consume(spaces, layer, inputs[0], first)
         size = layer.units if isinstance(layer, L.Dense) else layer.filters
         space = spaces.new(size)
         spaces.group(space).producers.append(layer)
         return [_Description([(space, 0)], size)]
-    if isinstance(layer, DEPTHWISE) and layer.depth_multiplier == 1 and _channels_last(layer):
-        return [_follow(spaces, layer, first)]
-    if isinstance(layer, L.BatchNormalization) and _last_axis(layer, "axis", rank):
-        return [_follow(spaces, layer, first)]
+    if isinstance(layer, NORMALIZERS):
+        spaces.block(
+            first,
+            f"layer '{layer.name}' ({type(layer).__name__}) normalizes over the channels, so "
+            "removing one changes the others",
+        )
+        return [first]
     if first.positions > 1:
         return _unknown(spaces, layer, ins, outputs)
     if isinstance(layer, L.Flatten):
         return [_flattened(first, inputs[0].shape) if rank > 2 else first]
-    if _is_elementwise(layer, rank):
+    if _is_elementwise(layer, rank) or keeps_channels(layer, inputs[0], outputs[0]):
         return [first]
     if isinstance(layer, MERGES):
         return _merge(spaces, layer, inputs, ins, outputs)
@@ -330,6 +422,90 @@ def _describe_call(spaces, layer, inputs, ins, outputs):
             width += description.width
         return [_Description(segments, width)]
     return _unknown(spaces, layer, ins, outputs)
+
+
+def per_channel_axes(layer, rank=None):
+    """`{weight name: axis}` of a layer whose weights follow the channels one by one
+    (`None` for a weight that is not per channel), or `None` for any other layer.
+
+    `rank` is that of the layer's input, to check its axis; `None` skips the check
+    for a layer already known to be a follower.
+
+    These layers keep the channel count and treat each channel alone:
+    BatchNormalization, depthwise convolutions (also `Conv2D(groups=C)` with C
+    filters), LayerScale and Normalization over the last axis.
+    """
+    names = [w.name for w in layer.weights]
+    if isinstance(layer, L.BatchNormalization):
+        if rank is not None and not _last_axis(layer, "axis", rank):
+            return None
+        return dict.fromkeys(names, 0)
+    if isinstance(layer, DEPTHWISE) and layer.depth_multiplier == 1 and _channels_last(layer):
+        return {name: -2 if name == "kernel" else 0 for name in names}
+    if (
+        isinstance(layer, PRODUCERS[1:])
+        and _channels_last(layer)
+        and layer.groups > 1
+        and layer.groups == layer.filters
+        and layer.kernel.shape[-2] == 1
+    ):
+        return {name: -1 if name == "kernel" else 0 for name in names}
+    if isinstance(layer, keras_private.LayerScale):
+        return dict.fromkeys(names, 0)
+    if (
+        isinstance(layer, L.Normalization)
+        and layer.get_config().get("mean") is None
+        and (rank is None or _last_axis(layer, "axis", rank))
+    ):
+        return {name: None if name == "count" else 0 for name in names}
+    return None
+
+
+def resized_config(layer, config, channels):
+    """`config` of a `per_channel_axes` layer for `channels` channels."""
+    if isinstance(layer, PRODUCERS[1:]):
+        return {**config, "filters": channels, "groups": channels}
+    if isinstance(layer, keras_private.LayerScale):
+        return {**config, "projection_dim": channels}
+    return config
+
+
+def keeps_channels(layer, tensor, output):
+    """Whether `layer` passes each channel through alone, as the identity on channels.
+
+    `Rescaling` by scalars, and a `Reshape` that keeps the last axis (channel c of
+    each position stays channel c): `Reshape((1, 1, C))` in squeeze-excite.
+    """
+    if isinstance(layer, L.Rescaling):
+        return all(np.size(getattr(layer, name)) == 1 for name in ("scale", "offset"))
+    if isinstance(layer, L.Reshape):
+        target = tuple(layer.target_shape)
+        return (
+            tensor.shape[-1] is not None
+            and output.shape[-1] == tensor.shape[-1]
+            and all(d is not None and d > 0 for d in target[:-1])
+        )
+    return False
+
+
+def _is_scalar(value):
+    return not isinstance(value, keras.KerasTensor) and np.size(value) == 1
+
+
+def _describe_operation(spaces, operation, inputs, ins, outputs):
+    """Operator nodes (`x + 3`, `x * y`, `keras.ops.relu6(x)`): elementwise or merges."""
+    kind = type(operation).__name__
+    args, kwargs = keras_private.call_arguments(outputs[0])
+    constants = [
+        a for a in keras.tree.flatten((args, kwargs)) if not isinstance(a, keras.KerasTensor)
+    ]
+    known = kind in UNARY_OPERATIONS or kind in BINARY_OPERATIONS
+    if known and all(_is_scalar(c) for c in constants) and all(d.positions == 1 for d in ins):
+        if len(inputs) == 1:
+            return [ins[0]]
+        if kind in BINARY_OPERATIONS and len(inputs) == 2:
+            return _merge(spaces, operation, inputs, ins, outputs)
+    return _unknown(spaces, operation, ins, outputs)
 
 
 def _consume(spaces, layer, tensor, description):
@@ -345,11 +521,19 @@ def _follow(spaces, layer, description):
     return description
 
 
+def _broadcast_channels(inputs):
+    """Whether `inputs` have the same channels, broadcast over positions of size 1 (the
+    gate of squeeze-excite, (1, 1, C), multiplied onto (H, W, C))."""
+    shapes = [tuple(t.shape[1:]) for t in inputs]
+    if len({len(s) for s in shapes}) != 1 or len({s[-1] for s in shapes}) != 1:
+        return False
+    return all(len(set(dims) - {1}) <= 1 for dims in zip(*shapes))
+
+
 def _merge(spaces, layer, inputs, ins, outputs):
-    shapes = {tuple(t.shape[1:]) for t in inputs}
     structures = {tuple(spaces.group(s).size for s, _ in d.segments) for d in ins}
     offsets = {tuple(o for _, o in d.segments) for d in ins}
-    if len(shapes) != 1 or len(structures) != 1 or len(offsets) != 1:
+    if not _broadcast_channels(inputs) or len(structures) != 1 or len(offsets) != 1:
         return _unknown(
             spaces,
             layer,

@@ -5,9 +5,12 @@ upgrade that moves one breaks this module only, and the tests say where.
 """
 
 from keras.src.backend.common.stateless_scope import get_stateless_scope
+from keras.src.applications.convnext import LayerScale
 from keras.src.models.functional import Functional
 
 __all__ = [
+    "LayerScale",
+    "call_arguments",
     "direct_sublayers",
     "graph_inputs",
     "graph_nodes",
@@ -121,6 +124,17 @@ def graph_inputs(model):
 def graph_outputs(model):
     """The output tensors of a Sequential or Functional `model`'s graph."""
     return list(getattr(model, "_functional", model).outputs)
+
+
+def call_arguments(tensor):
+    """`(args, kwargs)` of the call that made `tensor` in a model's graph.
+
+    An operator node (`x + 3`, `keras.ops.clip(x, 0, 6)`) keeps its constants
+    only there: `graph_nodes` gives its tensor inputs alone.
+    """
+    operation, node_index, _ = tensor._keras_history
+    arguments = operation._inbound_nodes[node_index].arguments
+    return arguments.args, arguments.kwargs
 
 
 def output_operations(model):

@@ -16,10 +16,16 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
-from tf_lottery.channels import DEPTHWISE
+from tf_lottery.channels import BINARY_OPERATIONS
 from tf_lottery.channels import ELEMENTWISE
 from tf_lottery.channels import MERGES
+from tf_lottery.channels import UNARY_OPERATIONS
 from tf_lottery.channels import channel_groups
+from tf_lottery.channels import keeps_channels
+from tf_lottery.channels import per_channel_axes
+from tf_lottery.channels import per_kind_warning
+from tf_lottery.channels import resized_config
+from tf_lottery.channels import unknown_kinds
 from tf_lottery.channels import walk_graph
 from tf_lottery.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
@@ -31,6 +37,10 @@ L = keras.layers
 # Predictions of the shrunk model may differ from the original's by this much,
 # relative to max(1, largest |output|): float error of the folded biases only.
 _TOLERANCE = 1e-4
+
+
+class NothingToShrink(ValueError):
+    """`shrink` found no unit it can remove; the model is fine as it is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,19 +159,23 @@ def shrink(model, *, align=1, verbose=0):
     - all of its incoming weights are pruned, so it outputs a constant (its bias,
       through BatchNormalization and activation). The constant is folded into the
       bias of each layer that reads it, where that is exact: a Dense layer, or a
-      convolution with `padding="valid"` or a 1x1 kernel. A `"same"`-padded
+      convolution with `padding="valid"` or a 1x1 kernel (a reader without a
+      bias gets one). Across squeeze-excite, where an input-dependent gate
+      multiplies it, only a constant of zero goes. A `"same"`-padded
       convolution meets the constant with zero padding at the borders, so there
       the unit stays unless the constant is exactly zero. Unit criteria
       (`tf_lottery.UnitNorm`, ...) make it zero: they mask the unit's bias and
       the γ and β of the BatchNormalization that follows.
 
-    Channels joined by a residual `Add` (or another elementwise merge) go
-    together; `Concatenate`, `Flatten`, pooling, padding, activations and
-    depthwise convolutions are followed. A group of channels that reaches a
-    layer the analysis does not know (a `Lambda`, a custom layer, `Reshape`, a
-    subclassed model inside) or the model's output is left as it is, with one warning
-    naming the layer. The result is checked on random inputs against `model`;
-    it is never a model that predicts differently.
+    Channels joined by a residual `Add` (or another elementwise merge, operator
+    nodes such as `x * y` included) go together; `Concatenate`, `Flatten`,
+    pooling, padding, activations, squeeze-excite, LayerScale, grouped and
+    depthwise convolutions are followed (see `tf_lottery.channels`). A group of
+    channels that reaches a layer the analysis does not know (a `Lambda`, a
+    custom layer, a subclassed model inside) or the model's output is left as it
+    is, with one warning per kind of layer. Weights are copied by position. The
+    result is checked on random inputs against `model`; it is never a model that
+    predicts differently.
 
     Args:
         model: A Sequential or Functional model, wrapped (it is stripped first)
@@ -203,7 +217,7 @@ def shrink(model, *, align=1, verbose=0):
         if group.prunable:
             plan.add(group, _removable(group, values, constants, align), constants)
     if not plan.changed:
-        raise ValueError(
+        raise NothingToShrink(
             f"Model '{model.name}' has no unit that shrink() can remove: "
             + _what_was_found(plain, values)
         )
@@ -241,17 +255,22 @@ def _what_was_found(model, values):
 
 
 def _warn_blocked(groups):
-    reasons = sorted(
-        {reason for g in groups if g.producers for reason in g.blocked if "layer '" in reason}
-    )
-    for reason in reasons:
+    for entries in unknown_kinds(groups).values():
+        line = per_kind_warning(entries, lambda group: "some units")
         warnings.warn(
-            f"shrink() leaves some units as they are: {reason}. Units that reach it are kept.",
+            f"shrink() leaves {line}. Units that reach it are kept.",
             stacklevel=3,
         )
 
 
 def _weights(layer):
+    """`layer`'s weights by name, for the layers whose units the plan changes.
+
+    Names are only read where they are known and unique (a Dense layer's `kernel`
+    and `bias`); weights are copied to the smaller model by position, since
+    sublayers repeat names (MultiHeadAttention) and `add_weight` without a name
+    numbers them per process (`variable_3`).
+    """
     return {w.name: keras.ops.convert_to_numpy(w.value) for w in layer.weights}
 
 
@@ -271,7 +290,7 @@ def _constants(model, values):
 
     def visit(layer, inputs, ins, outputs):
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
-        out = _constant_of(layer, inputs, ins, values.get(id(layer), {}))
+        out = _constant_of(layer, inputs, ins, outputs, values.get(id(layer), {}))
         if isinstance(layer, L.Flatten) and out is not None:
             width = len(out)  # kept per channel of the input, as channel groups count
         if out is None or width is None or len(out) != width:
@@ -287,23 +306,26 @@ def _dead_columns(kernel):
     return ~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
 
 
-def _constant_of(layer, inputs, ins, weights):
+def _constant_of(layer, inputs, ins, outputs, weights):
     if not ins or any(c is None for c in ins):
         return None
     x = ins[0]
-    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
+    if not isinstance(layer, L.Layer):
+        return _operation_constant(layer, inputs, ins, outputs)
+    axes = per_channel_axes(layer, len(inputs[0].shape))
+    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)) and axes is None:
         kernel = weights["kernel"]
         bias = weights.get("bias", np.zeros(kernel.shape[-1], kernel.dtype))
         return np.where(_dead_columns(kernel), _activation(layer, bias), np.nan)
-    if isinstance(layer, DEPTHWISE):
-        kernel = weights["kernel"][..., 0]
+    if axes is not None and "kernel" in axes:  # a depthwise convolution
+        kernel = np.moveaxis(weights["kernel"], axes["kernel"], -1)
         channels = kernel.shape[-1]
+        kernel = kernel.reshape(-1, channels)
         bias = weights.get("bias", np.zeros(channels, kernel.dtype))
-        dead = ~np.any(kernel.reshape(-1, channels) != 0, axis=0) | (x == 0)
+        dead = ~np.any(kernel != 0, axis=0) | (x == 0)
         value = np.where(dead, bias, np.nan)
         if layer.padding == "valid":
-            summed = kernel.reshape(-1, channels).sum(axis=0)
-            value = np.where(np.isnan(value), x * summed + bias, value)
+            value = np.where(np.isnan(value), x * kernel.sum(axis=0) + bias, value)
         return _activation(layer, value)
     if isinstance(layer, L.BatchNormalization):
         gamma = weights.get("gamma", np.ones_like(x))
@@ -312,10 +334,12 @@ def _constant_of(layer, inputs, ins, weights):
         return gamma * (x - mean) / np.sqrt(variance + layer.epsilon) + beta
     if isinstance(layer, L.Softmax):
         return None
-    if isinstance(layer, (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)):
-        known = np.nan_to_num(x)
-        result = np.asarray(keras.ops.convert_to_numpy(layer(known[None, :])))[0]
-        return np.where(np.isnan(x), np.nan, result)
+    if isinstance(layer, (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)) or (
+        axes is not None or keeps_channels(layer, inputs[0], outputs[0])
+    ):
+        if isinstance(layer, L.Reshape):
+            return x
+        return _per_position(layer, x, len(inputs[0].shape))
     if isinstance(layer, (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D)):
         return x if layer.padding == "valid" else np.where(x == 0, 0.0, np.nan)
     if isinstance(layer, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)):
@@ -327,6 +351,36 @@ def _constant_of(layer, inputs, ins, weights):
     if isinstance(layer, MERGES):
         return _merge_constants(layer, ins)
     return None
+
+
+def _per_position(layer, x, rank):
+    """`layer` on one position whose channels hold `x` (NaN: not constant), in inference mode."""
+    known = np.nan_to_num(x).astype("float32").reshape((1,) * (rank - 1) + (-1,))
+    result = keras.ops.convert_to_numpy(layer(known, training=False))
+    result = np.asarray(result, np.float64).reshape(-1)
+    return np.where(np.isnan(x), np.nan, result) if result.shape == x.shape else None
+
+
+def _operation_constant(operation, inputs, ins, outputs):
+    """The constant of an operator node (`x + 3`, `x * y`) on constant channels."""
+    kind = type(operation).__name__
+    if kind not in UNARY_OPERATIONS | BINARY_OPERATIONS or len({c.shape for c in ins}) != 1:
+        return None
+    if len(ins) > 1 and kind == "Multiply":
+        return _merge_constants(operation, ins)
+    values = {id(t): c for t, c in zip(inputs, ins)}
+
+    def fill(argument):
+        if not isinstance(argument, keras.KerasTensor):
+            return argument
+        shape = (1,) * (len(argument.shape) - 1) + (-1,)
+        return np.nan_to_num(values[id(argument)]).astype("float32").reshape(shape)
+
+    args, kwargs = keras_private.call_arguments(outputs[0])
+    result = operation(*[fill(a) for a in args], **{k: fill(v) for k, v in kwargs.items()})
+    result = np.asarray(keras.ops.convert_to_numpy(result), np.float64).reshape(-1)
+    nan = np.any(np.isnan(np.stack(ins)), axis=0)
+    return np.where(nan, np.nan, result) if result.shape == nan.shape else None
 
 
 def _merge_constants(layer, ins):
@@ -358,23 +412,79 @@ def _input_constant(consumer, constants):
     return constants[keras_private.tensor_key(consumer.tensor)]
 
 
+def _reads(layer, kernel, index):
+    """`(row, columns)` of a convolution's kernel that read its input channel `index`.
+
+    A grouped convolution's kernel holds the input channels of one group in its
+    rows, and each group's output units in a block of its columns.
+    """
+    groups = getattr(layer, "groups", 1)
+    per_group, width = kernel.shape[-2], kernel.shape[-1] // groups
+    group = index // per_group
+    return index % per_group, slice(group * width, (group + 1) * width)
+
+
 def _rows_unused(consumer, kernel, channel):
     if isinstance(consumer.layer, L.Dense):
         return not np.any(kernel[consumer.rows(channel), :])
-    return not np.any(kernel[..., consumer.offset + channel, :])
+    row, columns = _reads(consumer.layer, kernel, consumer.offset + channel)
+    return not np.any(kernel[..., row, columns])
+
+
+def _conv_group_of(group):
+    """For each grouped convolution that produces or reads `group`'s channels, the
+    function from a channel to its group in that convolution."""
+    sides = [
+        (p.groups, group.size // p.groups) for p in group.producers if getattr(p, "groups", 1) > 1
+    ]
+    sides += [
+        (c.layer.groups, c.width // c.layer.groups)
+        for c in group.consumers
+        if getattr(c.layer, "groups", 1) > 1
+    ]
+    return [lambda channel, per=per: channel // per for _, per in sides], [g for g, _ in sides]
+
+
+def _balanced(removable, group):
+    """The removable channels, as many from every group of each grouped convolution."""
+    mappings, counts = _conv_group_of(group)
+    changed = True
+    while changed:
+        changed = False
+        for group_of, groups in zip(mappings, counts):
+            members = [[c for c in removable if group_of(c) == g] for g in range(groups)]
+            keep = min(len(m) for m in members)
+            balanced = sorted(c for m in members for c in m[:keep])
+            changed |= balanced != removable
+            removable = balanced
+    return removable
 
 
 # TFLite stores a weight sparse when at least this share of it is zero.
 _SPARSE_SHARE = 0.3
 
 
-def _keeps_block_sparsity(consumer, kernel, removable):
-    """Whether `consumer`'s kernel, without the removable rows, will still be stored sparse."""
+def _keeps_block_sparsity(consumer, kernel, removable, align):
+    """Whether `consumer`'s kernel, without the removable rows, is stored sparse in whole blocks.
+
+    Only a Dense kernel whose kept zeros all lie in aligned blocks of `align`
+    input rows that are zero throughout (a `block="tflite-..."` prune) has blocks
+    to keep; a randomly sparse one has none, whatever its share of zeros.
+    """
     if not isinstance(consumer.layer, L.Dense):
         return False
-    gone = {row for channel in removable for row in consumer.rows(channel)}
-    kept = kernel[[r for r in range(kernel.shape[0]) if r not in gone]]
-    return kept.size > 0 and np.mean(kept == 0) >= _SPARSE_SHARE
+    gone = np.zeros(kernel.shape[0], bool)
+    gone[[row for channel in removable for row in consumer.rows(channel)]] = True
+    if gone.all() or np.mean(kernel[~gone] == 0) < _SPARSE_SHARE:
+        return False
+    rows = kernel.shape[0] - kernel.shape[0] % align
+    if rows == 0:
+        return False
+    zero = (kernel[:rows] == 0) | gone[:rows, None]
+    blocks = zero.reshape(rows // align, align, -1).all(axis=1)
+    in_blocks = np.repeat(blocks, align, axis=0)
+    kept_zero = (kernel[:rows] == 0) & ~gone[:rows, None]
+    return bool(np.all(in_blocks[kept_zero]))
 
 
 def _aligned(removable, size, align):
@@ -404,12 +514,14 @@ def _removable(group, values, constants, align=1):
         if ok:
             removable.append(channel)
     if align > 1 and any(
-        _keeps_block_sparsity(c, values[id(c.layer)]["kernel"], removable) for c in group.consumers
+        _keeps_block_sparsity(c, values[id(c.layer)]["kernel"], removable, align)
+        for c in group.consumers
     ):
         # Removing single rows would break the blocks of a block-sparse Dense kernel.
         removable = _aligned(removable, group.size, align)
+    removable = _balanced(removable, group)
     if len(removable) == group.size:
-        removable = removable[1:]  # a layer keeps at least one unit
+        removable = _balanced(removable[1:], group)  # a layer keeps at least one unit
     return removable
 
 
@@ -433,15 +545,16 @@ class _Plan:
             keep[removed] = False
         for follower, offset in group.followers:
             weights = self.values[id(follower)]
-            if isinstance(follower, L.BatchNormalization):
-                width = weights["moving_mean"].shape[0]
-            else:
-                width = weights["kernel"].shape[-2]
+            width = next(
+                weights[name].shape[axis]
+                for name, axis in per_channel_axes(follower).items()
+                if axis is not None
+            )
             keep = self.keep_channels.setdefault(id(follower), np.ones(width, bool))
             keep[[offset + c for c in removed]] = False
         for consumer in group.consumers:
             kernel = self.values[id(consumer.layer)]["kernel"]
-            rows = kernel.shape[0] if isinstance(consumer.layer, L.Dense) else kernel.shape[-2]
+            rows = kernel.shape[0] if isinstance(consumer.layer, L.Dense) else consumer.width
             keep = self.keep_in.setdefault(id(consumer.layer), np.ones(rows, bool))
             constant = _input_constant(consumer, constants)
             fold = self.bias_fold.setdefault(id(consumer.layer), np.zeros(kernel.shape[-1]))
@@ -456,29 +569,59 @@ class _Plan:
                     index = consumer.offset + channel
                     keep[index] = False
                     if not np.isnan(value) and value != 0:
-                        fold += value * kernel[..., index, :].reshape(-1, kernel.shape[-1]).sum(0)
+                        row, columns = _reads(consumer.layer, kernel, index)
+                        read = kernel[..., row, columns]
+                        fold[columns] += value * read.reshape(-1, read.shape[-1]).sum(0)
 
     def new_units(self, layer):
         keep = self.keep_out.get(id(layer))
         return None if keep is None else int(keep.sum())
 
+    def new_channels(self, layer):
+        keep = self.keep_channels.get(id(layer))
+        return None if keep is None else int(keep.sum())
+
+    def changes(self, layer):
+        return any(
+            id(layer) in part
+            for part in (self.keep_out, self.keep_in, self.keep_channels, self.bias_fold)
+        )
+
+    def adds_bias(self, layer):
+        """Whether a constant must be folded into a layer that has no bias (it gets one)."""
+        fold = self.bias_fold.get(id(layer))
+        return fold is not None and np.any(fold != 0) and not getattr(layer, "use_bias", True)
+
     def weights_for(self, layer):
-        """The old layer's weights, sliced and folded for its smaller copy."""
+        """The old layer's weights, sliced and folded, in the order of its smaller copy's."""
+        names = [w.name for w in layer.weights]
         weights = dict(self.values[id(layer)])
         key = id(layer)
         if key in self.keep_channels:
-            keep = self.keep_channels[key]
-            for name, value in weights.items():
-                if isinstance(layer, L.BatchNormalization):
-                    weights[name] = value[keep]
-                elif name == "kernel":
-                    weights[name] = value[..., keep, :]
-                else:
-                    weights[name] = value[keep]
+            kept = np.flatnonzero(self.keep_channels[key])
+            for name, axis in per_channel_axes(layer).items():
+                if axis is not None:
+                    weights[name] = np.take(weights[name], kept, axis=axis)
         if key in self.keep_in:
             keep = self.keep_in[key]
             kernel = weights["kernel"]
-            weights["kernel"] = kernel[keep] if isinstance(layer, L.Dense) else kernel[..., keep, :]
+            if isinstance(layer, L.Dense):
+                weights["kernel"] = kernel[keep]
+            else:  # per group of a grouped convolution: its rows, its block of columns
+                per_group, groups = kernel.shape[-2], getattr(layer, "groups", 1)
+                width = kernel.shape[-1] // groups
+                weights["kernel"] = np.concatenate(
+                    [
+                        kernel[..., keep[g * per_group : (g + 1) * per_group], :][
+                            ..., g * width : (g + 1) * width
+                        ]
+                        for g in range(groups)
+                    ],
+                    axis=-1,
+                )
+        if self.adds_bias(layer):
+            names.append("bias")  # Keras layers create their bias after their kernel
+            weights["bias"] = np.zeros(weights["kernel"].shape[-1], weights["kernel"].dtype)
         if key in self.bias_fold and "bias" in weights:
             weights["bias"] = (weights["bias"] + self.bias_fold[key]).astype(weights["bias"].dtype)
         if key in self.keep_out:
@@ -486,7 +629,7 @@ class _Plan:
             weights["kernel"] = weights["kernel"][..., keep]
             if "bias" in weights:
                 weights["bias"] = weights["bias"][keep]
-        return weights
+        return [weights[name] for name in names]
 
 
 def _rebuild(plain, plan):
@@ -494,11 +637,22 @@ def _rebuild(plain, plan):
 
     def clone_function(layer):
         units = plan.new_units(layer)
-        if units is None:
+        channels = plan.new_channels(layer)
+        if isinstance(layer, L.Reshape) and -1 not in layer.target_shape:
+            # Keeps the channel axis (or shrink would not have followed it): let it
+            # take the channels that are left.
+            config = {**layer.get_config(), "target_shape": (*layer.target_shape[:-1], -1)}
+            copy = L.Reshape.from_config(config)
+        elif units is None and channels is None and not plan.adds_bias(layer):
             copy = fresh_copy(layer)
         else:
             config = layer.get_config()
-            config["units" if isinstance(layer, L.Dense) else "filters"] = units
+            if units is not None:
+                config["units" if isinstance(layer, L.Dense) else "filters"] = units
+            if channels is not None:
+                config = resized_config(layer, config, channels)
+            if plan.adds_bias(layer):
+                config["use_bias"] = True
             copy = layer.__class__.from_config(config)
         copies[id(layer)] = copy
         return copy
@@ -508,9 +662,12 @@ def _rebuild(plain, plan):
         copy = copies.get(id(layer))
         if copy is None or copy is layer or not layer.weights:
             continue
-        weights = plan.weights_for(layer)
-        for variable in copy.weights:
-            variable.assign(weights[variable.name])
+        if plan.changes(layer) or plan.adds_bias(layer):
+            values = plan.weights_for(layer)
+        else:
+            values = [variable.value for variable in layer.weights]
+        for variable, value in zip(copy.weights, values, strict=True):
+            variable.assign(value)
     return small
 
 

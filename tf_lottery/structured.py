@@ -20,6 +20,9 @@ import keras
 import numpy as np
 
 from tf_lottery.channels import channel_groups
+from tf_lottery.channels import per_channel_axes
+from tf_lottery.channels import per_kind_warning
+from tf_lottery.channels import unknown_kinds
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
@@ -145,15 +148,11 @@ class UnitCriterion(Criterion):
         return [(masks[(t.layer, t.name)], math.nan) for t in targets], unit_masks
 
     def _warn_blocked(self, groups):
-        for group in groups:
-            for reason in group.blocked:
-                if group.producers and "layer '" in reason and reason not in self._warned:
-                    self._warned.add(reason)
-                    warnings.warn(
-                        f"{type(self).__name__} leaves the units of {group.name} as they are: "
-                        f"{reason}.",
-                        stacklevel=4,
-                    )
+        for kind, entries in unknown_kinds(groups).items():
+            if kind not in self._warned:
+                self._warned.add(kind)
+                line = per_kind_warning(entries, lambda group: f"the units of {group.name}")
+                warnings.warn(f"{type(self).__name__} leaves {line}.", stacklevel=4)
 
     def _alive(self, group, wrappers):
         unit_mask = _read(wrappers[id(group.producers[0])].unit_mask)
@@ -197,7 +196,9 @@ class UnitCriterion(Criterion):
                 continue
             channels = [offset + c for c in pruned]
             if (follower.name, "kernel") in masks:  # a depthwise convolution
-                masks[(follower.name, "kernel")][..., channels, :] = 0
+                mask = masks[(follower.name, "kernel")]
+                axis = per_channel_axes(follower)["kernel"] % mask.ndim
+                mask[(slice(None),) * axis + (channels,)] = 0
             _zero_units(unit_masks, wrapper, channels)
 
     def get_config(self):

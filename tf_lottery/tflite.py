@@ -48,6 +48,7 @@ from tf_lottery.tflite_report import TFLiteReport
 from tf_lottery.tflite_report import describe
 from tf_lottery.tflite_report import inspect_tflite
 from tf_lottery import keras_private
+from tf_lottery.shrink import NothingToShrink
 from tf_lottery.shrink import shrink as shrink_model
 from tf_lottery.shrink import shrink_report
 from tf_lottery.transforms import strip
@@ -80,6 +81,9 @@ _ENCODING_TOLERANCE = {None: 1e-4, "float16": 1e-2, "dynamic": 2e-2, "int8": 2e-
 # representative_data, and this many random ones without it.
 _MAX_SAMPLES = 1000
 _RANDOM_SAMPLES = 300
+# int8 calibrates on representative_data; this share of it is held out of
+# calibration and verified on, since a file is most right on what it calibrated on.
+_HELD_OUT = 0.25
 # Argmax agreement is judged on at least this many inputs with a clear top class
 # (or half the inputs, when fewer are given); with fewer, on the values.
 _MIN_CLEAR = 100
@@ -209,7 +213,11 @@ def _exportable(model, data, batch_size):
 
 
 def _shrunk(model, quantize):
-    """`(model, ShrinkReport or None, notes)`: `model` without its dead units, if any."""
+    """`(model, ShrinkReport or None, notes)`: `model` without its dead units, if any.
+
+    A model that `shrink` fails on is converted as it is, with a note: the
+    unshrunk file computes the same.
+    """
     if not keras_private.is_graph_model(model):
         return model, None, []
     with warnings.catch_warnings(record=True) as caught:
@@ -217,8 +225,10 @@ def _shrunk(model, quantize):
         try:
             # Whole blocks of TFLite's sparse FULLY_CONNECTED kernels (1x4 float, 1x16 int8).
             small = shrink_model(model, align=16 if quantize in ("int8", "dynamic") else 4)
-        except ValueError:  # no dead unit: nothing to shrink
+        except NothingToShrink:
             return model, None, []
+        except Exception as error:  # noqa: BLE001 - any failure of shrink leaves the model as is
+            return model, None, [f"shrink() failed, so the model was converted unshrunk: {error}"]
     notes = [str(w.message) for w in caught if str(w.message).startswith("shrink()")]
     return small, shrink_report(model, small), notes
 
@@ -631,6 +641,58 @@ def _verify(plain, inputs, outputs, content, quantize, tolerance):
     return all(ok for ok, _ in results), _by_output(plain, [line for _, line in results])
 
 
+def _held_out(data, quantize):
+    """`(calibration inputs, slice of the inputs to verify on)`.
+
+    For int8 the last `_HELD_OUT` of `data` is left out of calibration and the
+    file is verified on it alone; otherwise every input serves both.
+    """
+    if quantize != "int8" or data is None or len(data[0]) < 2:
+        return data, slice(None)
+    cut = len(data[0]) - max(1, round(_HELD_OUT * len(data[0])))
+    return [x[:cut] for x in data], slice(cut, None)
+
+
+def _argmax_agreement(expected, got):
+    """The share of inputs whose top class the file gets right, over all class outputs."""
+    shares = [
+        float(np.mean(e.argmax(1) == g.argmax(1)))
+        for e, g in zip(expected, got)
+        if e.ndim == 2 and e.shape[1] > 1
+    ]
+    return min(shares) if shares else None
+
+
+# The unpruned model's quantized file agreeing within this many points of the
+# pruned one's says that the loss is quantization's.
+_SAME_LOSS = 0.05
+
+
+def _quantization_or_pruning(unpruned, quantize, calibration, checked, per_channel, plain):
+    """A sentence for a failed quantized verification: quantization's loss, or pruning's."""
+    inputs, outputs = checked
+    pruned = _argmax_agreement(_keras_outputs(plain, inputs), outputs)
+    if unpruned is None or pruned is None:
+        return (
+            " The Keras model compared against is the pruned one, so this is the loss of "
+            "quantization; pass unpruned=<the model before pruning> to see whether its own "
+            "quantized file loses as much."
+        )
+    reference = strip(unpruned) if find_wrappers(unpruned) else unpruned
+    content, _ = _convert(reference, quantize, False, calibration, per_channel)
+    got, problem = _outputs_or_problem(content, reference, inputs)
+    if problem is not None:
+        return f" The unpruned model's {quantize} file could not be run: {problem}."
+    agreement = _argmax_agreement(_keras_outputs(reference, inputs), got)
+    line = (
+        f" The unpruned model's {quantize} file agrees with its Keras model on {agreement:.1%} "
+        f"of these inputs, this one on {pruned:.1%}: "
+    )
+    if agreement <= pruned + _SAME_LOSS:
+        return line + "the loss comes from quantization, not from pruning."
+    return line + "pruning made the model harder to quantize."
+
+
 def _check_arguments(model, path, quantize, tolerance, fallback, per_channel):
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
@@ -670,6 +732,7 @@ def export_tflite(
     shrink=True,
     batch_size=None,
     select_tf_ops=False,
+    unpruned=None,
 ):
     """Converts a pruned model to a .tflite file with sparse encoding.
 
@@ -714,7 +777,9 @@ def export_tflite(
             agreement on the inputs with a clear top class (or max error when
             fewer than 100 of them, or half, have one). A mismatch beyond
             `tolerance` raises `ExportError`. The two encodings are run and
-            compared whatever this says. Defaults to `True`.
+            compared whatever this says. With `quantize="int8"` the last quarter
+            of the inputs is left out of calibration and verified on alone:
+            a file is most right on what it was calibrated on. Defaults to `True`.
         tolerance: Override of the verification tolerance: the allowed max error
             as a fraction of max(1, largest |output|) (float: `1e-4`, float16:
             `1e-2`) or the minimum argmax agreement over inputs with a clear top
@@ -739,6 +804,12 @@ def export_tflite(
             The file then needs the Flex delegate (TensorFlow's select ops) at
             run time, which LiteRT's Python package does not ship: it cannot be
             verified here, and the report says so. Defaults to `False`.
+        unpruned: Optionally, the model before pruning (same inputs and
+            outputs). When a quantized file fails verification, the unpruned
+            model is converted the same way and checked on the same inputs, and
+            the error says whether the loss comes from quantization (the
+            unpruned file agrees about as little) or from pruning. Defaults to
+            `None`.
 
     Returns:
         An `ExportReport`; `print()` it for sizes, the Keras weight behind each
@@ -754,6 +825,11 @@ def export_tflite(
     """
     _check_arguments(model, path, quantize, tolerance, fallback, per_channel)
     _check_options(shrink, batch_size, select_tf_ops)
+    if unpruned is not None and not isinstance(unpruned, keras.Model):
+        raise ValueError(
+            "Expected unpruned to be the Keras model before pruning, or None. Received: "
+            f"unpruned of type {type(unpruned).__name__}"
+        )
     _check_converter_available()
     if quantize == "int8" and representative_data is None:
         raise ValueError(
@@ -772,9 +848,14 @@ def export_tflite(
     data = take(
         representative_data, _keras_inputs(plain), "representative_data", _MAX_SAMPLES, orders
     )
+    calibration, held_out = _held_out(data, quantize)
     try:
-        sparse, sparse_notes = _convert(plain, quantize, True, data, per_channel, select_tf_ops)
-        dense, dense_notes = _convert(plain, quantize, False, data, per_channel, select_tf_ops)
+        sparse, sparse_notes = _convert(
+            plain, quantize, True, calibration, per_channel, select_tf_ops
+        )
+        dense, dense_notes = _convert(
+            plain, quantize, False, calibration, per_channel, select_tf_ops
+        )
     except Exception as error:
         raise ExportError(
             f"The TFLite converter failed on model '{model.name}': {error}"
@@ -795,10 +876,19 @@ def export_tflite(
     notes = export_notes + notes
     verification = None
     if verify:
-        ok, verification = _verify(plain, inputs, outputs, content, quantize, tolerance)
+        checked = [x[held_out] for x in inputs], [o[held_out] for o in outputs]
+        ok, verification = _verify(plain, *checked, content, quantize, tolerance)
+        if held_out != slice(None):
+            total = len(inputs[0])
+            verification += f"; calibrated on the other {len(calibration[0])} of {total} inputs"
         if not ok:
+            cause = ""
+            if quantize in _QUANTIZED:
+                cause = _quantization_or_pruning(
+                    unpruned, quantize, calibration, checked, per_channel, plain
+                )
             raise ExportError(
-                f"The .tflite file does not match the Keras model: {verification}. "
+                f"The .tflite file does not match the Keras model: {verification}.{cause} "
                 "No file was written. Check representative_data, or raise tolerance."
             )
     write_atomically(path, content)
