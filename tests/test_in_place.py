@@ -402,3 +402,18 @@ def test_callbacks_take_layer_paths():
     assert report["transformer_layer_1/feedforward_intermediate_dense"].sparsity == pytest.approx(
         0.5, abs=0.01
     )
+
+
+def test_sensitivity_names_layers_by_path():
+    x, y = _data("bert", batch=8)
+    model = tl.wrap(_bert())
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    before = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    report = tl.sensitivity(model, (x, y), sparsities=(0.5,), verbose=0)
+    assert "transformer_layer_1/feedforward_output_dense" in str(report)
+    for a, b in zip(before, model.weights):  # the model ends as it started
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
