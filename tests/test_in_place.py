@@ -22,62 +22,12 @@ import keras
 from keras import layers as L
 
 keras_hub = pytest.importorskip("keras_hub")
+from hub_models import MODELS  # noqa: E402
+from hub_models import SEQ  # noqa: E402
+from hub_models import bert as _bert  # noqa: E402
+from hub_models import gpt2 as _gpt2  # noqa: E402
+
 H = keras_hub.models
-
-SEQ = 8
-
-
-def _bert():
-    backbone = H.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQ,
-    )
-    return H.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
-
-
-def _gpt2():
-    backbone = H.GPT2Backbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQ,
-    )
-    return H.GPT2CausalLM(backbone, preprocessor=None)
-
-
-def _llama():
-    # Grouped-query attention: 4 query heads share 2 key/value heads.
-    backbone = H.LlamaBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-    )
-    return H.LlamaCausalLM(backbone, preprocessor=None)
-
-
-def _gemma():
-    backbone = H.GemmaBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=4,
-    )
-    return H.GemmaCausalLM(backbone, preprocessor=None)
-
-
-MODELS = {"bert": _bert, "gpt2": _gpt2, "llama": _llama, "gemma": _gemma}
 
 
 def _data(name, batch=4, seed=0):

@@ -569,28 +569,10 @@ def test_the_example_of_docs_oneshot_runs():
 
 
 def _tiny_causal_lm(name):
-    keras_hub = pytest.importorskip("keras_hub")
-    models = keras_hub.models
-    if name == "gpt2":
-        backbone = models.GPT2Backbone(
-            vocabulary_size=50,
-            num_layers=2,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-            max_sequence_length=8,
-        )
-        return models.GPT2CausalLM(backbone, preprocessor=None)
-    backbone = models.GemmaBackbone(  # grouped-query, (heads, hidden, head_dim) query kernels
-        vocabulary_size=50,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=4,
-    )
-    return models.GemmaCausalLM(backbone, preprocessor=None)
+    pytest.importorskip("keras_hub")
+    import hub_models
+
+    return hub_models.MODELS[name]()
 
 
 @pytest.mark.filterwarnings("ignore:wrap\\(\\) prunes no weight of .*PositionEmbedding")

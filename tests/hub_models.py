@@ -1,0 +1,64 @@
+"""Tiny KerasHub models built from config, with random weights, shared by the tests.
+
+Import after `pytest.importorskip("keras_hub")`.
+"""
+
+import keras_hub
+
+H = keras_hub.models
+
+SEQ = 8  # the sequence length of the models with a position embedding
+
+
+def bert():
+    backbone = H.BertBackbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=SEQ,
+    )
+    return H.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+
+
+def gpt2():
+    backbone = H.GPT2Backbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=SEQ,
+    )
+    return H.GPT2CausalLM(backbone, preprocessor=None)
+
+
+def llama():
+    # Grouped-query attention: 4 query heads share 2 key/value heads.
+    backbone = H.LlamaBackbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+    )
+    return H.LlamaCausalLM(backbone, preprocessor=None)
+
+
+def gemma():
+    # One key/value head; query kernels laid out (heads, hidden, head_dim).
+    backbone = H.GemmaBackbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+        head_dim=4,
+    )
+    return H.GemmaCausalLM(backbone, preprocessor=None)
+
+
+MODELS = {"bert": bert, "gpt2": gpt2, "llama": llama, "gemma": gemma}
