@@ -43,6 +43,7 @@ _KERAS_SIDE = {
         "RandomPrune",
         "StdThreshold",
     ],
+    "distillation": ["Distillation", "distillation_loss"],
     "history": ["LotteryHistory", "RoundResult", "RoundSummary", "Statistic", "plot_history"],
     "init_criteria": ["GraSP", "InitCriterion", "SNIP", "SynFlow"],
     "instability": [
@@ -124,6 +125,7 @@ __all__ = [
     "BatchNormScale",
     "ConstantSparsity",
     "Criterion",
+    "Distillation",
     "EveryEpochs",
     "ExportError",
     "ExportReport",
@@ -161,6 +163,7 @@ __all__ = [
     "apply_masks",
     "erk_targets",
     "collect_history",
+    "distillation_loss",
     "export_tflite",
     "find_rewind_wrappers",
     "find_winning_ticket",

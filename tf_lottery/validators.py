@@ -60,6 +60,13 @@ def check_fraction(value, argument, *, allow_zero=False, allow_none=False, meani
     return float(value)
 
 
+def check_weight(value, argument, *, meaning=""):
+    """A number in [0, 1], returned as a float: the weight of one term of two."""
+    if not (is_number(value) and 0 <= value <= 1):
+        _fail(argument, "a number in [0, 1]", value, meaning)
+    return float(value)
+
+
 def check_bool(value, argument):
     """`True` or `False`."""
     if not isinstance(value, bool):
