@@ -92,7 +92,7 @@ class PruningState(keras.layers.Layer):
             # Tracked, so that the variables are the model's state; not an
             # attribute, so that the saving walk stops here (save_own_variables
             # writes them all, with the layout).
-            self._tracker.add_to_store("layers", wrapper)
+            keras_private.track_sublayer(self, wrapper)
         self._wrappers = _Hidden(list(wrappers))
         self.built = True
 
@@ -276,14 +276,7 @@ def attach(model, prune, rewind):
             _hand_over_masks(layer, wrapper)
         wrappers.append(wrapper)
     state = PruningState(wrappers)
-    tracker = model._tracker
-    locked = tracker.locked
-    tracker.unlock()
-    try:
-        tracker.add_to_store("layers", state)
-    finally:
-        if locked:
-            tracker.lock()
+    keras_private.track_sublayer(model, state)
     object.__setattr__(model, STATE_ATTRIBUTE, state)
     return state
 
@@ -298,12 +291,7 @@ def detach(model):
             variable.constraint = getattr(constraint, "constraint", None)
         wrapper.layer.__dict__.pop("call", None)
         wrapper.layer.__dict__.pop(_ATTACHED_ATTRIBUTE, None)
-    tracker = model._tracker
-    locked = tracker.locked
-    tracker.unlock()
-    tracker.untrack(state)
-    if locked:
-        tracker.lock()
+    keras_private.untrack_sublayer(model, state)
     del model.__dict__[STATE_ATTRIBUTE]
     return model
 

@@ -24,6 +24,8 @@ __all__ = [
     "output_operations",
     "own_variables",
     "tensor_key",
+    "track_sublayer",
+    "untrack_sublayer",
 ]
 
 
@@ -140,3 +142,31 @@ def call_arguments(tensor):
 def output_operations(model):
     """The operations (layers) whose calls give a graph `model`'s outputs."""
     return [tensor._keras_history[0] for tensor in graph_outputs(model)]
+
+
+def track_sublayer(owner, layer):
+    """Makes `owner` track `layer` as a sublayer, even once built (its tracker locked).
+
+    The layer's variables then count among `owner.variables`, as a JAX train step
+    needs. `Model.quantize()` unlocks trackers the same way to add variables.
+    """
+    tracker = owner._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        tracker.add_to_store("layers", layer)
+    finally:
+        if locked:
+            tracker.lock()
+
+
+def untrack_sublayer(owner, layer):
+    """Undoes `track_sublayer(owner, layer)`."""
+    tracker = owner._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        tracker.untrack(layer)
+    finally:
+        if locked:
+            tracker.lock()
