@@ -334,10 +334,8 @@ def _copy_of_in_place(model):
             "to take the pruning state off the model itself instead."
         ) from error
     state_ids = {id(v) for v in state.state_variables()}
-    masks = {
-        id(m.variable): m.mask for w in state.wrappers for m in getattr(w, "masked_weights", [])
-    }
-    masks.update({id(v): m for w in state.wrappers for v, m in w._mask_pairs})
+    # Every masked variable: pruned weights, and the biases (BN γ, β) of pruned units.
+    masks = {id(v): m for w in state.wrappers for v, m in w._mask_pairs}
     sources = [v for v in model.weights if id(v) not in state_ids]
     targets = clone.weights
     if [tuple(v.shape) for v in sources] != [tuple(v.shape) for v in targets]:
