@@ -202,6 +202,8 @@ def test_exclude_takes_paths_and_patterns():
     assert names and not any(n.endswith("self_attention") or n == "token_embedding" for n in names)
     with pytest.raises(ValueError, match="exclude names no prunable layer"):
         tl.wrap(_gpt2(), exclude=["*/nothing_like_this"])
+    with pytest.raises(ValueError, match="exclude names no prunable layer"):
+        tl.wrap(_gpt2(), exclude=["*/feedforward_layer_norm"])  # never pruned: a typo?
 
 
 def test_lora_layers_are_refused_with_what_to_do():

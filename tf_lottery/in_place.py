@@ -200,11 +200,13 @@ def plan(model, exclude=()):
     rewound, and its sublayers visited.
 
     Returns:
-        `(prune, rewind, frozen, unreached)`: lists of layers; `unreached` holds
-        layers with a trainable weight of two or more dimensions that no rule
-        prunes (a user's layer without `get_prunable_weights()`).
+        `(prune, rewind, frozen, excluded, unreached)`: lists of layers. The
+        prunable layers `exclude` matched are in `excluded` and in `rewind`;
+        `unreached` holds layers with a trainable weight of two or more
+        dimensions that no rule prunes (a user's layer without
+        `get_prunable_weights()`).
     """
-    prune, rewind, frozen, unreached = [], [], [], []
+    prune, rewind, frozen, excluded, unreached = [], [], [], [], []
     seen = set()
 
     def visit(layer):
@@ -215,6 +217,7 @@ def plan(model, exclude=()):
             own = keras_private.own_variables(sub)
             if is_prunable(sub) and sub.built and prunable_weights(sub):
                 if _matches(sub, exclude):
+                    excluded.append(sub)
                     rewind.append(sub)
                     continue
                 # Before the frozen check: enable_lora() freezes the base kernel.
@@ -233,7 +236,7 @@ def plan(model, exclude=()):
     # output comes from its tied token embedding, visited first.
     outputs = _output_layers(model)
     prune.sort(key=lambda layer: id(layer) in outputs)
-    return prune, rewind, frozen, unreached
+    return prune, rewind, frozen, excluded, unreached
 
 
 def _output_layers(model):

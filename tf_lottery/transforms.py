@@ -109,9 +109,10 @@ def _wrap_in_place(model, exclude):
             "first, or write tf_lottery.PruneWrapper(layer) in its __init__."
         )
     patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    prune, rewind, frozen, unreached = _in_place.plan(model, patterns)
-    matched = prune + rewind + frozen
-    unknown = [p for p in patterns if not _in_place.matching(matched, p)]
+    prune, rewind, frozen, excluded, unreached = _in_place.plan(model, patterns)
+    # A pattern must name a prunable layer: one that only matches a LayerNormalization
+    # (never pruned anyway) is most likely a typo.
+    unknown = [p for p in patterns if not _in_place.matching(excluded + frozen, p)]
     if unknown:
         raise ValueError(
             f"exclude names no prunable layer of model '{model.name}': {unknown}. Prunable "
