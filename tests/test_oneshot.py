@@ -24,23 +24,29 @@ def activations(samples, tokens, features, seed, dead=()):
     return x
 
 
-def reference_wanda(weight, x, sparsity, n_m):
+def _reference_layer(weight, x, statistics):
+    """A float64 torch Linear holding `weight`, and the reference's statistics of `x`."""
     layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.float64)
     layer.weight.data = torch.tensor(weight)
-    stats = reference.WrappedGPT(layer, torch.float64)
+    state = statistics(layer, torch.float64)
     for sample in torch.tensor(x):
-        stats.add_batch(sample.unsqueeze(0))
-    prune_n, prune_m = (0, 0) if n_m is None else (n_m[1] - n_m[0], n_m[1])
-    return reference.wanda_mask(layer.weight.data, stats.scaler_row, sparsity, prune_n, prune_m)
+        state.add_batch(sample.unsqueeze(0))
+    return layer, state
+
+
+def _reference_n_m(n_m):
+    """The references' N:M arguments: their `prune_n` counts the weights pruned of each m."""
+    return (0, 0) if n_m is None else (n_m[1] - n_m[0], n_m[1])
+
+
+def reference_wanda(weight, x, sparsity, n_m):
+    layer, stats = _reference_layer(weight, x, reference.WrappedGPT)
+    return reference.wanda_mask(layer.weight.data, stats.scaler_row, sparsity, *_reference_n_m(n_m))
 
 
 def reference_sparsegpt(weight, x, sparsity, n_m):
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.float64)
-    layer.weight.data = torch.tensor(weight)
-    state = reference.SparseGPT(layer, torch.float64)
-    for sample in torch.tensor(x):
-        state.add_batch(sample.unsqueeze(0))
-    prune_n, prune_m = (0, 0) if n_m is None else (n_m[1] - n_m[0], n_m[1])
+    layer, state = _reference_layer(weight, x, reference.SparseGPT)
+    prune_n, prune_m = _reference_n_m(n_m)
     mask = state.fasterprune(sparsity, prune_n, prune_m, blocksize=128, percdamp=0.01)
     return mask.numpy(), layer.weight.data.numpy()
 
