@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tf_lottery as tl
+from tf_lottery.shrink import ShrinkWarning
 
 L = keras.layers
 
@@ -105,6 +106,20 @@ def test_export_converts_unshrunk_with_a_note_when_shrink_fails(tmp_path, monkey
     np.testing.assert_allclose(
         tl.run_tflite(report.path, x), model.predict(x, verbose=0), atol=1e-4
     )
+
+
+@pytest.mark.tensorflow
+def test_export_passes_on_what_shrink_left_alone_by_its_warning_category(tmp_path):
+    inputs = keras.Input((6,))
+    kept = L.Lambda(lambda t: t * 2.0, name="double")(L.Dense(8, name="fc1")(inputs))
+    x = L.Dense(4, name="fc2")(L.Dense(8, name="fc3")(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Concatenate()([kept, x])))
+    _zero_columns(model.get_layer("fc3"), [0, 1, 2])
+    with pytest.warns(ShrinkWarning, match="layer 'double'"):
+        assert tl.shrink(model).get_layer("fc3").units == 5
+    report = tl.export_tflite(model, str(tmp_path / "m.tflite"))
+    assert report.shrink["fc3"].units_after == 5
+    assert [n for n in report.notes if "layer 'double'" in n][0].startswith("shrink() leaves")
 
 
 @pytest.mark.tensorflow

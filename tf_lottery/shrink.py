@@ -43,6 +43,14 @@ class NothingToShrink(ValueError):
     """`shrink` found no unit it can remove; the model is fine as it is."""
 
 
+class ShrinkWarning(UserWarning):
+    """`shrink` kept units that a layer it does not understand reads.
+
+    Its own category, so that a caller (`export_tflite`) can pass these lines on
+    to the user without matching their text.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerShrink:
     """One layer's size before and after `shrink`."""
@@ -259,6 +267,7 @@ def _warn_blocked(groups):
         line = per_kind_warning(entries, lambda group: "some units")
         warnings.warn(
             f"shrink() leaves {line}. Units that reach it are kept.",
+            ShrinkWarning,
             stacklevel=3,
         )
 

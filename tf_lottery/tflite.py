@@ -49,6 +49,7 @@ from tf_lottery.tflite_report import describe
 from tf_lottery.tflite_report import inspect_tflite
 from tf_lottery import keras_private
 from tf_lottery.shrink import NothingToShrink
+from tf_lottery.shrink import ShrinkWarning
 from tf_lottery.shrink import shrink as shrink_model
 from tf_lottery.shrink import shrink_report
 from tf_lottery.transforms import strip
@@ -229,7 +230,7 @@ def _shrunk(model, quantize):
             return model, None, []
         except Exception as error:  # noqa: BLE001 - any failure of shrink leaves the model as is
             return model, None, [f"shrink() failed, so the model was converted unshrunk: {error}"]
-    notes = [str(w.message) for w in caught if str(w.message).startswith("shrink()")]
+    notes = [str(w.message) for w in caught if issubclass(w.category, ShrinkWarning)]
     return small, shrink_report(model, small), notes
 
 
