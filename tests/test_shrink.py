@@ -176,3 +176,12 @@ def test_a_failed_int8_check_says_whether_quantization_or_pruning_lost_it(tmp_pa
     assert "calibrated on the other 150 of 200 inputs" in str(plain.value)
     with pytest.raises(ValueError, match="unpruned"):
         tl.export_tflite(model, path, quantize="int8", representative_data=x, unpruned="m.keras")
+
+
+def test_shrink_refuses_bad_arguments_by_name():
+    model = _conv_bn_conv_bn()
+    for bad in (0, -4, 2.0, True, "16"):
+        with pytest.raises(ValueError, match=f"align to be a positive integer.*align={bad!r}"):
+            tl.shrink(model, align=bad)
+    with pytest.raises(ValueError, match="verbose to be 0 or 1.*verbose=2"):
+        tl.shrink(model, verbose=2)

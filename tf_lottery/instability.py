@@ -25,6 +25,7 @@ import numpy as np
 from tf_lottery import keras_private
 from tf_lottery.files import save_figure
 from tf_lottery.wrapper import assign_copy
+from tf_lottery.validators import check_int
 from tf_lottery.wrapper import find_wrappers
 
 
@@ -72,12 +73,12 @@ def _barrier(values):
 
 def check_points(points, argument="points"):
     """Raises a ValueError unless `points` is an integer >= 3."""
-    if isinstance(points, bool) or not isinstance(points, int) or points < 3:
-        raise ValueError(
-            f"Expected {argument} to be an integer >= 3: the two trained networks and at "
-            f"least one point between them. Received: {argument}={points!r}"
-        )
-    return points
+    return check_int(
+        points,
+        argument,
+        minimum=3,
+        meaning="the two trained networks and at least one point between them",
+    )
 
 
 def _check_shapes(model_a, model_b, what="The two networks have"):
@@ -283,8 +284,7 @@ def instability_analysis(
     """
     points = check_points(points)
     seeds = _check_seeds(seeds)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"Expected epochs to be a positive integer. Received: epochs={epochs!r}")
+    epochs = check_int(epochs, "epochs", minimum=1)
     fit_kwargs = {"verbose": 0, **(fit_kwargs or {})}
     copies = []
     for seed in seeds:

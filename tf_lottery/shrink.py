@@ -30,6 +30,8 @@ from tf_lottery.channels import walk_graph
 from tf_lottery.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
 from tf_lottery.transforms import strip
+from tf_lottery.validators import check_choice
+from tf_lottery.validators import check_int
 from tf_lottery.wrapper import find_rewind_wrappers
 
 L = keras.layers
@@ -211,10 +213,8 @@ def shrink(model, *, align=1, verbose=0):
             "shrink() rebuilds the graph of a Sequential or Functional model. Received: "
             f"model of type {type(model).__name__}."
         )
-    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
-        raise ValueError(f"Expected align to be a positive integer. Received: align={align!r}")
-    if verbose not in (0, 1, True, False):
-        raise ValueError(f"Expected verbose to be 0 or 1. Received: verbose={verbose!r}")
+    align = check_int(align, "align", minimum=1, meaning="TFLite's sparse block size, 4 or 16")
+    check_choice(verbose, "verbose", (0, 1))
     plain = strip(model) if find_rewind_wrappers(model) else model
     groups = channel_groups(plain)
     _warn_blocked(groups)
