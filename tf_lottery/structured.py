@@ -11,6 +11,13 @@ another criterion.
 Units joined by a residual `Add` (a `ChannelGroup`) are pruned together, scored
 by the sum of their scores. Groups that reach the model's output (its classes)
 or a layer the analysis does not understand are never pruned.
+
+The heads of `MultiHeadAttention` and the key/value groups of
+`GroupQueryAttention` are units too (a `heads.HeadGroup`): a unit spans slices
+of several weights, along each weight's own axis (`channels.UnitSlice`). A
+pruned head's query, key, value and output-projection slices are masked, so it
+adds exactly zero. Both kinds of group answer the same questions (`incoming`,
+`masked`, `readers()`), and the criteria below ask nothing else.
 """
 
 import math
@@ -62,11 +69,12 @@ def _norm_scores(group, p):
 class UnitCriterion(Criterion):
     """Base class of the unit criteria: scores whole output units.
 
-    Subclasses implement `unit_scores(group, wrappers)` (one score per channel
-    of a `ChannelGroup`; larger is kept) and may override `prune_count`.
-    Everything else is shared: groups, `rate` and `scope`, `per_layer`,
-    `round_to`, masks that only shrink, and masking the pruned units' biases and
-    BatchNormalization parameters.
+    Subclasses implement `unit_scores(group, wrappers)` (one score per unit of
+    a `ChannelGroup` or `HeadGroup`; larger is kept), or `scorer` where scores
+    need a pass over data first, and may override `prune_count`. Everything
+    else is shared: groups, `rate` and `scope`, `per_layer`, `round_to`, masks
+    that only shrink, and masking the pruned units' biases and
+    BatchNormalization parameters (or, for heads, their output rows).
 
     Args:
         rate: Fraction of the surviving units of each group to prune per round,
@@ -276,6 +284,7 @@ class UnitNorm(UnitCriterion):
     The score of a unit (a Dense neuron, a convolution filter) is the L1 or L2
     norm of its incoming weights, its kernel column; units joined by a residual
     `Add` are scored by the sum of their norms, each divided by its layer's mean.
+    An attention head scores by its query, key and value slices alike.
 
     Args:
         rate: Fraction of surviving units to prune per round. Defaults to `0.2`.
