@@ -25,7 +25,8 @@ ConvNeXt's `LayerScale`, grouped convolutions (`Conv2D(groups=g)`: the same
 number of channels goes from every group; with `groups=C`, a depthwise
 convolution, a follower), `Rescaling` and
 `Normalization`. `LayerNormalization` normalizes over the channels, so it
-blocks them.
+blocks them. So does an attention layer, whose units are its heads
+(`tf_lottery.heads`), with a known reason rather than as an unknown layer.
 
 The analysis sees through `PruneWrapper` and `RewindWrapper`, and into nested
 Sequential and Functional models: units inside one are pruned and removed like
@@ -246,8 +247,8 @@ class ChannelGroup:
         return self.incoming
 
     def readers(self):
-        """`(layer, rows)` per consumer: `rows(channel)` are the rows of its kernel's
-        [inputs, outputs] matrix that read the channel."""
+        """`(layer, rows)` per consumer: `rows(channel)` are the input rows that read
+        the channel (of a Dense consumer's kernel: its [inputs, outputs] matrix)."""
         return [(c.layer, c.rows) for c in self.consumers]
 
 

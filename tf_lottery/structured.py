@@ -114,7 +114,7 @@ class UnitCriterion(Criterion):
                 )
 
     def unit_scores(self, group, wrappers):
-        """One score per channel of `group`; larger is kept."""
+        """One score per unit of `group`; larger is kept."""
         raise NotImplementedError
 
     def scorer(self, groups, model, wrappers):
@@ -487,6 +487,8 @@ class UnitActivation(UnitCriterion):
                     )
                 readers[id(layer)] = layer
         layers = list(readers.values())
+        if not layers:
+            return lambda group: np.zeros(group.size)  # nothing reads them: no pass
         batches = calibration_batches(self.data, self.samples, self.batch_size, "UnitActivation")
         statistics = collect(model, batches, layers, gram=False)
         # Per reader: ‖X_j‖₂ · ‖W[j, :]‖₂ of every input row j of its kernel matrix.
