@@ -25,7 +25,8 @@ ConvNeXt's `LayerScale`, grouped convolutions (`Conv2D(groups=g)`: the same
 number of channels goes from every group; with `groups=C`, a depthwise
 convolution, a follower), `Rescaling` and
 `Normalization`. `LayerNormalization` normalizes over the channels, so it
-blocks them.
+blocks them. So does an attention layer, whose units are its heads
+(`tf_lottery.heads`), with a known reason rather than as an unknown layer.
 
 The analysis sees through `PruneWrapper` and `RewindWrapper`, and into nested
 Sequential and Functional models: units inside one are pruned and removed like
@@ -85,6 +86,9 @@ ELEMENTWISE = (
 MERGES = (L.Add, L.Subtract, L.Multiply, L.Maximum, L.Minimum, L.Average)
 # Layers that normalize over the channel axis: no channel can go alone.
 NORMALIZERS = (L.LayerNormalization, L.GroupNormalization, L.UnitNormalization)
+# Attention layers: their units are heads (tf_lottery.heads), and the channels
+# they read and write keep their number.
+ATTENTION = (L.MultiHeadAttention, L.GroupQueryAttention)
 # Keras operator nodes (keras.ops classes) that act on each element alone, given
 # one tensor and constants that are scalars; the binary ones also merge two tensors.
 UNARY_OPERATIONS = frozenset(
@@ -173,6 +177,36 @@ class Consumer:
         return [p * self.width + self.offset + channel for p in range(self.positions)]
 
 
+@dataclasses.dataclass(frozen=True)
+class UnitSlice:
+    """Where the units of a group sit in one weight: along `axis`, `width` entries each.
+
+    Unit u owns indices `u * width` to `(u + 1) * width - 1` of `axis`: one
+    column of a Dense kernel (`axis=-1, width=1`), one attention head of a
+    query kernel (`axis=1`), or the query heads of one key/value group under
+    grouped-query attention (`axis=1, width=` heads per group).
+
+    Attributes:
+        variable: The weight (a Keras variable).
+        axis: The axis the units run along.
+        width: Entries of `axis` per unit.
+    """
+
+    variable: object
+    axis: int
+    width: int = 1
+
+    def per_unit(self, array, size):
+        """`array` (shaped like the weight) as a (size, entries per unit) view."""
+        return np.moveaxis(array, self.axis, 0).reshape(size, -1)
+
+    def index(self, array, units):
+        """The index of `units`' entries in an array shaped like the weight."""
+        axis = self.axis % array.ndim
+        entries = [u * self.width + i for u in units for i in range(self.width)]
+        return (slice(None),) * axis + (entries,)
+
+
 @dataclasses.dataclass
 class ChannelGroup:
     """Channels that must be removed together; see the module docstring.
@@ -200,6 +234,22 @@ class ChannelGroup:
     def name(self):
         """The producers' names, for messages: `"conv1+conv2"`."""
         return "+".join(p.name for p in self.producers) or "(no producer)"
+
+    @property
+    def incoming(self):
+        """The `UnitSlice`s of the weights that compute each channel: the producers' kernels."""
+        return [UnitSlice(p.kernel, -1) for p in self.producers]
+
+    @property
+    def masked(self):
+        """The `UnitSlice`s a pruned channel's masks zero: its incoming weights. Its unit
+        mask (bias, BatchNormalization γ and β) silences the rest of the channel."""
+        return self.incoming
+
+    def readers(self):
+        """`(layer, rows)` per consumer: `rows(channel)` are the input rows that read
+        the channel (of a Dense consumer's kernel: its [inputs, outputs] matrix)."""
+        return [(c.layer, c.rows) for c in self.consumers]
 
 
 def _inner(operation):
@@ -400,6 +450,8 @@ def _describe_call(spaces, layer, inputs, ins, outputs):
         space = spaces.new(size)
         spaces.group(space).producers.append(layer)
         return [_Description([(space, 0)], size)]
+    if isinstance(layer, ATTENTION):
+        return _attention(spaces, layer, ins, outputs)
     if isinstance(layer, NORMALIZERS):
         spaces.block(
             first,
@@ -422,6 +474,23 @@ def _describe_call(spaces, layer, inputs, ins, outputs):
             width += description.width
         return [_Description(segments, width)]
     return _unknown(spaces, layer, ins, outputs)
+
+
+def _attention(spaces, layer, ins, outputs):
+    """An attention layer: a known reason, not an unknown layer, keeps its channels."""
+    kind = type(layer).__name__
+    for description in ins:
+        spaces.block(
+            description,
+            f"layer '{layer.name}' ({kind}) reads them, and its input width stays as it is "
+            "(its heads are pruned as units of their own)",
+        )
+    return [
+        _Description(
+            [(spaces.new(t.shape[-1], f"they come from layer '{layer.name}'"), 0)], t.shape[-1]
+        )
+        for t in outputs
+    ]
 
 
 def per_channel_axes(layer, rank=None):

@@ -27,6 +27,7 @@ _PRUNABLE_NAMES = (
     (keras.layers.Embedding, ("embeddings",)),
     # Sub-layers' kernels: the query, key, value and output projections.
     (keras.layers.MultiHeadAttention, ("kernel",)),
+    (keras.layers.GroupQueryAttention, ("kernel",)),
     (keras.layers.SimpleRNN, ("kernel", "recurrent_kernel")),
     (keras.layers.LSTM, ("kernel", "recurrent_kernel")),
     (keras.layers.GRU, ("kernel", "recurrent_kernel")),
@@ -53,8 +54,8 @@ def is_prunable(layer):
     """Returns whether `layer` has weights that tf_lottery knows how to prune.
 
     A layer is prunable if it is one of the supported Keras layers (Dense,
-    EinsumDense, the convolutions, Embedding, MultiHeadAttention, SimpleRNN, LSTM,
-    GRU) or defines `get_prunable_weights()`.
+    EinsumDense, the convolutions, Embedding, MultiHeadAttention,
+    GroupQueryAttention, SimpleRNN, LSTM, GRU) or defines `get_prunable_weights()`.
     """
     if hasattr(layer, "get_prunable_weights"):
         return True

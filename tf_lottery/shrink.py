@@ -27,6 +27,9 @@ from tf_lottery.channels import per_kind_warning
 from tf_lottery.channels import resized_config
 from tf_lottery.channels import unknown_kinds
 from tf_lottery.channels import walk_graph
+from tf_lottery.heads import head_count
+from tf_lottery.heads import head_groups
+from tf_lottery.heads import silent_units
 from tf_lottery.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
 from tf_lottery.transforms import strip
@@ -116,7 +119,7 @@ def _units(layer):
         return layer.units
     if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
         return layer.filters
-    return None
+    return head_count(layer)
 
 
 def _macs(layer):
@@ -127,9 +130,28 @@ def _macs(layer):
         return 0
     positions = math.prod(d for d in shape[1:-1]) if len(shape) > 2 else 1
     kernel = getattr(layer, "kernel", None)
+    if kernel is None and head_count(layer) is not None:
+        # The projections, one position each: self-attention's query, key and value
+        # positions are the output's. The attention products are left out.
+        kernels = [sub.kernel for sub in keras_private.flatten_layers(layer) if _has_kernel(sub)]
+        return sum(int(math.prod(k.shape)) for k in kernels) * positions
     if kernel is None:
         return 0
     return int(math.prod(kernel.shape)) * positions
+
+
+def _has_kernel(layer):
+    return getattr(layer, "kernel", None) is not None
+
+
+def _graph_layers(model):
+    """The layers of `model`'s graph, nested models' included, not their sublayers:
+    a MultiHeadAttention is one row, its projections counted in it."""
+    for layer in model.layers:
+        if keras_private.is_graph_model(layer):
+            yield from _graph_layers(layer)
+        else:
+            yield layer
 
 
 def shrink_report(before, after):
@@ -144,8 +166,8 @@ def shrink_report(before, after):
     """
     before = strip(before) if find_rewind_wrappers(before) else before
     rows = []
-    for old, new in zip(keras_private.flatten_layers(before), keras_private.flatten_layers(after)):
-        if not old.weights or keras_private.is_graph_model(old):
+    for old, new in zip(_graph_layers(before), _graph_layers(after)):
+        if not old.weights:
             continue
         params = (
             sum(int(math.prod(w.shape)) for w in old.weights),
@@ -224,6 +246,8 @@ def shrink(model, *, align=1, verbose=0):
     for group in groups:
         if group.prunable:
             plan.add(group, _removable(group, values, constants, align), constants)
+    for group in head_groups(plain):
+        plan.add_heads(group, _removable_heads(group))
     if not plan.changed:
         raise NothingToShrink(
             f"Model '{model.name}' has no unit that shrink() can remove: "
@@ -534,6 +558,12 @@ def _removable(group, values, constants, align=1):
     return removable
 
 
+def _removable_heads(group):
+    """The heads (key/value groups) of a `HeadGroup` that add nothing; one stays."""
+    silent = silent_units(group, lambda variable: keras.ops.convert_to_numpy(variable.value))
+    return list(silent[: group.size - 1])
+
+
 class _Plan:
     """What to keep of each layer's input and output channels, and bias folds."""
 
@@ -543,7 +573,34 @@ class _Plan:
         self.keep_in = {}  # layer id -> bool array over kernel input rows/channels
         self.keep_channels = {}  # follower id -> bool array over its channels
         self.bias_fold = {}  # layer id -> array added to the bias
+        self.keep_heads = {}  # attention layer id -> (HeadGroup, bool array over its units)
         self.changed = False
+
+    def add_heads(self, group, removed):
+        if not removed:
+            return
+        self.changed = True
+        keep = np.ones(group.size, bool)
+        keep[removed] = False
+        self.keep_heads[id(group.layer)] = (group, keep)
+
+    def resized_attention(self, layer):
+        """The config of `layer` (an attention layer) with fewer heads, or `None`."""
+        if id(layer) not in self.keep_heads:
+            return None
+        group, keep = self.keep_heads[id(layer)]
+        return group.resized_config(int(keep.sum()))
+
+    def _head_weights(self, layer):
+        group, keep = self.keep_heads[id(layer)]
+        slices = {id(s.variable): s for s in (*group.masked, *group.biases)}
+        kept = np.flatnonzero(keep)
+        values = []
+        for variable in layer.weights:
+            value = keras.ops.convert_to_numpy(variable.value)
+            part = slices.get(id(variable))
+            values.append(value if part is None else value[part.index(value, kept)])
+        return values
 
     def add(self, group, removed, constants):
         if not removed:
@@ -593,7 +650,13 @@ class _Plan:
     def changes(self, layer):
         return any(
             id(layer) in part
-            for part in (self.keep_out, self.keep_in, self.keep_channels, self.bias_fold)
+            for part in (
+                self.keep_out,
+                self.keep_in,
+                self.keep_channels,
+                self.bias_fold,
+                self.keep_heads,
+            )
         )
 
     def adds_bias(self, layer):
@@ -603,6 +666,8 @@ class _Plan:
 
     def weights_for(self, layer):
         """The old layer's weights, sliced and folded, in the order of its smaller copy's."""
+        if id(layer) in self.keep_heads:
+            return self._head_weights(layer)
         names = [w.name for w in layer.weights]
         weights = dict(self.values[id(layer)])
         key = id(layer)
@@ -652,6 +717,8 @@ def _rebuild(plain, plan):
             # take the channels that are left.
             config = {**layer.get_config(), "target_shape": (*layer.target_shape[:-1], -1)}
             copy = L.Reshape.from_config(config)
+        elif plan.resized_attention(layer) is not None:
+            copy = layer.__class__.from_config(plan.resized_attention(layer))
         elif units is None and channels is None and not plan.adds_bias(layer):
             copy = fresh_copy(layer)
         else:

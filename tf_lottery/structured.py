@@ -11,6 +11,13 @@ another criterion.
 Units joined by a residual `Add` (a `ChannelGroup`) are pruned together, scored
 by the sum of their scores. Groups that reach the model's output (its classes)
 or a layer the analysis does not understand are never pruned.
+
+The heads of `MultiHeadAttention` and the key/value groups of
+`GroupQueryAttention` are units too (a `heads.HeadGroup`): a unit spans slices
+of several weights, along each weight's own axis (`channels.UnitSlice`). A
+pruned head's query, key, value and output-projection slices are masked, so it
+adds exactly zero. Both kinds of group answer the same questions (`incoming`,
+`masked`, `readers()`), and the criteria below ask nothing else.
 """
 
 import math
@@ -19,6 +26,10 @@ import warnings
 import keras
 import numpy as np
 
+from tf_lottery.calibration import calibration_batches
+from tf_lottery.calibration import collect
+from tf_lottery.calibration import kernel_layout
+from tf_lottery.calibration import to_matrix
 from tf_lottery.channels import channel_groups
 from tf_lottery.channels import per_channel_axes
 from tf_lottery.channels import per_kind_warning
@@ -27,6 +38,7 @@ from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
+from tf_lottery.heads import head_groups
 from tf_lottery.selection import count_to_drop
 from tf_lottery.selection import cut_of
 from tf_lottery.selection import drop_smallest
@@ -37,16 +49,19 @@ from tf_lottery.validators import check_per_layer
 from tf_lottery.wrapper import find_rewind_wrappers
 
 
-def _column_norms(kernel, p):
-    columns = np.abs(kernel.reshape(-1, kernel.shape[-1]).astype(np.float64))
-    return (columns**p).sum(axis=0) ** (1 / p)
+def _unit_norms(part, size, p):
+    entries = np.abs(part.per_unit(_read(part.variable), size).astype(np.float64))
+    return (entries**p).sum(axis=1) ** (1 / p)
 
 
 def _norm_scores(group, p):
-    """Each producer's column norms over its layer's mean, summed over the group."""
+    """The norms of each unit's incoming weights, per weight over its mean, summed.
+
+    A Dense neuron's kernel column; a head's query, key and value slices.
+    """
     total = np.zeros(group.size)
-    for producer in group.producers:
-        norms = _column_norms(_read(producer.kernel), p)
+    for part in group.incoming:
+        norms = _unit_norms(part, group.size, p)
         total += norms / max(float(norms.mean()), 1e-12)
     return total
 
@@ -54,11 +69,12 @@ def _norm_scores(group, p):
 class UnitCriterion(Criterion):
     """Base class of the unit criteria: scores whole output units.
 
-    Subclasses implement `unit_scores(group, wrappers)` (one score per channel
-    of a `ChannelGroup`; larger is kept) and may override `prune_count`.
-    Everything else is shared: groups, `rate` and `scope`, `per_layer`,
-    `round_to`, masks that only shrink, and masking the pruned units' biases and
-    BatchNormalization parameters.
+    Subclasses implement `unit_scores(group, wrappers)` (one score per unit of
+    a `ChannelGroup` or `HeadGroup`; larger is kept), or `scorer` where scores
+    need a pass over data first, and may override `prune_count`. Everything
+    else is shared: groups, `rate` and `scope`, `per_layer`, `round_to`, masks
+    that only shrink, and masking the pruned units' biases and
+    BatchNormalization parameters (or, for heads, their output rows).
 
     Args:
         rate: Fraction of the surviving units of each group to prune per round,
@@ -75,6 +91,8 @@ class UnitCriterion(Criterion):
     """
 
     uses_model = True
+    # Whether the criterion scores attention heads too (`tf_lottery.heads`).
+    prunes_heads = True
 
     def __init__(self, rate=0.2, scope="layer", per_layer=None, round_to=1):
         super().__init__()
@@ -96,8 +114,17 @@ class UnitCriterion(Criterion):
                 )
 
     def unit_scores(self, group, wrappers):
-        """One score per channel of `group`; larger is kept."""
+        """One score per unit of `group`; larger is kept."""
         raise NotImplementedError
+
+    def scorer(self, groups, model, wrappers):
+        """A function from a group to its scores, for the `groups` about to be pruned.
+
+        Called once per round, before any score: a criterion that calibrates
+        (`UnitActivation`) runs its passes here, for all groups at once. The
+        default scores each group with `unit_scores`.
+        """
+        return lambda group: self.unit_scores(group, wrappers)
 
     def prune_count(self, group, wrappers, scores, alive):
         """How many of the `alive` channels of `group` to prune, scope="layer"."""
@@ -131,21 +158,24 @@ class UnitCriterion(Criterion):
             )
         self.check(targets)
         wrappers = {id(w.layer): w for w in find_rewind_wrappers(model)}
-        selected = {t.layer for t in targets}
+        # The new masks, by the id of the variable they mask.
+        masks = {id(t.weight): _read(t.mask).copy() for t in targets}
         all_groups = channel_groups(model)
         self._warn_blocked(all_groups)
+        if self.prunes_heads:
+            all_groups += head_groups(model)
         groups = [
             g
             for g in all_groups
             if g.prunable
             and all(id(p) in wrappers and hasattr(wrappers[id(p)], "masks") for p in g.producers)
-            and all(p.name in selected for p in g.producers)
+            and all(id(part.variable) in masks for part in g.masked)
         ]
-        masks = {(t.layer, t.name): _read(t.mask).copy() for t in targets}
         unit_masks = {}
-        for group, pruned in self._plan(groups, wrappers):
+        scores = self.scorer(groups, model, wrappers)
+        for group, pruned in self._plan(groups, scores, wrappers, masks):
             self._apply(group, pruned, wrappers, masks, unit_masks)
-        return [(masks[(t.layer, t.name)], math.nan) for t in targets], unit_masks
+        return [(masks[id(t.weight)], math.nan) for t in targets], unit_masks
 
     def _warn_blocked(self, groups):
         for kind, entries in unknown_kinds(groups).items():
@@ -154,16 +184,22 @@ class UnitCriterion(Criterion):
                 line = per_kind_warning(entries, lambda group: f"the units of {group.name}")
                 warnings.warn(f"{type(self).__name__} leaves {line}.", stacklevel=4)
 
-    def _alive(self, group, wrappers):
-        unit_mask = _read(wrappers[id(group.producers[0])].unit_mask)
-        return unit_mask[: group.size] > 0
+    def _alive(self, group, wrappers, masks):
+        unit_mask = wrappers[id(group.producers[0])].unit_mask
+        if unit_mask is not None:
+            return _read(unit_mask)[: group.size] > 0
+        # A head has no unit mask: it is alive while any of its weights is.
+        return np.any(
+            [np.any(p.per_unit(masks[id(p.variable)], group.size), axis=1) for p in group.masked],
+            axis=0,
+        )
 
-    def _plan(self, groups, wrappers):
-        """(group, indices of the channels to prune) for each group."""
+    def _plan(self, groups, score, wrappers, masks):
+        """(group, indices of the units to prune) for each group, `score(group)` its scores."""
         scored = []
         for group in groups:
-            alive = self._alive(group, wrappers)
-            scores = np.asarray(self.unit_scores(group, wrappers), np.float64)
+            alive = self._alive(group, wrappers, masks)
+            scores = np.asarray(score(group), np.float64)
             scored.append((group, alive, scores))
         if self.scope == "global":
             # Scores over their layer's mean, so that wide layers do not dominate;
@@ -187,16 +223,19 @@ class UnitCriterion(Criterion):
     def _apply(self, group, pruned, wrappers, masks, unit_masks):
         if not len(pruned):
             return
+        for part in group.masked:
+            mask = masks[id(part.variable)]
+            mask[part.index(mask, pruned)] = 0
         for producer in group.producers:
-            masks[(producer.name, "kernel")][..., pruned] = 0
             _zero_units(unit_masks, wrappers[id(producer)], pruned)
         for follower, offset in group.followers:
             wrapper = wrappers.get(id(follower))
             if wrapper is None:
                 continue
             channels = [offset + c for c in pruned]
-            if (follower.name, "kernel") in masks:  # a depthwise convolution
-                mask = masks[(follower.name, "kernel")]
+            kernel = getattr(follower, "kernel", None)
+            if id(kernel) in masks:  # a depthwise convolution
+                mask = masks[id(kernel)]
                 axis = per_channel_axes(follower)["kernel"] % mask.ndim
                 mask[(slice(None),) * axis + (channels,)] = 0
             _zero_units(unit_masks, wrapper, channels)
@@ -217,7 +256,6 @@ class UnitCriterion(Criterion):
 _NO_UNIT_AXIS = (
     "Embedding",
     "EinsumDense",
-    "MultiHeadAttention",
     "SimpleRNN",
     "LSTM",
     "GRU",
@@ -246,6 +284,7 @@ class UnitNorm(UnitCriterion):
     The score of a unit (a Dense neuron, a convolution filter) is the L1 or L2
     norm of its incoming weights, its kernel column; units joined by a residual
     `Add` are scored by the sum of their norms, each divided by its layer's mean.
+    An attention head scores by its query, key and value slices alike.
 
     Args:
         rate: Fraction of surviving units to prune per round. Defaults to `0.2`.
@@ -294,6 +333,8 @@ class BatchNormScale(UnitCriterion):
     tf_lottery.prune(model, tf_lottery.BatchNormScale(0.3, scope="global"))
     ```
     """
+
+    prunes_heads = False  # attention heads have no BatchNormalization
 
     def unit_scores(self, group, wrappers):
         scales = [
@@ -349,10 +390,13 @@ class UnitStdThreshold(UnitCriterion):
     def prune_count(self, group, wrappers, scores, alive):
         s = self.per_layer.get(group.producers[0].name, self.quality)
         below, survivors = 0, 0
-        for producer in group.producers:
-            kernel = _read(producer.kernel)
-            mask = _read(wrappers[id(producer)].masks["kernel"])
-            alive_weights = kernel[(mask > 0) & alive.reshape((1,) * (kernel.ndim - 1) + (-1,))]
+        masks = {
+            id(m.variable): m.mask for p in group.producers for m in wrappers[id(p)].masked_weights
+        }
+        for part in group.incoming:
+            kernel = part.per_unit(_read(part.variable), group.size)
+            mask = part.per_unit(_read(masks[id(part.variable)]), group.size)
+            alive_weights = kernel[(mask > 0) & alive[:, None]]
             if alive_weights.size:
                 below += int(np.count_nonzero(np.abs(alive_weights) < s * alive_weights.std()))
                 survivors += alive_weights.size
@@ -365,3 +409,104 @@ class UnitStdThreshold(UnitCriterion):
             "per_layer": dict(self.per_layer),
             "round_to": self.round_to,
         }
+
+
+@keras.saving.register_keras_serializable(package="tf_lottery")
+class UnitActivation(UnitCriterion):
+    """Prunes the units whose output the next layer uses least on calibration data.
+
+    Wanda's score (Sun et al. 2023) for whole units, the activation importance
+    of Minitron (Muralidharan et al. 2024): a unit scores ‖X_j‖₂ · ‖W[j, :]‖₂,
+    where W is the kernel of the layer that reads the unit and ‖X_j‖₂ the norm
+    of that layer's input feature j over the calibration data. A feed-forward
+    neuron scores by the down-projection's input j and row j; an attention
+    head sums this over its rows of the output projection (all the query heads
+    of a key/value group under grouped-query attention). A unit whose output
+    is large where its weights are small is kept, where `UnitNorm`, which reads
+    the weights only, would prune it.
+
+    The readers' inputs are captured in one pass over the calibration
+    batches, with the layers' `call` hooked as `Wanda` does: each batch is
+    folded into one norm per feature and dropped. The layers that read a
+    pruned group's units must be Dense layers (or attention output
+    projections).
+
+    Args:
+        rate: Fraction of surviving units to prune per round. Defaults to `0.2`.
+        data: Calibration inputs: arrays (or a dict or list of them, as
+            `model.predict` takes), an `(x, y)` or `(x, y, sample_weight)`
+            tuple, or a dataset of such batches. Required.
+        scope: `"layer"` or `"global"`. Defaults to `"layer"`.
+        per_layer: Optional dict from layer name to rate. Defaults to `None`.
+        round_to: Keep unit counts a multiple of this. Defaults to `1`.
+        samples: Calibration examples to use, at most. Defaults to `128`.
+        batch_size: Examples per forward pass, for arrays. Defaults to `8`.
+
+    Example:
+
+    ```python
+    model = tf_lottery.wrap(model, exclude=["embedding", "lm_head"])
+    tf_lottery.prune(model, tf_lottery.UnitActivation(0.25, data=token_ids[:128]))
+    small = tf_lottery.shrink(model)
+    ```
+    """
+
+    def __init__(
+        self,
+        rate=0.2,
+        data=None,
+        *,
+        scope="layer",
+        per_layer=None,
+        round_to=1,
+        samples=128,
+        batch_size=8,
+    ):
+        super().__init__(rate, scope, per_layer, round_to)
+        if data is None:
+            raise ValueError(
+                "UnitActivation scores units by the inputs of the layers that read them "
+                "on calibration data: pass data=x (model inputs, e.g. 128 sequences of "
+                "token ids) or a dataset of batches. Received: data=None"
+            )
+        self.data = data
+        self.samples = check_int(samples, "samples", minimum=1)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+
+    def scorer(self, groups, model, wrappers):
+        readers = {}
+        for group in groups:
+            for layer, _ in group.readers():
+                if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+                    raise ValueError(
+                        f"UnitActivation scores the units of '{group.name}' by the inputs of "
+                        f"the layers that read them, which must be Dense layers, but layer "
+                        f"'{layer.name}' ({type(layer).__name__}) reads them. Prune them with "
+                        "UnitNorm, or leave them out: tf_lottery.prune(model, criterion, "
+                        "layers=[...])."
+                    )
+                readers[id(layer)] = layer
+        layers = list(readers.values())
+        if not layers:
+            return lambda group: np.zeros(group.size)  # nothing reads them: no pass
+        batches = calibration_batches(self.data, self.samples, self.batch_size, "UnitActivation")
+        statistics = collect(model, batches, layers, gram=False)
+        # Per reader: ‖X_j‖₂ · ‖W[j, :]‖₂ of every input row j of its kernel matrix.
+        contributions = {
+            id(layer): np.sqrt(stats.squared_norms)
+            * np.linalg.norm(to_matrix(_read(layer.kernel), kernel_layout(layer)), axis=1)
+            for layer, stats in zip(layers, statistics)
+        }
+
+        def score(group):
+            total = np.zeros(group.size)
+            for layer, rows in group.readers():
+                row_scores = contributions[id(layer)]
+                total += [row_scores[list(rows(unit))].sum() for unit in range(group.size)]
+            return total
+
+        return score
+
+    def get_config(self):
+        # The calibration data is not part of the config, as with Wanda's.
+        return {**super().get_config(), "samples": self.samples, "batch_size": self.batch_size}
