@@ -325,7 +325,11 @@ def _copy_of_in_place(model):
     """A plain copy of a model wrapped in place, its weights multiplied by their masks."""
     state = _in_place.state_of(model)
     try:
-        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+        config = keras.saving.serialize_keras_object(model)
+        # The copy is returned uncompiled: without the compile config, Keras does
+        # not warn that a Task's custom compile() could not be restored.
+        config.pop("compile_config", None)
+        clone = keras.saving.deserialize_keras_object(config)
         if not clone.built:
             clone.build_from_config(model.get_build_config())
     except Exception as error:  # a config that does not rebuild the model raises anything
