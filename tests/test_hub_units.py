@@ -251,3 +251,29 @@ def test_shrink_of_a_model_without_dead_units_says_what_to_do():
     _quiet_prune(model, tl.PruneFraction(0.5))
     with pytest.raises(NothingToShrink, match=r"2 of the 2 blocks have none.*UnitNorm"):
         tl.shrink(model)
+
+
+@keras.saving.register_keras_serializable(package="test_hub_units")
+class TransformerEncoder(keras.layers.Layer):
+    """A user's own block that shares a KerasHub block's class name and nothing else."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.up = keras.layers.Dense(16, activation="relu")
+        self.down = keras.layers.Dense(8)
+
+    def call(self, x):
+        return x + self.down(self.up(x))
+
+
+def test_a_users_layer_named_like_a_keras_hub_block_is_no_block():
+    inputs = keras.Input((4, 8))
+    x = keras.layers.Flatten()(TransformerEncoder()(inputs))
+    hidden = keras.layers.Dense(12, activation="relu", name="hidden")(x)
+    model = tl.wrap(keras.Model(inputs, keras.layers.Dense(3)(hidden)))
+    assert hub_units.feed_forward_blocks(model) == []
+    _quiet_prune(model, tl.UnitNorm(0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = tl.shrink(model)
+    assert small.get_layer("hidden").units == 6

@@ -93,9 +93,14 @@ BLOCKS = {
 
 
 def kind_of(layer):
-    """The `BlockKind` of `layer`'s class, or `None` for a layer that is no known block."""
+    """The `BlockKind` of `layer`'s class, or `None` for a layer that is no known block.
+
+    Only a class of keras_hub's own counts: a user's layer that happens to be
+    named `TransformerEncoder` (as in the keras.io examples) is no KerasHub
+    block, and its feed-forward layers are not where `BLOCKS` says.
+    """
     for cls in type(layer).__mro__:
-        if cls.__name__ in BLOCKS:
+        if cls.__name__ in BLOCKS and cls.__module__.startswith("keras_hub"):
             return BLOCKS[cls.__name__]
     return None
 
