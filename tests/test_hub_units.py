@@ -277,3 +277,20 @@ def test_a_users_layer_named_like_a_keras_hub_block_is_no_block():
         warnings.simplefilter("ignore")
         small = tl.shrink(model)
     assert small.get_layer("hidden").units == 6
+
+
+def test_a_shrunk_causal_lm_keeps_a_preprocessor_that_still_tokenizes():
+    # A tokenizer's vocabulary is an asset, not config: a copy through the config
+    # alone (strip's, then shrink's) would have a preprocessor without one.
+    vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4, "Ġa": 5, "Ġb": 6}
+    tokenizer = H.GPT2Tokenizer(vocabulary=vocabulary, merges=["a b", "Ġ a", "Ġ b"])
+    preprocessor = H.GPT2CausalLMPreprocessor(tokenizer, sequence_length=SEQ)
+    model = tl.wrap(H.GPT2CausalLM(MODELS["gpt2"]().backbone, preprocessor=preprocessor))
+    _quiet_prune(model, tl.UnitNorm(0.5))
+    small = tl.shrink(model)
+    assert small.preprocessor.tokenizer.vocabulary == vocabulary
+    outputs = []
+    for lm in (model, small):
+        lm.compile(sampler="greedy")
+        outputs.append(lm.generate("ab a", max_length=SEQ))
+    assert outputs[1] == outputs[0]
