@@ -294,3 +294,18 @@ def test_a_shrunk_causal_lm_keeps_a_preprocessor_that_still_tokenizes():
         lm.compile(sampler="greedy")
         outputs.append(lm.generate("ab a", max_length=SEQ))
     assert outputs[1] == outputs[0]
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen"])
+def test_shrink_of_the_other_gated_backbones_predicts_the_same(name):
+    backbone = tl.wrap(BACKBONES[name]())
+    _quiet_prune(backbone, tl.UnitNorm(0.5))
+    plain = tl.strip(backbone)
+    small = tl.shrink(backbone)
+    assert type(small) is type(plain)
+    assert small.get_config()["intermediate_dim"] == plain.get_config()["intermediate_dim"] // 2
+    assert small.count_params() < plain.count_params()
+    x = _inputs(plain)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(small(x)), keras.ops.convert_to_numpy(plain(x)), atol=1e-5
+    )
