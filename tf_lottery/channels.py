@@ -218,6 +218,13 @@ class ChannelGroup:
             whose per-channel parameters follow the channels.
         consumers: `Consumer`s reading them.
         blocked: Why the group cannot be pruned; empty if it can.
+        tie: Groups with the same tie (not `None`) lose as many units as each
+            other: the blocks of one KerasHub backbone share one
+            `intermediate_dim` (see `tf_lottery.hub_units`).
+        masks_consumers: Whether unit criteria mask the consumers' kernel rows
+            with each unit, as one unit of a feed-forward network is its up
+            and gate columns and its down row. Defaults to `False`: in a graph,
+            the rows stay until `shrink` removes them.
     """
 
     size: int
@@ -225,6 +232,8 @@ class ChannelGroup:
     followers: list = dataclasses.field(default_factory=list)
     consumers: list = dataclasses.field(default_factory=list)
     blocked: list = dataclasses.field(default_factory=list)
+    tie: object = None
+    masks_consumers: bool = False
 
     @property
     def prunable(self):

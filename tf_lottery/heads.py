@@ -115,6 +115,9 @@ class HeadGroup:
             key, value, and gate).
         output: The `UnitSlice` of the output projection's kernel (its rows).
         biases: `UnitSlice`s of the projections' biases.
+        tie: Always `None`: each attention layer keeps its own number of heads
+            (as `ChannelGroup.tie`).
+        masks_consumers: Always `False`: `masked` holds the output rows already.
     """
 
     layer: keras.layers.Layer
@@ -124,6 +127,8 @@ class HeadGroup:
     biases: list
     blocked: list = dataclasses.field(default_factory=list)
     followers: list = dataclasses.field(default_factory=list)
+    tie: object = None
+    masks_consumers: bool = False
 
     @property
     def producers(self):

@@ -144,8 +144,8 @@ def prune(model, criterion, *, layers=None, sparsity=None):
         weight.variable.assign(keras.ops.multiply(survivors, mask))
         thresholds[f"{target.layer}/{target.name}"] = threshold
     for wrapper in find_rewind_wrappers(model):
-        if wrapper.layer.name in unit_masks:
-            wrapper.unit_mask.assign(unit_masks[wrapper.layer.name])
+        if wrapper.target_name in unit_masks:
+            wrapper.unit_mask.assign(unit_masks[wrapper.target_name])
             wrapper.apply_masks()  # the pruned units' biases, γ and β become zero
     for wrapper in wrappers:
         if layers is None or wrapper.target_name in layers:

@@ -15,8 +15,9 @@ numpy arrays and never the model, so computing masks changes nothing.
   flag, or a pooled score), `expand_blocks` turns keep-flags back into a mask.
 - How many: `count_to_drop` (a rate of the survivors, or a target sparsity by
   tfmot's `keep_count`), `rounded_count`
-  (a multiple of `round_to`, keeping at least one), `erk_sparsities` (one
-  overall target spread over tensors by ERK).
+  (a multiple of `round_to`, keeping at least one), `shared_counts` (groups
+  that must lose as many as each other), `erk_sparsities` (one overall target
+  spread over tensors by ERK).
 - `keep_n_of_m`: N:M patterns, the `n` largest of every `m` inputs.
 - `keep_one`: a tensor that would lose every surviving unit keeps its best.
 
@@ -144,6 +145,30 @@ def rounded_count(alive, count, round_to=1):
     kept = max(1, alive - count)
     kept = min(alive, math.ceil(kept / round_to) * round_to)
     return alive - kept
+
+
+def shared_counts(counts, ties):
+    """`counts`, one per group, with the counts of groups that share a tie made equal.
+
+    Groups with the same tie (any hashable; `None` is none) must lose as many
+    units as each other: the blocks of one KerasHub backbone share one
+    `intermediate_dim`. Each of them gets the mean of their counts, rounded
+    half to even, so the total stays about what it was.
+
+    Example:
+
+    ```python
+    shared_counts([24, 8, 3], ["backbone", "backbone", None])  # [16, 16, 3]
+    ```
+    """
+    tied = {}
+    for count, tie in zip(counts, ties):
+        if tie is not None:
+            tied.setdefault(tie, []).append(count)
+    return [
+        count if tie is None else round(sum(tied[tie]) / len(tied[tie]))
+        for count, tie in zip(counts, ties)
+    ]
 
 
 def erk_sparsities(shapes, sparsity, power_scale=1.0):

@@ -98,17 +98,21 @@ class ShrinkReport:
         raise KeyError(f"No layer named {name!r}; layers: {[r.layer for r in self.layers]}")
 
     def __str__(self):
-        header = f"{'layer':<24} {'units':>13} {'params':>21} {'MACs':>25}"
+        # As wide as the longest name: in a KerasHub model layers are known by path.
+        width = max([24] + [len(r.layer) for r in self.layers])
+        header = f"{'layer':<{width}} {'units':>13} {'params':>21} {'MACs':>25}"
         lines = [header, "-" * len(header)]
         for r in self.layers:
+            # A row that sums several layers (a KerasHub model's unchanged ones) has no units.
+            units = f"{r.units_before:>5} → {r.units_after:<5}" if r.units_before else " " * 13
             lines.append(
-                f"{r.layer:<24} {r.units_before:>5} → {r.units_after:<5} "
+                f"{r.layer:<{width}} {units} "
                 f"{r.params_before:>9,} → {r.params_after:<9,} "
                 f"{r.macs_before:>11,} → {r.macs_after:<11,}"
             )
         lines.append("-" * len(header))
         lines.append(
-            f"{'total':<24} {'':>13} {self.params_before:>9,} → {self.params_after:<9,} "
+            f"{'total':<{width}} {'':>13} {self.params_before:>9,} → {self.params_after:<9,} "
             f"{self.macs_before:>11,} → {self.macs_after:<11,}"
         )
         return "\n".join(lines)
@@ -162,8 +166,13 @@ def shrink_report(before, after):
         after: The same architecture with fewer units, e.g. `shrink(before)`.
 
     Returns:
-        A `ShrinkReport` with one row per layer with weights; `print()` it.
+        A `ShrinkReport` with one row per layer with weights; `print()` it. For
+        a KerasHub model, one row per layer whose size changed and one for
+        every other layer, multiply-accumulates counted per token.
     """
+    hub_units = _hub_units()
+    if hub_units.feed_forward_blocks(before):
+        return hub_units.report(strip(before) if find_rewind_wrappers(before) else before, after)
     before = strip(before) if find_rewind_wrappers(before) else before
     rows = []
     for old, new in zip(_graph_layers(before), _graph_layers(after)):
@@ -178,6 +187,13 @@ def shrink_report(before, after):
             units = (old.output.shape[-1], new.output.shape[-1])
         rows.append(LayerShrink(old.name, *units, *params, _macs(old), _macs(new)))
     return ShrinkReport(tuple(rows))
+
+
+def _hub_units():
+    # Imported on use: tf_lottery.hub_units builds on this module.
+    from tf_lottery import hub_units
+
+    return hub_units
 
 
 def shrink(model, *, align=1, verbose=0):
@@ -209,9 +225,14 @@ def shrink(model, *, align=1, verbose=0):
     result is checked on random inputs against `model`; it is never a model that
     predicts differently.
 
+    A KerasHub Backbone or Task (`CausalLM`, `TextClassifier`) is rebuilt
+    from its config with fewer feed-forward units in its transformer blocks,
+    as many in every block (see `tf_lottery.hub_units.shrink_blocks`); its
+    class, `generate()` and preprocessor stay.
+
     Args:
         model: A Sequential or Functional model, wrapped (it is stripped first)
-            or plain.
+            or plain, or a KerasHub Backbone or Task.
         align: Remove the input rows of a Dense layer that stays sparse only in
             whole aligned blocks of this many, so that TFLite's block-sparse
             kernels (blocks of 4 for float, 16 for int8) keep their blocks.
@@ -237,6 +258,8 @@ def shrink(model, *, align=1, verbose=0):
         )
     align = check_int(align, "align", minimum=1, meaning="TFLite's sparse block size, 4 or 16")
     check_choice(verbose, "verbose", (0, 1))
+    if _hub_units().feed_forward_blocks(model):
+        return _hub_units().shrink_blocks(model, verbose=verbose)
     plain = strip(model) if find_rewind_wrappers(model) else model
     groups = channel_groups(plain)
     _warn_blocked(groups)
@@ -747,9 +770,12 @@ def _rebuild(plain, plan):
     return small
 
 
-def _check_same_predictions(before, after):
-    x = random_inputs(before, 8)
-    x = x if len(x) > 1 else x[0]
+def _check_same_predictions(before, after, x=None):
+    """Raises a RuntimeError if `after` predicts otherwise than `before` on `x`
+    (by default, random inputs)."""
+    if x is None:
+        x = random_inputs(before, 8)
+        x = x if len(x) > 1 else x[0]
     expected = keras.tree.flatten(before(x, training=False))
     got = keras.tree.flatten(after(x, training=False))
     for a, b in zip(expected, got):

@@ -18,6 +18,10 @@ of several weights, along each weight's own axis (`channels.UnitSlice`). A
 pruned head's query, key, value and output-projection slices are masked, so it
 adds exactly zero. Both kinds of group answer the same questions (`incoming`,
 `masked`, `readers()`), and the criteria below ask nothing else.
+
+The transformer blocks of a KerasHub model are nodes that the graph analysis
+cannot see into; their feed-forward units are its groups (`hub_units`), the
+same number pruned in every block of a Backbone.
 """
 
 import math
@@ -39,10 +43,13 @@ from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
 from tf_lottery.heads import head_groups
+from tf_lottery.hub_units import attention_note
+from tf_lottery.hub_units import feed_forward_groups
 from tf_lottery.selection import count_to_drop
 from tf_lottery.selection import cut_of
 from tf_lottery.selection import drop_smallest
 from tf_lottery.selection import rounded_count
+from tf_lottery.selection import shared_counts
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
@@ -88,6 +95,11 @@ class UnitCriterion(Criterion):
         round_to: Keep the number of surviving units of each group a multiple
             of this (hardware runs multiples of 4, 8 or 16 channels best).
             Defaults to `1`.
+
+    In a KerasHub model the feed-forward units of the transformer blocks are
+    the groups (up and gate columns, biases, down row), and every block of a
+    Backbone loses as many: the mean of what `rate` and `scope` give each,
+    each block choosing its own by score. Attention heads are left whole.
     """
 
     uses_model = True
@@ -128,7 +140,7 @@ class UnitCriterion(Criterion):
 
     def prune_count(self, group, wrappers, scores, alive):
         """How many of the `alive` channels of `group` to prune, scope="layer"."""
-        rate = self.per_layer.get(group.producers[0].name, self.rate)
+        rate = self.per_layer.get(_name(group.producers[0], wrappers), self.rate)
         return count_to_drop(int(alive.sum()), alive.size, rate)
 
     def compute_masks(self, targets, model=None):
@@ -148,8 +160,9 @@ class UnitCriterion(Criterion):
 
         Returns:
             A list of (0/1 mask, threshold) pairs, one per target, and a dict
-            from layer name to the new 0/1 unit mask of each wrapper with pruned
-            units.
+            from the wrapper's `target_name` (a layer's name, or its path when
+            wrapped in place) to the new 0/1 unit mask of each wrapper with
+            pruned units.
         """
         if model is None:
             raise ValueError(
@@ -160,8 +173,9 @@ class UnitCriterion(Criterion):
         wrappers = {id(w.layer): w for w in find_rewind_wrappers(model)}
         # The new masks, by the id of the variable they mask.
         masks = {id(t.weight): _read(t.mask).copy() for t in targets}
-        all_groups = channel_groups(model)
+        all_groups = _unit_groups(model)
         self._warn_blocked(all_groups)
+        self._warn_attention(model)
         if self.prunes_heads:
             all_groups += head_groups(model)
         groups = [
@@ -183,6 +197,12 @@ class UnitCriterion(Criterion):
                 self._warned.add(kind)
                 line = per_kind_warning(entries, lambda group: f"the units of {group.name}")
                 warnings.warn(f"{type(self).__name__} leaves {line}.", stacklevel=4)
+
+    def _warn_attention(self, model):
+        note = attention_note(model)
+        if note is not None and "attention" not in self._warned:
+            self._warned.add("attention")
+            warnings.warn(f"{type(self).__name__} leaves {note}.", stacklevel=4)
 
     def _alive(self, group, wrappers, masks):
         unit_mask = wrappers[id(group.producers[0])].unit_mask
@@ -208,17 +228,37 @@ class UnitCriterion(Criterion):
             pool = np.concatenate([s[a] for _, a, s in scored] or [np.zeros(0)])
             total = count_to_drop(pool.size, pool.size, self.rate)
             cut = cut_of(pool, total) if total > 0 else -np.inf
-        plans = []
+        counts = []
         for group, alive, scores in scored:
             if self.scope == "layer":
-                count = self.prune_count(group, wrappers, scores, alive)
+                counts.append(self.prune_count(group, wrappers, scores, alive))
             else:
-                count = int(np.count_nonzero(alive & (scores <= cut)))
+                counts.append(int(np.count_nonzero(alive & (scores <= cut))))
+        self._check_tied_rates(groups, wrappers)
+        counts = shared_counts(counts, [group.tie for group in groups])
+        plans = []
+        for (group, alive, scores), count in zip(scored, counts):
             keep, _ = drop_smallest(
                 scores, alive, rounded_count(int(alive.sum()), count, self.round_to)
             )
             plans.append((group, np.flatnonzero(alive & ~keep)))
         return plans
+
+    def _check_tied_rates(self, groups, wrappers):
+        """Tied groups lose as many units: `per_layer` cannot give them different rates."""
+        ties = {}
+        for group in groups:
+            if group.tie is not None:
+                ties.setdefault(group.tie, []).append(_name(group.producers[0], wrappers))
+        for names in ties.values():
+            given = {name: self.per_layer.get(name, "default") for name in names}
+            if len(set(given.values())) > 1:
+                raise ValueError(
+                    f"per_layer gives the feed-forward layers of one KerasHub Backbone "
+                    f"different values ({given}), but its blocks share one intermediate_dim, "
+                    "so each loses as many units. Give all of them one value, or none. "
+                    f"Received: per_layer={self.per_layer!r}"
+                )
 
     def _apply(self, group, pruned, wrappers, masks, unit_masks):
         if not len(pruned):
@@ -228,6 +268,12 @@ class UnitCriterion(Criterion):
             mask[part.index(mask, pruned)] = 0
         for producer in group.producers:
             _zero_units(unit_masks, wrappers[id(producer)], pruned)
+        if group.masks_consumers:
+            for consumer in group.consumers:
+                key = id(consumer.layer.kernel)
+                if key in masks:  # a consumer that is pruned too
+                    rows = [row for c in pruned for row in consumer.rows(c)]
+                    masks[key][rows] = 0
         for follower, offset in group.followers:
             wrapper = wrappers.get(id(follower))
             if wrapper is None:
@@ -267,11 +313,30 @@ _NO_UNIT_AXIS = (
 )
 
 
+def _unit_groups(model):
+    """The channel groups of `model`; of a KerasHub model, its feed-forward units only.
+
+    Every other width of a KerasHub model (a pooler's, a classifier head's) is
+    `hidden_dim` or another number its config fixes, so units pruned there
+    could never be removed.
+    """
+    blocks = feed_forward_groups(model)
+    if any(group.tie is not None for group in blocks):
+        return blocks
+    return channel_groups(model) + blocks
+
+
+def _name(layer, wrappers):
+    """The name criteria know `layer` by: its wrapper's `target_name` (a path, in place)."""
+    wrapper = wrappers.get(id(layer))
+    return layer.name if wrapper is None else wrapper.target_name
+
+
 def _zero_units(unit_masks, wrapper, units):
     """Zeroes `units` in the new unit mask of `wrapper`, starting from its current one."""
     if wrapper.unit_mask is None:
         return
-    name = wrapper.layer.name
+    name = wrapper.target_name
     if name not in unit_masks:
         unit_masks[name] = _read(wrapper.unit_mask).copy()
     unit_masks[name][units] = 0

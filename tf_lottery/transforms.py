@@ -325,7 +325,11 @@ def _copy_of_in_place(model):
     """A plain copy of a model wrapped in place, its weights multiplied by their masks."""
     state = _in_place.state_of(model)
     try:
-        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+        config = keras.saving.serialize_keras_object(model)
+        # The copy is returned uncompiled: without the compile config, Keras does
+        # not warn that a Task's custom compile() could not be restored.
+        config.pop("compile_config", None)
+        clone = keras.saving.deserialize_keras_object(config)
         if not clone.built:
             clone.build_from_config(model.get_build_config())
     except Exception as error:  # a config that does not rebuild the model raises anything
@@ -334,6 +338,11 @@ def _copy_of_in_place(model):
             f"{type(error).__name__}: {error}. Call tf_lottery.strip(model, in_place=True) "
             "to take the pruning state off the model itself instead."
         ) from error
+    if getattr(model, "preprocessor", None) is not None:
+        # A KerasHub tokenizer's vocabulary is an asset, which a config does not
+        # carry: the copy's preprocessor could not tokenize. It holds no pruned
+        # weight, so the copy shares the model's.
+        clone.preprocessor = model.preprocessor
     state_ids = {id(v) for v in state.state_variables()}
     # Every masked variable: pruned weights, and the biases (BN γ, β) of pruned units.
     masks = {id(v): m for w in state.wrappers for v, m in w._mask_pairs}
