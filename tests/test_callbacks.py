@@ -489,3 +489,62 @@ def test_a_last_epoch_that_trains_or_does_not_rewind_gives_no_warning(epochs, re
         warnings.simplefilter("error", UserWarning)
         model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=[pruning])
     assert pruning.stage_rounds == 1
+
+
+@pytest.mark.parametrize("rewind", ["init", 1])
+def test_a_rewinding_callback_refuses_a_model_wrapped_without_copies_before_it_trains(rewind):
+    model = compile_model(tl.wrap(mlp(), keep="masks"))
+    before = [v.numpy().copy() for v in model.weights]
+    x, y = data()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rewind=rewind, verbose=0)
+    with pytest.raises(ValueError, match=r"rewind=.*keep='masks'.*wrap\(model, keep='rewind'\)"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[pruning])
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_pruning_without_rewinding_needs_no_copies():
+    model = compile_model(tl.wrap(mlp(), keep="masks"))
+    x, y = data()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), rewind=None, rounds=1, verbose=0)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[pruning])
+    assert tl.sparsity(model).sparsity > 0.4
+    before = [v.numpy().copy() for v in model.weights]
+    with pytest.raises(ValueError, match="keep='masks'"):
+        tl.rewind(model)
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_a_rewind_to_theta0_is_refused_once_the_rewind_point_replaced_it():
+    # keep="rewind" holds one copy: after rewind=1 saved its point, θ0 is gone.
+    model = wrapped_mlp()
+    x, y = data()
+    late = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rewind=1, rounds=1, verbose=0)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[late])
+    before = [v.numpy().copy() for v in model.weights]
+    with pytest.raises(ValueError, match=r"replaced θ0.*keep='both'"):
+        tl.rewind(model, "initial")
+    again = tl.IterativePruning(tl.PruneFraction(0.5), rounds=1, verbose=0)
+    with pytest.raises(ValueError, match=r"rewind='init'.*replaced θ0"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[again])
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    tl.rewind(model, "rewind_point")
+
+
+def test_keep_both_rewinds_to_theta0_after_a_rewind_point():
+    model = compile_model(tl.wrap(mlp(), keep="both"))
+    theta0 = {
+        id(s.variable): s.variable.numpy().copy()
+        for w in tl.find_rewind_wrappers(model)
+        for s in w.saved_weights
+    }
+    x, y = data()
+    late = tl.IterativePruning(tl.PruneFraction(0.5), every=2, rewind=1, rounds=1, verbose=0)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[late])
+    tl.rewind(model, "initial")
+    for wrapper in tl.find_rewind_wrappers(model):
+        for saved in wrapper.saved_weights:
+            mask = 1 if saved.mask is None else saved.mask.numpy()
+            np.testing.assert_array_equal(saved.variable.numpy(), theta0[id(saved.variable)] * mask)

@@ -104,6 +104,10 @@ def test_the_pruning_in_keras_example(tmp_path):
     pruned_tflite_model = converter.convert()
     # --- end of the example's code ---
 
+    # tfmot's flow never rewinds: its wrappers keep masks and no copies of the weights.
+    assert all(
+        w.keep == "masks" and not w.saved_weights for w in tl.find_wrappers(model_for_pruning)
+    )
     # 113 steps per epoch: updates at steps 100 and 200, the last to the
     # schedule's sparsity at step 200.
     expected = pruning_params["pruning_schedule"](200)[1]

@@ -19,8 +19,10 @@ SCHEDULE = dict(initial_sparsity=0.1, final_sparsity=0.9, begin_step=2, end_step
 TFMOT_SPARSITY = [0, 0.1, 0.1, 0.1, 0.625, 0.625, 0.625] + [0.85] * 3 + [0.9] * 6
 
 
-def _dense(inputs=8, units=10):
-    return tl.wrap(keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(units, name="d")]))
+def _dense(inputs=8, units=10, keep="rewind"):
+    return tl.wrap(
+        keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(units, name="d")]), keep=keep
+    )
 
 
 def _kernel_sparsity(model):
@@ -54,8 +56,9 @@ def _fit(model, steps, callbacks, batch_size=1, epochs=1, **kwargs):
     )
 
 
-def test_masks_change_at_the_steps_tfmot_changes_them_while_adam_trains():
-    model = _dense()
+@pytest.mark.parametrize("keep", ["rewind", "masks"])
+def test_masks_change_at_the_steps_tfmot_changes_them_while_adam_trains(keep):
+    model = _dense(keep=keep)
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     record = _Record()
     _fit(model, 16, [tl.GradualPruning(tl.PolynomialDecay(**SCHEDULE)), record])

@@ -397,7 +397,8 @@ def test_frozen_layers_are_left_unwrapped_with_a_true_message():
 
 
 def test_the_pruning_step_is_saved_and_files_without_it_still_load(tmp_path):
-    model = tl.wrap(mlp())
+    # keep="both": the variables of the older layouts, which held θ0 and a rewind point.
+    model = tl.wrap(mlp(), keep="both")
     for wrapper in tl.find_wrappers(model):
         wrapper.pruning_step.assign(7)
     tl.prune(model, tl.PruneFraction(0.5))
@@ -432,7 +433,7 @@ def _loaded_without_last(source, count):
 
 
 def test_the_pruning_stage_is_saved_and_files_without_it_still_load(tmp_path):
-    model = tl.wrap(mlp())
+    model = tl.wrap(mlp(), keep="both")  # the older layouts' copies, as above
     tl.prune(model, tl.PruneFraction(0.5))
     for wrapper in tl.find_wrappers(model):
         wrapper.pruning_step.assign(7)

@@ -38,7 +38,11 @@ from tf_lottery.wrapper import STATE_ATTRIBUTE
 from tf_lottery.wrapper import RewindWrapper
 
 _ATTACHED_ATTRIBUTE = "_tf_lottery_attached"
-LAYOUT_VERSION = 1
+# The layout JSON of a saved PruningState. 1: paths and kinds, wrappers of
+# wrapper layout 2 (float masks, θ0 and a rewind point). 2: also "keep", wrappers
+# of wrapper layout 3 (uint8 masks, the copies `keep` names).
+LAYOUT_VERSION = 2
+_WRAPPER_LAYOUT = {1: 2, 2: 3}
 
 
 class _Hidden:
@@ -101,8 +105,13 @@ class PruningState(keras.layers.Layer):
         return list(self._wrappers.value)
 
     def layout(self):
+        wrappers = self.wrappers
+        # A state loaded from a version 1 file keeps that file's variables.
+        version = 1 if wrappers and wrappers[0]._loaded_layout < 3 else LAYOUT_VERSION
+        keep = {"keep": wrappers[0].keep} if wrappers and version >= 2 else {}
         return {
-            "version": LAYOUT_VERSION,
+            "version": version,
+            **keep,
             "layers": [
                 {"path": w.layer.path, "kind": "prune" if isinstance(w, PruneWrapper) else "rewind"}
                 for w in self.wrappers
@@ -261,8 +270,11 @@ def _hand_over_masks(layer, wrapper):
     object.__setattr__(layer, _ATTACHED_ATTRIBUTE, _Hidden(wrapper))
 
 
-def attach(model, prune, rewind):
-    """Attaches wrappers to the layers `prune` and `rewind` of `model`, in place."""
+def attach(model, prune, rewind, *, keep="rewind", layout_version=LAYOUT_VERSION):
+    """Attaches wrappers to the layers `prune` and `rewind` of `model`, in place.
+
+    `keep` is `wrap`'s; `layout_version` that of the saved state being loaded.
+    """
     paths = [layer.path for layer in prune + rewind]
     repeated = sorted({p for p in paths if paths.count(p) > 1})
     if repeated:
@@ -273,7 +285,12 @@ def attach(model, prune, rewind):
     wrappers = []
     for layer in prune + rewind:
         cls = AttachedPruneWrapper if any(layer is p for p in prune) else AttachedRewindWrapper
-        wrapper = cls(layer, name=f"{cls._default_prefix}_{_slug(layer.path)}")
+        wrapper = cls(
+            layer,
+            name=f"{cls._default_prefix}_{_slug(layer.path)}",
+            keep=keep,
+            layout_version=_WRAPPER_LAYOUT[layout_version],
+        )
         wrapper.build()
         if wrapper._constraints:
             _hand_over_masks(layer, wrapper)
@@ -301,10 +318,11 @@ def detach(model):
 
 def attach_from_layout(model, layout):
     """Attaches wrappers to the layers a saved layout names; returns the state."""
-    if layout.get("version") != LAYOUT_VERSION:
+    version = layout.get("version")
+    if version not in _WRAPPER_LAYOUT:
         raise ValueError(
-            f"The pruning state was saved in layout version {layout.get('version')}; this "
-            f"tf_lottery reads version {LAYOUT_VERSION}. Upgrade tf_lottery."
+            f"The pruning state was saved in layout version {version}; this tf_lottery "
+            f"reads versions {sorted(_WRAPPER_LAYOUT)}. Upgrade tf_lottery."
         )
     by_path = {layer.path: layer for layer in keras_private.flatten_layers(model)}
     missing = [e["path"] for e in layout["layers"] if e["path"] not in by_path]
@@ -315,7 +333,7 @@ def attach_from_layout(model, layout):
         )
     prune = [by_path[e["path"]] for e in layout["layers"] if e["kind"] == "prune"]
     rewind = [by_path[e["path"]] for e in layout["layers"] if e["kind"] == "rewind"]
-    state = attach(model, prune, rewind)
+    state = attach(model, prune, rewind, keep=layout.get("keep", "both"), layout_version=version)
     if state.layout()["layers"] != layout["layers"]:
         # attach() puts pruned layers first; the saved order is the one to keep.
         detach(model)

@@ -237,7 +237,8 @@ class _Experiment:
         if not find_wrappers(model):
             compiled = model.compiled
             config = model.get_compile_config() if compiled else None
-            model = wrap(model)
+            # A loaded round holds θ0, and the rewind point too with rewind=k.
+            model = wrap(model, keep="both" if is_int(self.rewind) else "rewind")
             if config is not None and not self.compile_kwargs:
                 model.compile_from_config(config)
         if self.layers is not None:
@@ -862,6 +863,8 @@ def load_round(build_model, out_dir, round_index, arm=TICKET, compile_kwargs=Non
         compile_kwargs=compile_kwargs,
         paths=paths,
         layers=settings["layers"],
+        # With rewind=k the loaded model keeps θ0 and the rewind point (see new_model).
+        rewind=settings.get("rewind"),
         caller="load_round",
     )
     return experiment.trained_model(arm, round_index)

@@ -227,6 +227,9 @@ def rewind(model, to="initial", *, layers=None):
             "wrapper.save_rewind_point(epoch) (IterativePruning does it at the epoch "
             "given by rewind=k), or rewind to='initial'."
         )
+    # Every wrapper is asked before any rewinds, so that a refusal changes nothing.
+    for wrapper in wrappers:
+        wrapper.check_rewind(to)
     for wrapper in wrappers:
         wrapper.rewind(to)
 

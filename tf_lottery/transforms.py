@@ -9,6 +9,8 @@ from tf_lottery import in_place as _in_place
 from tf_lottery import keras_private
 from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
+from tf_lottery.validators import check_choice
+from tf_lottery.wrapper import KEEP
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import RewindWrapper
 from tf_lottery.wrapper import assign_copy
@@ -95,7 +97,7 @@ def _copy_pairs(source, pairs, masked):
             assign_copy(variable, value)
 
 
-def _wrap_in_place(model, exclude):
+def _wrap_in_place(model, exclude, keep):
     """`wrap(model, in_place=True)`: wrappers attached to the model's own layers."""
     if isinstance(model, keras.Sequential):
         raise ValueError(
@@ -143,7 +145,7 @@ def _wrap_in_place(model, exclude):
             "method that returns those variables.",
             stacklevel=3,
         )
-    _in_place.attach(model, prune, rewind)
+    _in_place.attach(model, prune, rewind, keep=keep)
     return model
 
 
@@ -180,7 +182,7 @@ def _needs_in_place(model):
     return False
 
 
-def wrap(model, *, exclude=(), in_place=None):
+def wrap(model, *, exclude=(), in_place=None, keep="rewind"):
     """Returns `model` ready to prune: every prunable layer with masks and θ0.
 
     Every prunable layer (Dense, EinsumDense, convolutions, Embedding,
@@ -219,6 +221,17 @@ def wrap(model, *, exclude=(), in_place=None):
         in_place: `True` to change `model` itself, `False` to return a wrapped
             copy, `None` to copy where a copy can stand for the model and work
             in place otherwise (see above). Defaults to `None`.
+        keep: What the wrappers keep beside the masks, for rewinding. `"rewind"`:
+            one copy of every weight, θ0, which the rewind point replaces once
+            `IterativePruning(rewind=k)` (or `save_rewind_point`) saves one;
+            from then on the model can rewind to epoch k but no longer to θ0.
+            Enough for `IterativePruning` with `rewind="init"` or `rewind=k`
+            and for `find_winning_ticket`. `"both"`: θ0 and a rewind point,
+            two copies, to rewind to either. `"masks"`: no copy, for flows that
+            never rewind (`GradualPruning`, one-shot `prune`,
+            `IterativePruning(rewind=None)`); a callback that would rewind
+            refuses the model before it trains. Saved in the wrappers' config,
+            so a loaded model has the same variables. Defaults to `"rewind"`.
 
     Returns:
         The wrapped model: a new, uncompiled model, or `model` itself in place.
@@ -229,6 +242,7 @@ def wrap(model, *, exclude=(), in_place=None):
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(300, "relu"),
                               keras.layers.Dense(10)])
     pruned = tf_lottery.wrap(model, exclude=["dense_1"])
+    gradual = tf_lottery.wrap(model, keep="masks")  # never rewinds: no copies
 
     causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
     causal_lm = tf_lottery.wrap(causal_lm)  # in place: generate() still works
@@ -236,6 +250,7 @@ def wrap(model, *, exclude=(), in_place=None):
     """
     if in_place not in (None, True, False):
         raise ValueError(f"Expected in_place=None, True or False. Received: in_place={in_place!r}")
+    check_choice(keep, "keep", KEEP, meaning="what the wrappers keep to rewind to")
     if not isinstance(model, keras.Model):
         raise ValueError(
             "tf_lottery.wrap() expects a Keras model: a Sequential or Functional model, or a "
@@ -249,7 +264,7 @@ def wrap(model, *, exclude=(), in_place=None):
     if in_place is None:
         in_place = _needs_in_place(model)
     if in_place:
-        return _wrap_in_place(model, exclude)
+        return _wrap_in_place(model, exclude, keep)
     if _needs_in_place(model):
         raise ValueError(
             "tf_lottery.wrap(in_place=False) copies a plain Sequential or Functional model "
@@ -311,8 +326,8 @@ def wrap(model, *, exclude=(), in_place=None):
         # shape (MultiHeadAttention) are ready before the wrapper builds.
         copy.build_from_config(layer.get_build_config())
         if layer.name in prunable - exclude:
-            return PruneWrapper(copy)
-        return RewindWrapper(copy)
+            return PruneWrapper(copy, keep=keep)
+        return RewindWrapper(copy, keep=keep)
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     _copy_pairs(model, pairs, masked=False)

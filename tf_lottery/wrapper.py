@@ -20,14 +20,27 @@ from tf_lottery.keras_private import get_stateless_scope
 from tf_lottery.registry import has_unit_axis
 from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
+from tf_lottery.validators import check_choice
 
 REWIND_TARGETS = ("initial", "rewind_point")
+
+# What a wrapper keeps to rewind to (`wrap(keep=...)`): "rewind", one copy of
+# every weight, θ0 until a rewind point replaces it; "both", θ0 and a rewind
+# point; "masks", no copy (flows that never rewind: GradualPruning, one-shot
+# `prune`, compat.tfmot).
+KEEP = ("rewind", "both", "masks")
 
 # How a wrapper writes its variables. 1 (tf_lottery 0.1, no "layout_version" in
 # the config): every variable it tracks, the wrapped layer's weights included,
 # which the wrapped layer also writes. 2: its own variables only (masks,
-# thresholds, saved copies, counters), so each weight is written once.
-LAYOUT_VERSION = 2
+# thresholds, saved copies, counters), so each weight is written once; masks in
+# the weight's float dtype, θ0 and a rewind point for every weight. 3: as 2, with
+# masks as uint8 and the saved copies that `keep` (in the config) names.
+LAYOUT_VERSION = 3
+
+# A mask is 0 or 1: one byte per weight instead of four. It is cast to the
+# weight's dtype where it multiplies one.
+MASK_DTYPE = "uint8"
 
 # What a threshold variable holds where there is no threshold (before the first
 # round, or from a criterion without one such as RandomPrune); users see NaN.
@@ -79,7 +92,12 @@ class MaskedWeight(NamedTuple):
 
 
 class SavedWeight(NamedTuple):
-    """A weight of a wrapped layer and its saved copies."""
+    """A weight of a wrapped layer and its saved copies.
+
+    With `keep="both"` (and in files of layout 1 and 2) `initial` holds θ0 and
+    `rewind_point` the rewind point. With `keep="rewind"` they are one variable:
+    θ0 until `save_rewind_point` replaces it.
+    """
 
     name: str
     variable: keras.Variable
@@ -189,14 +207,19 @@ class RewindWrapper(keras.layers.Wrapper):
 
     Keeps, for every weight of the wrapped layer, trainable or not (a
     BatchNormalization's γ, β and moving statistics), a copy of its initial value
-    θ0, taken when the wrapper is built or by `save_initial_weights()`, and a
-    slot for a later rewind point. `wrap` puts one around every layer with
+    θ0, taken when the wrapper is built or by `save_initial_weights()`, which a
+    later rewind point replaces (`keep` chooses what is kept). `wrap` puts one around every layer with
     weights that it does not prune, so that `tf_lottery.rewind` and
     `IterativePruning` reset the whole model, as Frankle & Carbin and open_lth
     do. `PruneWrapper` is a `RewindWrapper` that also prunes.
 
     Args:
         layer: The `keras.layers.Layer` to wrap.
+        keep: What the wrapper keeps to rewind to: `"rewind"`, one copy of each
+            weight (θ0, replaced by the rewind point once one is saved);
+            `"both"`, θ0 and a rewind point; `"masks"`, no copy, for flows that
+            never rewind (`GradualPruning`, one-shot `prune`). See
+            `tf_lottery.wrap`. Defaults to `"rewind"`.
         **kwargs: Base layer keyword arguments, such as `name`. The name defaults
             to `"rewind_" + layer.name`.
 
@@ -220,7 +243,8 @@ class RewindWrapper(keras.layers.Wrapper):
             return layer
         return super().__new__(cls, layer, *args, **kwargs)
 
-    def __init__(self, layer, **kwargs):
+    def __init__(self, layer, *, keep="rewind", **kwargs):
+        check_choice(keep, "keep", KEEP, meaning="what the wrapper keeps to rewind to")
         if not isinstance(layer, keras.layers.Layer):
             raise ValueError(
                 "Expected a keras.layers.Layer to wrap. "
@@ -234,6 +258,9 @@ class RewindWrapper(keras.layers.Wrapper):
         kwargs.setdefault("name", f"{self._default_prefix}_{layer.name}")
         # The layout of the file being loaded; a new wrapper writes LAYOUT_VERSION.
         self._loaded_layout = kwargs.pop("layout_version", LAYOUT_VERSION)
+        # Files before layout 3 hold float masks, θ0 and a rewind point.
+        self.keep = keep if self._loaded_layout >= 3 else "both"
+        self._mask_dtype = MASK_DTYPE if self._loaded_layout >= 3 else None
         super().__init__(layer, **kwargs)
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._saved = []
@@ -269,9 +296,14 @@ class RewindWrapper(keras.layers.Wrapper):
         return self.layer.weights
 
     def _add_saved_copies(self, masks):
-        """θ0 and rewind-point copies of every weight; `masks` by variable id."""
+        """The copies `keep` asks for, of every weight; `masks` by variable id."""
+        if self.keep == "masks":
+            return
         for variable in self._rewound_variables():
             key = _weight_key(self.layer, variable)
+            slots = (("initial", _CopyOf(variable)), ("rewind_point", "zeros"))
+            if self.keep == "rewind":
+                slots = (("copy", _CopyOf(variable)),)
             copies = [
                 self.add_weight(
                     name=f"{_slug(key)}_{slot}",
@@ -280,9 +312,21 @@ class RewindWrapper(keras.layers.Wrapper):
                     initializer=initializer,
                     trainable=False,
                 )
-                for slot, initializer in (("initial", _CopyOf(variable)), ("rewind_point", "zeros"))
+                for slot, initializer in slots
             ]
+            if len(copies) == 1:
+                copies *= 2  # one variable serves as θ0, then as the rewind point
             self._saved.append(SavedWeight(key, variable, *copies, masks.get(id(variable))))
+
+    def _mask_variable(self, name, shape, dtype):
+        """A 0/1 mask variable, all ones: uint8, or `dtype` in files before layout 3."""
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            dtype=self._mask_dtype or dtype,
+            initializer="ones",
+            trainable=False,
+        )
 
     def _add_rewind_epoch(self):
         self.rewind_epoch = self.add_weight(
@@ -306,9 +350,7 @@ class RewindWrapper(keras.layers.Wrapper):
         Unit criteria zero a pruned unit here, so that its whole channel is
         exactly zero and `shrink` can remove it wherever it goes.
         """
-        self.unit_mask = self.add_weight(
-            name="unit_mask", shape=(size,), dtype="float32", initializer="ones", trainable=False
-        )
+        self.unit_mask = self._mask_variable("unit_mask", (size,), "float32")
         for variable in variables:
             self._mask(variable, self.unit_mask)
         return {id(variable): self.unit_mask for variable in variables}
@@ -337,7 +379,12 @@ class RewindWrapper(keras.layers.Wrapper):
         return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
-        return {**super().get_config(), "layout_version": LAYOUT_VERSION}
+        # A wrapper loaded from layout 1 holds layout 2's variables, and writes them so.
+        return {
+            **super().get_config(),
+            "layout_version": max(self._loaded_layout, 2),
+            "keep": self.keep,
+        }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -387,7 +434,12 @@ class RewindWrapper(keras.layers.Wrapper):
 
     @property
     def initial_weights(self):
-        """A dict from weight name to its initial-weights (θ0) variable."""
+        """A dict from weight name to its initial-weights (θ0) variable.
+
+        Raises a ValueError where the wrapper keeps no θ0: with `keep="masks"`,
+        or with `keep="rewind"` once a rewind point has replaced it.
+        """
+        self.check_rewind("initial")
         return {s.name: s.initial for s in self._saved}
 
     def apply_masks(self):
@@ -402,9 +454,45 @@ class RewindWrapper(keras.layers.Wrapper):
         return int(keras.ops.convert_to_numpy(self.rewind_epoch.value)) >= 0
 
     def save_initial_weights(self):
-        """Copies the layer's current weights into the initial weights (θ0)."""
+        """Copies the layer's current weights into the initial weights (θ0).
+
+        Does nothing with `keep="masks"`. With `keep="rewind"` the copy is θ0
+        again, and the rewind point it held is gone.
+        """
         for saved in self._saved:
             assign_copy(saved.initial, saved.variable.value)
+        if self.keep == "rewind":
+            self.rewind_epoch.assign(-1)
+
+    def check_rewind(self, to=None):
+        """Raises a ValueError, naming `wrap`'s `keep`, if the layer cannot rewind `to`.
+
+        Args:
+            to: `"initial"`, `"rewind_point"`, or `None` to ask only whether the
+                wrapper keeps a copy at all (a rewind point is saved later).
+        """
+        name = self.target_name
+        if self.keep == "masks":
+            raise ValueError(
+                f"Layer '{name}' was wrapped with keep='masks', which keeps no copy of its "
+                "weights to rewind to. Wrap the model with tf_lottery.wrap(model, "
+                "keep='rewind') (the default) to rewind, or train without rewinding "
+                "(IterativePruning(rewind=None), GradualPruning)."
+            )
+        # An unbuilt wrapper (a subclassed model before its first call) holds θ0 once built.
+        if to == "initial" and self.keep == "rewind" and self.built and self.has_rewind_point:
+            epoch = int(ops.convert_to_numpy(self.rewind_epoch.value))
+            raise ValueError(
+                f"Layer '{name}' no longer holds θ0: with keep='rewind' the wrapper keeps one "
+                f"copy, and the rewind point saved at epoch {epoch} replaced θ0. Rewind "
+                "to='rewind_point', or wrap the model with tf_lottery.wrap(model, "
+                "keep='both') to keep θ0 and a rewind point."
+            )
+        if to == "rewind_point" and not self.has_rewind_point:
+            raise ValueError(
+                f"Layer '{name}' has no rewind point saved yet; call "
+                "save_rewind_point(epoch) first, or rewind to='initial'."
+            )
 
     def save_rewind_point(self, epoch):
         """Copies the layer's current weights into the rewind point.
@@ -412,6 +500,7 @@ class RewindWrapper(keras.layers.Wrapper):
         Args:
             epoch: The number of epochs trained so far; recorded with the copy.
         """
+        self.check_rewind()
         for saved in self._saved:
             assign_copy(saved.rewind_point, saved.variable.value)
         self.rewind_epoch.assign(epoch)
@@ -425,11 +514,7 @@ class RewindWrapper(keras.layers.Wrapper):
         """
         if to not in REWIND_TARGETS:
             raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
-        if to == "rewind_point" and not self.has_rewind_point:
-            raise ValueError(
-                f"Layer '{self.layer.name}' has no rewind point saved yet; call "
-                "save_rewind_point(epoch) first, or rewind to='initial'."
-            )
+        self.check_rewind(to)
         for saved in self._saved:
             value = getattr(saved, to).value
             if saved.mask is not None:
@@ -442,11 +527,12 @@ class PruneWrapper(RewindWrapper):
     """Wraps a layer so that its weights can be pruned and rewound.
 
     For each prunable weight of the wrapped layer (a Dense kernel, a convolution
-    kernel, embeddings, ...) the wrapper keeps a non-trainable 0/1 `mask` and the
-    threshold of the last pruning round. Like a `RewindWrapper`, it keeps for
-    every weight (biases included, as in Frankle & Carbin) a copy of the initial
-    weights (θ0), taken when the wrapper is built or by `save_initial_weights()`,
-    and a slot for a later rewind point. Pruned weights are exactly zero: the
+    kernel, embeddings, ...) the wrapper keeps a non-trainable 0/1 `mask` (one
+    byte per weight) and the threshold of the last pruning round. Like a
+    `RewindWrapper`, it keeps for every weight (biases included, as in Frankle &
+    Carbin) what `keep` asks for: by default one copy, the initial weights (θ0)
+    taken when the wrapper is built or by `save_initial_weights()`, which a later
+    rewind point replaces. Pruned weights are exactly zero: the
     mask is multiplied into the weight whenever a pruning round runs and after
     every optimizer step (see `MaskConstraint`), so a weight once pruned stays
     zero. Everything lives in Keras variables, so `model.save()` keeps it.
@@ -460,6 +546,8 @@ class PruneWrapper(RewindWrapper):
             DepthwiseConv1D/2D, SeparableConv1D/2D, Embedding, MultiHeadAttention,
             SimpleRNN, LSTM, GRU, or any layer that defines
             `get_prunable_weights()` returning a list of its variables.
+        keep: What the wrapper keeps to rewind to: `"rewind"`, `"both"` or
+            `"masks"`, as for `RewindWrapper`. Defaults to `"rewind"`.
         **kwargs: Base layer keyword arguments, such as `name`. The name defaults
             to `"prune_" + layer.name`.
 
@@ -510,13 +598,7 @@ class PruneWrapper(RewindWrapper):
         masks = {}
         for variable in weights:
             key = _weight_key(self.layer, variable)
-            mask = self.add_weight(
-                name=f"{_slug(key)}_mask",
-                shape=variable.shape,
-                dtype=variable.dtype,
-                initializer="ones",
-                trainable=False,
-            )
+            mask = self._mask_variable(f"{_slug(key)}_mask", variable.shape, variable.dtype)
             threshold = self.add_weight(
                 name=f"{_slug(key)}_threshold",
                 shape=(),

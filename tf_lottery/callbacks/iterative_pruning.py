@@ -188,6 +188,13 @@ class IterativePruning(keras.callbacks.Callback):
         self._movable = [w.target_name for w in self._wrappers if w not in frozen]
         # Every wrapper a rewind resets (BatchNormalization too), frozen ones aside.
         self._rewound = [w for w in pruning.rewindable(self.model) if w not in frozen]
+        if self.rewind is not None:
+            # Before training: a model wrapped without the copy fails now, not at round 1.
+            try:
+                for wrapper in self._rewound:
+                    wrapper.check_rewind("initial" if self.rewind == "init" else None)
+            except ValueError as error:
+                raise ValueError(f"IterativePruning(rewind={self.rewind!r}): {error}") from None
         self.drop_rule.reset()
         self._reached = set()
         self._logs = SparsityLogs(self.model, self._wrappers, self.log_layers)

@@ -107,6 +107,8 @@ class PruneLowMagnitude(PruneWrapper):
         sparsity_m_by_n = _check_m_by_n(sparsity_m_by_n)
         if keras_private.input_shape_arg(layer) is not None:
             kwargs.setdefault("input_shape", keras_private.input_shape_arg(layer))
+        # tfmot's flow never rewinds: masks only, no copies of the weights.
+        kwargs.setdefault("keep", "masks")
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule
         self.block_size = tuple(block_size)
