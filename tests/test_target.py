@@ -16,7 +16,11 @@ L = keras.layers
 
 
 def _cnn():
-    """BN, a residual Add, a depthwise layer, Flatten into Dense: every kind a plan slices."""
+    """BN, a residual Add, a depthwise layer, Flatten into Dense: every kind a plan slices.
+
+    The same weights on every call, so that two copies rank their units alike.
+    """
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 3))
     x = L.Conv2D(16, 3, padding="same", name="conv1")(inputs)
     x = L.BatchNormalization(name="bn1")(x)
