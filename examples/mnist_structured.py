@@ -25,11 +25,11 @@ import time  # noqa: E402
 
 # First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
 import tf_lottery  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from models import classifier_compile_kwargs  # noqa: E402
+from models import small_cnn  # noqa: E402
 import mnist  # noqa: E402
 
 
@@ -55,34 +55,6 @@ flags.DEFINE_string(
 )
 flags.adopt_module_key_flags(mnist)  # --help lists the shared data flags too
 FLAGS = flags.FLAGS
-
-L = keras.layers
-
-
-def small_cnn():
-    """conv-BN-ReLU-pool x2, fc 128, out 10: 421k weights, 4.2M multiply-adds.
-
-    BatchNormalization's moving statistics follow the batches with momentum 0.9,
-    not Keras' 0.99: a round is a few hundred steps on the offline digits, too few
-    for 0.99 to forget its initial values.
-    """
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            L.Conv2D(32, 3, padding="same", name="conv1"),
-            L.BatchNormalization(momentum=0.9, name="bn1"),
-            L.ReLU(),
-            L.MaxPooling2D(),
-            L.Conv2D(64, 3, padding="same", name="conv2"),
-            L.BatchNormalization(momentum=0.9, name="bn2"),
-            L.ReLU(),
-            L.MaxPooling2D(),
-            L.Flatten(),
-            L.Dense(128, activation="relu", name="fc"),
-            L.Dense(10, name="out"),
-        ],
-        name="small_cnn",
-    )
 
 
 def accuracy(model, split):

@@ -55,6 +55,9 @@ from tf_lottery.paths import FORMAT
 from tf_lottery.paths import TICKET
 from tf_lottery.paths import RunPaths
 from tf_lottery.report import sparsity
+from tf_lottery.target import check_target
+from tf_lottery.target import estimate
+from tf_lottery.target import prune_toward
 from tf_lottery.transforms import wrap
 from tf_lottery.validators import check_int
 from tf_lottery.validators import is_int
@@ -221,6 +224,7 @@ class _Experiment:
     layers: list = None
     controls: dict = dataclasses.field(default_factory=dict)
     instability_points: int | None = None
+    target: object = None
     # Who builds the models, for the messages; load_round's models are for
     # inference and need no compile.
     caller: str = "find_winning_ticket"
@@ -303,7 +307,10 @@ class _Experiment:
             return self.initial_model(TICKET, 0)
         if arm == TICKET:
             trained = self.trained_model(TICKET, round_index - 1)
-            pruning.prune(trained, self.criterion)
+            if self.target is None:
+                pruning.prune(trained, self.criterion)
+            else:
+                prune_toward(trained, self.criterion, self.target)
             if self.rewind is None:
                 return trained
             model = self.initial_model(TICKET, round_index)
@@ -327,6 +334,12 @@ class _Experiment:
         if arm == "reinit":  # the ticket's units; its trained state holds its unit masks
             copy_unit_masks(self.trained_model(TICKET, round_index), model)
         return model
+
+    def reached(self, round_index):
+        """The `TargetReport` of the ticket's finished round, or `None` without a target."""
+        if self.target is None:
+            return None
+        return estimate(self.trained_model(TICKET, round_index), self.criterion, self.target)
 
     def fit(self, model, round_index, data_seed, folder=None, test=True):
         """Trains a round; `folder` receives round 0's rewind point, with rewind=k."""
@@ -619,6 +632,16 @@ def _run_seed(experiment, rounds, arms, prefix):
     for arm, round_index in _trainings(rounds, list(experiment.controls)):
         if arm not in arms:
             continue
+        if arm == TICKET and round_index > 0:
+            reached = experiment.reached(round_index - 1)
+            if reached is not None and reached.meets:
+                if experiment.verbose:
+                    print(
+                        f"{prefix}[ticket] round {round_index - 1} meets the target, so the run "
+                        f"stops there: {reached}",
+                        flush=True,
+                    )
+                break
         if arm != TICKET and not os.path.isdir(paths.round_dir(TICKET, round_index)):
             waiting.append(f"{arm} round {round_index}")
             continue
@@ -652,6 +675,7 @@ def find_winning_ticket(
     seed=0,
     seeds=None,
     instability_points=None,
+    target=None,
     arms=None,
     compile_kwargs=None,
     fit_kwargs=None,
@@ -711,6 +735,11 @@ def find_winning_ticket(
             `tf_lottery.instability`), in `RoundResult.error_barrier` and the
             round's instability.json. Doubles the training time. Defaults to
             `None`.
+        target: A `tf_lottery.Target` (MACs, parameters or latency after
+            `shrink`) with a unit criterion: each round prunes the criterion's
+            rate until the next would pass the target, that round prunes as
+            few units as meet it, and the run stops after the first round that
+            meets it (`rounds` is then an upper bound). Defaults to `None`.
         arms: The arms this call trains, by name (`"ticket"` and control
             names); the others are left as they are. Processes can split one
             seed this way: the ticket's rounds form a chain, and a control's
@@ -755,6 +784,7 @@ def find_winning_ticket(
     if instability_points is not None:
         check_points(instability_points, "instability_points")
     controls = check_controls(controls, rewind)
+    target = None if target is None else check_target(target, criterion)
     arms = _check_arms(arms, controls)
     if keep_weights not in KEEP_WEIGHTS:
         raise ValueError(
@@ -778,6 +808,8 @@ def find_winning_ticket(
         "test_data": None if test_data is None else _fingerprint(test_data),
         "instability_points": instability_points,
     }
+    if target is not None:  # left out otherwise: runs saved before resume
+        settings["target"] = target.get_config()
     settings = json.loads(json.dumps(settings))
     for run_seed, run_paths, prefix in _units(RunPaths(out_dir), seed, seeds, settings):
         experiment = _Experiment(
@@ -796,6 +828,7 @@ def find_winning_ticket(
             keep_weights,
             controls={name_of(c): c for c in controls},
             instability_points=instability_points,
+            target=target,
         )
         saved = _claim_settings(
             run_paths,

@@ -84,7 +84,7 @@ def _check_layers(layers, wrappers):
     return set(layers)
 
 
-def prune(model, criterion, *, layers=None, sparsity=None):
+def prune(model, criterion, *, layers=None, sparsity=None, target=None):
     """Runs one pruning round on the `PruneWrapper`s of `model`.
 
     Computes the new masks with `criterion`, multiplies them into the old ones,
@@ -103,6 +103,11 @@ def prune(model, criterion, *, layers=None, sparsity=None):
             dict from layer name to a fraction such as `erk_targets` gives. Only
             criteria that accept a target (`PruneFraction`, `RandomPrune`) take
             it. Defaults to `None`.
+        target: Instead of a rate, prune as many units as it takes to meet a
+            `tf_lottery.Target` (MACs, parameters or latency of the model as
+            `shrink` makes it), ranked over all layers by normalized scores;
+            unit criteria only. `tf_lottery.target_report` gives the figure
+            reached. Defaults to `None`.
 
     Returns:
         A dict from `"layer/weight"` to the threshold used.
@@ -118,11 +123,12 @@ def prune(model, criterion, *, layers=None, sparsity=None):
     layers = _check_layers(layers, wrappers)
     check_criterion(criterion, wrappers)
     targets = prune_targets(wrappers, layers)
-    masked = [
-        m for w in wrappers if layers is None or w.target_name in layers for m in w.masked_weights
-    ]
     unit_masks = {}
-    if sparsity is not None:
+    if target is not None:
+        from tf_lottery.target import target_masks  # it builds on this module
+
+        masks, unit_masks = target_masks(model, criterion, targets, target, sparsity)
+    elif sparsity is not None:
         masks = criterion.compute_target_masks(targets, sparsity)
     elif hasattr(criterion, "compute_unit_masks"):
         masks, unit_masks = criterion.compute_unit_masks(targets, model)
@@ -130,6 +136,18 @@ def prune(model, criterion, *, layers=None, sparsity=None):
         masks = criterion.compute_masks(targets, model=model)
     else:
         masks = criterion.compute_masks(targets)
+    return write_masks(model, wrappers, layers, targets, masks, unit_masks)
+
+
+def write_masks(model, wrappers, layers, targets, masks, unit_masks):
+    """Writes a round's masks (and unit masks) into the wrappers, as `prune` does.
+
+    Returns:
+        A dict from `"layer/weight"` to the threshold used.
+    """
+    masked = [
+        m for w in wrappers if layers is None or w.target_name in layers for m in w.masked_weights
+    ]
     thresholds = {}
     # The masks come from a generator: each tensor is read, masked and written
     # before the next is read, so a round holds about one tensor in memory, and a

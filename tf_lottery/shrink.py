@@ -196,6 +196,64 @@ def _hub_units():
     return hub_units
 
 
+class _AllZero:
+    """Every channel's constant is zero, as for the units a unit criterion prunes."""
+
+    def __getitem__(self, key):
+        return 0.0 if isinstance(key, (int, np.integer)) else self
+
+
+class ShrinkPlanner:
+    """The `ShrinkReport` of the model `shrink` would build, without building it.
+
+    For a search over how many units to prune (`tf_lottery.Target`): given the
+    channels of each group that go, the sizes come from shrink's own plan
+    (kernels sliced as `shrink` slices them; MACs of a layer scale with its
+    kernel, per position as `shrink_report` counts them). The channels are
+    taken to be exactly zero, as unit criteria leave them, so no bias is folded.
+
+    Args:
+        model: A Sequential or Functional model, wrapped or plain.
+
+    Attributes:
+        groups: The prunable `ChannelGroup`s of the plain model.
+        dense: The `ShrinkReport` with nothing removed.
+    """
+
+    def __init__(self, model):
+        plain = strip(model) if find_rewind_wrappers(model) else model
+        self.groups = [g for g in channel_groups(plain) if g.prunable]
+        layers = keras_private.flatten_layers(plain)
+        self._values = {id(layer): _weights(layer) for layer in layers}
+        # The rows of shrink_report, in its order.
+        self._layers = [x for x in _graph_layers(plain) if x.weights]
+        self.dense = shrink_report(plain, plain)
+
+    def report(self, removed):
+        """The `ShrinkReport` with the channels `removed[group.name]` of each group gone."""
+        plan = _Plan(self._values)
+        for group in self.groups:
+            channels = sorted(int(c) for c in removed.get(group.name, ()))
+            plan.add(group, _limited(channels, group), _AllZero())
+        rows = []
+        for layer, row in zip(self._layers, self.dense.layers):
+            if not plan.changes(layer):
+                rows.append(row)
+                continue
+            names = [w.name for w in layer.weights]
+            weights = plan.weights_for(layer)
+            macs = row.macs_before
+            if "kernel" in names and self._values[id(layer)]["kernel"].size:
+                kernel = weights[names.index("kernel")]
+                macs = macs * kernel.size // self._values[id(layer)]["kernel"].size
+            units = plan.new_units(layer) or plan.new_channels(layer) or row.units_before
+            params = sum(int(w.size) for w in weights)
+            rows.append(
+                dataclasses.replace(row, units_after=units, params_after=params, macs_after=macs)
+            )
+        return ShrinkReport(tuple(rows))
+
+
 def shrink(model, *, align=1, verbose=0):
     """Returns a plain Keras model without the units that pruning left dead.
 
@@ -575,6 +633,11 @@ def _removable(group, values, constants, align=1):
     ):
         # Removing single rows would break the blocks of a block-sparse Dense kernel.
         removable = _aligned(removable, group.size, align)
+    return _limited(removable, group)
+
+
+def _limited(removable, group):
+    """`removable`, as many from every group of a grouped convolution, at least one kept."""
     removable = _balanced(removable, group)
     if len(removable) == group.size:
         removable = _balanced(removable[1:], group)  # a layer keeps at least one unit

@@ -147,7 +147,7 @@ class UnitCriterion(Criterion):
         masks, _ = self.compute_unit_masks(targets, model)
         yield from masks
 
-    def compute_unit_masks(self, targets, model):
+    def compute_unit_masks(self, targets, model, drop=None):
         """The new masks of `targets` and the new unit masks, computed without changing `model`.
 
         `tf_lottery.prune` writes both: the masks into the targets' wrappers,
@@ -157,12 +157,48 @@ class UnitCriterion(Criterion):
         Args:
             targets: The `PruneTarget`s, as for `compute_masks`.
             model: The model the targets belong to; its graph gives the groups.
+            drop: How many surviving units to prune over all groups together,
+                as `unit_plan` takes it. Defaults to `None` (`rate` of them).
 
         Returns:
             A list of (0/1 mask, threshold) pairs, one per target, and a dict
             from the wrapper's `target_name` (a layer's name, or its path when
             wrapped in place) to the new 0/1 unit mask of each wrapper with
             pruned units.
+        """
+        plans = self.unit_plan(targets, model, drop)
+        wrappers = {id(w.layer): w for w in find_rewind_wrappers(model)}
+        # The new masks, by the id of the variable they mask.
+        masks = {id(t.weight): _read(t.mask).copy() for t in targets}
+        unit_masks = {}
+        for group, _, pruned in plans:
+            self._apply(group, pruned, wrappers, masks, unit_masks)
+        return [(masks[id(t.weight)], math.nan) for t in targets], unit_masks
+
+    def unit_plan(self, targets, model, drop=None):
+        """Which units of each prunable group a round prunes, without changing `model`.
+
+        Args:
+            targets: The `PruneTarget`s of the layers to prune.
+            model: The model the targets belong to; its graph gives the groups.
+            drop: How many of the surviving units of all groups together to
+                prune, those with the smallest scores divided by their group's
+                mean (as `scope="global"` ranks them), whatever `scope` is;
+                `round_to` still holds per group. `tf_lottery.Target` sets it.
+                Defaults to `None`: `rate` of them, as `scope` says.
+
+        Returns:
+            A list of `(group, alive, pruned)`: each prunable group (a
+            `ChannelGroup` or a `heads.HeadGroup`), the boolean flags of its
+            surviving units, and the indices of the units to prune.
+        """
+        return self.planner(targets, model)(drop)
+
+    def planner(self, targets, model):
+        """`unit_plan` as a function of `drop`, the groups found and scored once.
+
+        For a search over `drop` (`tf_lottery.Target`): `planner(targets,
+        model)(drop)` is `unit_plan(targets, model, drop)`.
         """
         if model is None:
             raise ValueError(
@@ -171,8 +207,8 @@ class UnitCriterion(Criterion):
             )
         self.check(targets)
         wrappers = {id(w.layer): w for w in find_rewind_wrappers(model)}
-        # The new masks, by the id of the variable they mask.
-        masks = {id(t.weight): _read(t.mask).copy() for t in targets}
+        # The current masks, by the id of the variable they mask.
+        masks = {id(t.weight): _read(t.mask) for t in targets}
         all_groups = _unit_groups(model)
         self._warn_blocked(all_groups)
         self._warn_attention(model)
@@ -185,24 +221,20 @@ class UnitCriterion(Criterion):
             and all(id(p) in wrappers and hasattr(wrappers[id(p)], "masks") for p in g.producers)
             and all(id(part.variable) in masks for part in g.masked)
         ]
-        unit_masks = {}
-        scores = self.scorer(groups, model, wrappers)
-        for group, pruned in self._plan(groups, scores, wrappers, masks):
-            self._apply(group, pruned, wrappers, masks, unit_masks)
-        return [(masks[id(t.weight)], math.nan) for t in targets], unit_masks
+        return self._planner(groups, self.scorer(groups, model, wrappers), wrappers, masks)
 
     def _warn_blocked(self, groups):
         for kind, entries in unknown_kinds(groups).items():
             if kind not in self._warned:
                 self._warned.add(kind)
                 line = per_kind_warning(entries, lambda group: f"the units of {group.name}")
-                warnings.warn(f"{type(self).__name__} leaves {line}.", stacklevel=4)
+                warnings.warn(f"{type(self).__name__} leaves {line}.", stacklevel=6)
 
     def _warn_attention(self, model):
         note = attention_note(model)
         if note is not None and "attention" not in self._warned:
             self._warned.add("attention")
-            warnings.warn(f"{type(self).__name__} leaves {note}.", stacklevel=4)
+            warnings.warn(f"{type(self).__name__} leaves {note}.", stacklevel=6)
 
     def _alive(self, group, wrappers, masks):
         unit_mask = wrappers[id(group.producers[0])].unit_mask
@@ -214,35 +246,44 @@ class UnitCriterion(Criterion):
             axis=0,
         )
 
-    def _plan(self, groups, score, wrappers, masks):
-        """(group, indices of the units to prune) for each group, `score(group)` its scores."""
+    def _planner(self, groups, score, wrappers, masks):
+        """A function from `drop` to (group, alive, indices of the units to prune) per group.
+
+        `score(group)` gives a group's scores, computed here once.
+        """
         scored = []
         for group in groups:
             alive = self._alive(group, wrappers, masks)
             scores = np.asarray(score(group), np.float64)
             scored.append((group, alive, scores))
-        if self.scope == "global":
-            # Scores over their layer's mean, so that wide layers do not dominate;
-            # each group then loses its units at or below the cut of the pool.
-            scored = [(g, a, s / max(np.mean(s[a]), 1e-12) if a.any() else s) for g, a, s in scored]
-            pool = np.concatenate([s[a] for _, a, s in scored] or [np.zeros(0)])
-            total = count_to_drop(pool.size, pool.size, self.rate)
-            cut = cut_of(pool, total) if total > 0 else -np.inf
-        counts = []
-        for group, alive, scores in scored:
-            if self.scope == "layer":
-                counts.append(self.prune_count(group, wrappers, scores, alive))
-            else:
-                counts.append(int(np.count_nonzero(alive & (scores <= cut))))
         self._check_tied_rates(groups, wrappers)
-        counts = shared_counts(counts, [group.tie for group in groups])
-        plans = []
-        for (group, alive, scores), count in zip(scored, counts):
-            keep, _ = drop_smallest(
-                scores, alive, rounded_count(int(alive.sum()), count, self.round_to)
-            )
-            plans.append((group, np.flatnonzero(alive & ~keep)))
-        return plans
+        # Scores over their layer's mean, so that wide layers do not dominate;
+        # each group then loses its units at or below the cut of the pool.
+        normalized = [(g, a, s / max(np.mean(s[a]), 1e-12) if a.any() else s) for g, a, s in scored]
+        pool = np.concatenate([s[a] for _, a, s in normalized] or [np.zeros(0)])
+
+        def plan(drop):
+            pooled = drop is not None or self.scope == "global"
+            if pooled:
+                total = count_to_drop(pool.size, pool.size, self.rate) if drop is None else drop
+                total = min(total, pool.size)
+                cut = cut_of(pool.copy(), total) if total > 0 else -np.inf
+            counts = []
+            for group, alive, scores in normalized if pooled else scored:
+                if pooled:
+                    counts.append(int(np.count_nonzero(alive & (scores <= cut))))
+                else:
+                    counts.append(self.prune_count(group, wrappers, scores, alive))
+            counts = shared_counts(counts, [group.tie for group in groups])
+            plans = []
+            for (group, alive, scores), count in zip(normalized if pooled else scored, counts):
+                keep, _ = drop_smallest(
+                    scores, alive, rounded_count(int(alive.sum()), count, self.round_to)
+                )
+                plans.append((group, alive, np.flatnonzero(alive & ~keep)))
+            return plans
+
+        return plan
 
     def _check_tied_rates(self, groups, wrappers):
         """Tied groups lose as many units: `per_layer` cannot give them different rates."""

@@ -13,6 +13,9 @@ from tf_lottery.callbacks.drop_rule import DropRule
 from tf_lottery.callbacks.sparsity_logs import SparsityLogs
 from tf_lottery.criteria import check_criterion
 from tf_lottery.schedules import EveryEpochs
+from tf_lottery.target import check_target
+from tf_lottery.target import estimate
+from tf_lottery.target import prune_toward
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
@@ -42,8 +45,10 @@ class IterativePruning(keras.callbacks.Callback):
 
     With `reset_optimizer=True` the optimizer's slots and iteration count go back
     to zero, so each round trains like a fresh run with the same learning-rate
-    schedule. Pruning stops after `rounds` rounds or once the overall sparsity
-    reaches `target_sparsity`. To train the last ticket too, fit for
+    schedule. Pruning stops after `rounds` rounds, once the overall sparsity
+    reaches `target_sparsity`, or once the model meets `target` (a
+    `tf_lottery.Target`: MACs, parameters or latency after `shrink`; the round
+    that would pass it prunes just enough units to meet it). To train the last ticket too, fit for
     `(rounds + 1) * every` epochs: a round that rewinds on the last epoch leaves
     `fit` returning the untrained ticket, and the callback warns when it does.
 
@@ -96,6 +101,11 @@ class IterativePruning(keras.callbacks.Callback):
         target_sparsity: Stop pruning once this overall fraction of prunable
             weights is pruned, in (0, 1); `None` for no target. A round may
             overshoot it. Defaults to `None`.
+        target: A `tf_lottery.Target` with a unit criterion (`UnitNorm`, ...):
+            each round prunes the criterion's rate until the next round would
+            pass the target, that round prunes as few units as meet it, and
+            pruning stops; one line reports the figure reached. Defaults to
+            `None`.
         layer_targets: Optional dict from layer name to its target sparsity in
             [0, 1) (0 keeps a layer dense). Defaults to `None`.
         max_drop: Largest allowed drop of `monitor` below the dense baseline, a
@@ -138,6 +148,7 @@ class IterativePruning(keras.callbacks.Callback):
         start=0,
         rounds=None,
         target_sparsity=None,
+        target=None,
         layer_targets=None,
         max_drop=None,
         monitor="val_accuracy",
@@ -156,6 +167,7 @@ class IterativePruning(keras.callbacks.Callback):
         self.target_sparsity = check_fraction(
             target_sparsity, "target_sparsity", allow_none=True, meaning="overall sparsity"
         )
+        self.target = None if target is None else check_target(target, self.criterion)
         self.layer_targets = check_per_layer(
             layer_targets, "layer_targets", functools.partial(check_fraction, allow_zero=True)
         )
@@ -252,16 +264,15 @@ class IterativePruning(keras.callbacks.Callback):
     def _stage_key(self):
         """A nonzero int32 naming the criterion and schedule, to tell a resume from a new stage."""
         criterion = type(self.criterion)
-        settings = json.dumps(
-            [
-                f"{criterion.__module__}.{criterion.__qualname__}",
-                self.criterion.get_config(),
-                self.schedule.get_config(),
-                self.rewind,
-            ],
-            sort_keys=True,
-            default=repr,
-        )
+        parts = [
+            f"{criterion.__module__}.{criterion.__qualname__}",
+            self.criterion.get_config(),
+            self.schedule.get_config(),
+            self.rewind,
+        ]
+        if self.target is not None:  # left out otherwise: stages saved before keep their key
+            parts.append(self.target.get_config())
+        settings = json.dumps(parts, sort_keys=True, default=repr)
         return zlib.crc32(settings.encode()) % (2**31 - 1) + 1
 
     def _begin_stage(self, epoch):
@@ -335,7 +346,13 @@ class IterativePruning(keras.callbacks.Callback):
             return False
         if self.target_sparsity is not None and self._logs.report.sparsity >= self.target_sparsity:
             return False
+        if self.target is not None and self._target_met():
+            return False
         return bool(self._layers_to_prune())
+
+    def _target_met(self):
+        report = estimate(self.model, self.criterion, self.target, layers=self._movable)
+        return report.meets
 
     def _reset_optimizer(self):
         if self.reset_optimizer and self.model.optimizer is not None:
@@ -354,7 +371,13 @@ class IterativePruning(keras.callbacks.Callback):
                     f"epoch {self.rewind}: this fit started after that epoch on a model that "
                     "never went through it. Start from epoch 0 or use rewind='init'."
                 )
-        pruning.prune(self.model, self.criterion, layers=self._layers_to_prune())
+        reached = None
+        if self.target is None:
+            pruning.prune(self.model, self.criterion, layers=self._layers_to_prune())
+        else:
+            reached = prune_toward(
+                self.model, self.criterion, self.target, layers=self._layers_to_prune()
+            )
         rewound = [w.target_name for w in self._rewound]
         if self.rewind == "init":
             pruning.rewind(self.model, "initial", layers=rewound)
@@ -366,6 +389,8 @@ class IterativePruning(keras.callbacks.Callback):
         self._logs.update()
         if self.verbose:
             self._print_round(epoch)
+            if reached is not None and reached.meets:
+                print(f"IterativePruning reached its target after this round: {reached}")
 
     def _print_round(self, epoch):
         report = self._logs.report

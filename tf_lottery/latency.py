@@ -1,0 +1,250 @@
+"""Latency of a model: measured in LiteRT on this machine, or predicted from a table.
+
+The x86 host is not the phone. `LatencyTable` holds per-layer costs measured
+elsewhere (NetAdapt's look-up tables, Yang et al. 2018) and predicts the latency
+of a shrunk model from its per-layer units and MACs, the `ShrinkReport`.
+`litert_latency` measures a Keras model here: converted to a float32 .tflite
+file, run in LiteRT with its default delegate (XNNPACK), batch 1. LiteRT's
+Python interpreter offers no per-operator profiler (only its C++ benchmark tool
+does), so the whole model is timed.
+
+A table, as JSON:
+
+```json
+{
+  "device": "Pixel 7, LiteRT 1.4, 1 thread, float32",
+  "fixed_ms": 0.05,
+  "default_ms_per_mac": 1.5e-7,
+  "layers": {
+    "conv1": {"ms_per_mac": 2.0e-7},
+    "conv2": {"units": [16, 32, 64], "ms": [0.06, 0.10, 0.19]}
+  }
+}
+```
+
+or as CSV, one row per point, `*` naming the fixed cost:
+
+```
+layer,units,ms,ms_per_mac
+*,,0.05,
+conv1,,,2.0e-7
+conv2,16,0.06,
+conv2,32,0.10,
+conv2,64,0.19,
+```
+
+A layer's cost is `ms_per_mac` times its MACs after shrinking, or, where
+`units` and `ms` are given (its time at those output unit counts, with all of
+its inputs), interpolated linearly in its unit count (held at the ends) and
+scaled by the share of its input channels kept. Layers the table does not name
+cost `default_ms_per_mac` per MAC (0 if it is not given); `fixed_ms` is what
+does not scale with the layers (the call, the input copy).
+"""
+
+import csv
+import io
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+from tf_lottery.files import write_atomically
+from tf_lottery.validators import check_int
+
+
+def _fail(argument, expected, value):
+    raise ValueError(f"Expected {argument} to be {expected}. Received: {argument}={value!r}")
+
+
+def _non_negative(value, argument):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        _fail(argument, "a non-negative number of milliseconds", value)
+    return float(value)
+
+
+def _layer_cost(name, entry):
+    """A table entry, checked: `{"ms_per_mac": x}` or `{"units": [...], "ms": [...]}`."""
+    argument = f"layers[{name!r}]"
+    if not isinstance(entry, dict) or not (set(entry) & {"ms_per_mac", "units"}):
+        _fail(argument, 'a dict with "ms_per_mac", or "units" and "ms"', entry)
+    if "ms_per_mac" in entry:
+        return {"ms_per_mac": _non_negative(entry["ms_per_mac"], f"{argument}['ms_per_mac']")}
+    units, ms = entry.get("units"), entry.get("ms")
+    if (
+        not isinstance(units, (list, tuple))
+        or not isinstance(ms, (list, tuple))
+        or len(units) != len(ms)
+        or not units
+        or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units)
+        or list(units) != sorted(set(units))
+    ):
+        _fail(
+            argument,
+            '"units" (increasing positive unit counts) and "ms" (one time each), of one length',
+            entry,
+        )
+    return {
+        "units": [int(u) for u in units],
+        "ms": [_non_negative(m, f"{argument}['ms']") for m in ms],
+    }
+
+
+class LatencyTable:
+    """Per-layer latency costs measured on a device, to predict a shrunk model's latency.
+
+    The format is in this module's docstring; `LatencyTable.load(path)` reads it
+    from JSON or CSV.
+
+    Args:
+        layers: Dict from layer name to its cost: `{"ms_per_mac": x}`, or
+            `{"units": [u1, u2, ...], "ms": [t1, t2, ...]}` (its time at those
+            output unit counts).
+        fixed_ms: Milliseconds that do not scale with any layer. Defaults to `0.0`.
+        default_ms_per_mac: Cost per MAC of the layers `layers` does not name.
+            Defaults to `0.0`.
+        device: What the table was measured on, for reports. Defaults to `""`.
+
+    Example:
+
+    ```python
+    table = tf_lottery.LatencyTable.load("pixel7.json")
+    tf_lottery.prune(model, tf_lottery.UnitNorm(round_to=8),
+                     target=tf_lottery.Target(latency=0.5, table=table))
+    ```
+    """
+
+    def __init__(self, layers, *, fixed_ms=0.0, default_ms_per_mac=0.0, device=""):
+        if not isinstance(layers, dict):
+            _fail("layers", "a dict from layer name to its cost", layers)
+        self.layers = {str(name): _layer_cost(name, entry) for name, entry in layers.items()}
+        self.fixed_ms = _non_negative(fixed_ms, "fixed_ms")
+        self.default_ms_per_mac = _non_negative(default_ms_per_mac, "default_ms_per_mac")
+        if not isinstance(device, str):
+            _fail("device", "a string saying what the table was measured on", device)
+        self.device = device
+
+    @classmethod
+    def load(cls, path):
+        """Reads a table from a `.json` or `.csv` file (the format in the module docstring)."""
+        path = os.fspath(path)
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+        if path.endswith(".json"):
+            try:
+                config = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON: {error}") from error
+            if not isinstance(config, dict) or "layers" not in config:
+                raise ValueError(
+                    f'{path} holds no latency table: expected a JSON object with "layers". '
+                    "See tf_lottery.latency for the format."
+                )
+            return cls(**config)
+        if path.endswith(".csv"):
+            return cls._from_csv(text, path)
+        raise ValueError(f"Expected path to end in .json or .csv. Received: path={path!r}")
+
+    @classmethod
+    def _from_csv(cls, text, path):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if not rows or "layer" not in rows[0]:
+            raise ValueError(
+                f"{path} holds no latency table: expected a header 'layer,units,ms,ms_per_mac'."
+            )
+        layers, fixed = {}, 0.0
+        for line, row in enumerate(rows, start=2):
+            name = (row.get("layer") or "").strip()
+            cell = {k: (row.get(k) or "").strip() for k in ("units", "ms", "ms_per_mac")}
+            try:
+                if name == "*":
+                    fixed = float(cell["ms"])
+                elif cell["ms_per_mac"]:
+                    layers[name] = {"ms_per_mac": float(cell["ms_per_mac"])}
+                else:
+                    entry = layers.setdefault(name, {"units": [], "ms": []})
+                    entry["units"].append(int(cell["units"]))
+                    entry["ms"].append(float(cell["ms"]))
+            except (ValueError, KeyError, AttributeError) as error:
+                raise ValueError(
+                    f"{path}, line {line}: expected a unit count and milliseconds, or "
+                    f"ms_per_mac. Received: {dict(row)!r}"
+                ) from error
+        return cls(layers, fixed_ms=fixed)
+
+    def save(self, path):
+        """Writes the table as JSON (atomically)."""
+        write_atomically(os.fspath(path), json.dumps(self.get_config(), indent=2))
+
+    def get_config(self):
+        return {
+            "layers": self.layers,
+            "fixed_ms": self.fixed_ms,
+            "default_ms_per_mac": self.default_ms_per_mac,
+            "device": self.device,
+        }
+
+    def predict(self, report):
+        """Milliseconds of the model `report` (a `ShrinkReport`) describes, after shrinking."""
+        total = self.fixed_ms
+        for row in report.layers:
+            entry = self.layers.get(row.layer)
+            if entry is None:
+                total += self.default_ms_per_mac * row.macs_after
+            elif "ms_per_mac" in entry:
+                total += entry["ms_per_mac"] * row.macs_after
+            else:
+                ms = float(np.interp(row.units_after, entry["units"], entry["ms"]))
+                # The points are times with every input channel; fewer inputs cost less.
+                full = row.macs_before * row.units_after / max(row.units_before, 1)
+                total += ms * (row.macs_after / full if full else 1.0)
+        return total
+
+    def __repr__(self):
+        return f"LatencyTable({len(self.layers)} layers, device={self.device!r})"
+
+
+def litert_latency(model, *, threads=1, repeats=5, invokes=50):
+    """Milliseconds per call of `model` in LiteRT on this machine: float32, batch 1.
+
+    The model is converted with TensorFlow's converter (as `export_tflite` does,
+    without shrinking or sparse encoding), warmed up, and timed: the median over
+    `repeats` of each repeat's median of `invokes` calls.
+
+    Args:
+        model: A plain Keras model (shrunk or not), TensorFlow backend.
+        threads: LiteRT threads. Defaults to `1`.
+        repeats: Timed repeats. Defaults to `5`.
+        invokes: Calls per repeat. Defaults to `50`.
+
+    Returns:
+        The latency in milliseconds, a float.
+    """
+    from tf_lottery import litert
+    from tf_lottery.tflite import _convert
+
+    threads = check_int(threads, "threads", minimum=1)
+    repeats = check_int(repeats, "repeats", minimum=1)
+    invokes = check_int(invokes, "invokes", minimum=1)
+    content, _ = _convert(model, None, False, None)
+    interpreter = litert.load(content, num_threads=threads)
+    rng = np.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        shape = [1, *detail["shape"][1:]]
+        interpreter.resize_tensor_input(detail["index"], shape)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        sample = rng.random(detail["shape"]).astype(detail["dtype"])
+        interpreter.set_tensor(detail["index"], sample)
+    for _ in range(max(10, invokes // 5)):
+        interpreter.invoke()
+    medians = []
+    for _ in range(repeats):
+        each = []
+        for _ in range(invokes):
+            start = time.perf_counter()
+            interpreter.invoke()
+            each.append(time.perf_counter() - start)
+        medians.append(statistics.median(each))
+    return statistics.median(medians) * 1000.0
