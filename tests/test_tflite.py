@@ -121,7 +121,7 @@ def test_a_failed_export_writes_nothing_and_keeps_the_old_file(tmp_path, monkeyp
     def broken_convert(*args, **kwargs):
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(tflite, "_convert", broken_convert)
+    monkeypatch.setattr(tflite, "_convert_saved", broken_convert)
     with pytest.raises(tl.ExportError, match="converter crashed"):
         tl.export_tflite(model, path)
     monkeypatch.undo()

@@ -21,6 +21,7 @@ checked again by `tests/test_tflite.py` and `benchmarks/tflite_bench.py`):
   indices); the export writes the smaller.
 """
 
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -253,11 +254,18 @@ def _check_converter_available():
 
 def _convert(model, quantize, sparse, calibration, per_channel=True, select_tf_ops=False):
     """The .tflite bytes, and what the converter said that matters."""
-    with tempfile.TemporaryDirectory() as saved_model:
-        converter = _converter_for(model, saved_model)
-        _configure(converter, model, quantize, sparse, calibration, per_channel, select_tf_ops)
-        with captured_output() as lines:
-            content = converter.convert()
+    with _saved(model) as source:
+        return _convert_saved(
+            source, model, quantize, sparse, calibration, per_channel, select_tf_ops
+        )
+
+
+def _convert_saved(source, model, quantize, sparse, calibration, per_channel, select_tf_ops):
+    """`_convert` from a `_saved(model)` source, so that one SavedModel serves several runs."""
+    converter = source()
+    _configure(converter, model, quantize, sparse, calibration, per_channel, select_tf_ops)
+    with captured_output() as lines:
+        content = converter.convert()
     return content, _converter_notes(lines)
 
 
@@ -270,27 +278,49 @@ def _input_dict(model):
     return model.input
 
 
-def _converter_for(model, folder):
-    """A TFLite converter for `model`; `folder` holds a SavedModel where one is needed."""
+def _input_signature(model):
+    """The `serve` signature of a graph model, as TensorFlow's own Keras 3 conversion makes it."""
     import tensorflow as tf
 
-    if _input_dict(model) is None:
-        return tf.lite.TFLiteConverter.from_keras_model(model)
-    # from_keras_model traces dict inputs through tf_keras' helpers, which fail
-    # on Keras 3 ("'NoneType' object is not callable"). Keras' own LiteRT export
-    # goes through a SavedModel instead; so does this, each input named by its key.
-    signature = {
-        key: tf.TensorSpec(tensor.shape, tensor.dtype, name=key)
-        for key, tensor in model.input.items()
-    }
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve", functools.partial(model.__call__, training=False), input_signature=[signature]
-    )
-    with captured_output():
-        archive.write_out(folder, verbose=False)
-    return tf.lite.TFLiteConverter.from_saved_model(folder)
+    if _input_dict(model) is not None:
+        # from_keras_model traces dict inputs through tf_keras' helpers, which
+        # fail on Keras 3 ("'NoneType' object is not callable"): by key instead.
+        return [
+            {
+                key: tf.TensorSpec(tensor.shape, tensor.dtype, name=key)
+                for key, tensor in model.input.items()
+            }
+        ]
+    specs = [tf.TensorSpec(x.shape, x.dtype, name=x.name) for x in model.inputs]
+    return [specs] if len(specs) > 1 else specs
+
+
+@contextlib.contextmanager
+def _saved(model):
+    """Yields a function that returns a fresh TFLite converter for `model`.
+
+    A graph model is written to one temporary SavedModel, as
+    `TFLiteConverter.from_keras_model` does for Keras 3 on every `convert()`,
+    so that the sparse and the dense conversion of an export read the same
+    file: writing it is most of a conversion's time. A subclassed model is
+    handed to `from_keras_model`, which traces it from its call.
+    """
+    import tensorflow as tf
+
+    if not keras_private.is_graph_model(model):
+        yield lambda: tf.lite.TFLiteConverter.from_keras_model(model)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serve",
+            functools.partial(model.__call__, training=False),
+            input_signature=_input_signature(model),
+        )
+        with captured_output():
+            archive.write_out(folder, verbose=False)
+        yield lambda: tf.lite.TFLiteConverter.from_saved_model(folder)
 
 
 def _configure(converter, model, quantize, sparse, calibration, per_channel, select_tf_ops):
@@ -851,12 +881,13 @@ def export_tflite(
     )
     calibration, held_out = _held_out(data, quantize)
     try:
-        sparse, sparse_notes = _convert(
-            plain, quantize, True, calibration, per_channel, select_tf_ops
-        )
-        dense, dense_notes = _convert(
-            plain, quantize, False, calibration, per_channel, select_tf_ops
-        )
+        with _saved(plain) as source:
+            sparse, sparse_notes = _convert_saved(
+                source, plain, quantize, True, calibration, per_channel, select_tf_ops
+            )
+            dense, dense_notes = _convert_saved(
+                source, plain, quantize, False, calibration, per_channel, select_tf_ops
+            )
     except Exception as error:
         raise ExportError(
             f"The TFLite converter failed on model '{model.name}': {error}"
