@@ -92,6 +92,14 @@ class MagnitudeAlongInputs(OneShotCriterion):
         return wanda_pruned(weight, ones, self.sparsity, self.n_m, alive)
 
 
+def copy_of(model):
+    """A copy with `model`'s weights: `wrap` works in place on this model (its
+    KerasHub embedding holds layers inside), and each method prunes its own."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def methods(calibration):
     return {
         "magnitude 50%": tf_lottery.PruneFraction(0.5, output_rate=0.5),
@@ -138,7 +146,7 @@ def main(argv):
         calibration, _ = windows(train, FLAGS.calibration, FLAGS.context, rng)
         results.setdefault("dense", []).append((perplexity(model, eval_x, eval_y), 0.0))
         for name, criterion in methods(calibration).items():
-            pruned = tf_lottery.wrap(model, exclude=["lm_head"])
+            pruned = tf_lottery.wrap(copy_of(model), exclude=["embedding", "lm_head"])
             start = time.perf_counter()
             tf_lottery.prune(pruned, criterion)
             seconds = time.perf_counter() - start

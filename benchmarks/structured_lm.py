@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from machine import cpu_name  # noqa: E402
+from oneshot_lm import copy_of  # noqa: E402
 from oneshot_lm import corpus  # noqa: E402
 from oneshot_lm import language_model  # noqa: E402
 from oneshot_lm import perplexity  # noqa: E402
@@ -53,12 +54,6 @@ def compiled(model):
         keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     return model
-
-
-def copy_of(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def distilled(small, teacher, x, y):

@@ -206,6 +206,15 @@ def test_exclude_takes_paths_and_patterns():
         tl.wrap(_gpt2(), exclude=["*/feedforward_layer_norm"])  # never pruned: a typo?
 
 
+def test_exclude_of_a_composite_layer_excludes_what_it_holds():
+    everything = [w.target_name for w in tl.find_wrappers(tl.wrap(_gpt2()))]
+    names = [
+        w.target_name for w in tl.find_wrappers(tl.wrap(_gpt2(), exclude="transformer_layer_0"))
+    ]
+    assert any(n.startswith("transformer_layer_0/") for n in everything)
+    assert names == [n for n in everything if not n.startswith("transformer_layer_0/")]
+
+
 def test_lora_layers_are_refused_with_what_to_do():
     model = _gpt2()
     model.backbone.enable_lora(2)

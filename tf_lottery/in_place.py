@@ -162,12 +162,22 @@ def attached_wrapper(layer):
 
 
 def matching(layers, pattern):
-    """The layers whose path or name matches the glob `pattern`."""
-    return [
-        layer
-        for layer in layers
-        if fnmatch.fnmatchcase(layer.path, pattern) or fnmatch.fnmatchcase(layer.name, pattern)
-    ]
+    """The layers that the glob `pattern` names, or that sit inside a layer it names.
+
+    A pattern names a layer by its path (`"transformer_layer_0/self_attention"`)
+    or its name (`"query"`, in every block). Naming a composite layer names what
+    it holds: `"embedding"` excludes a `TokenAndPositionEmbedding`'s token and
+    position embeddings, `"*/self_attention"` every block's attention.
+    """
+    return [layer for layer in layers if any(_named_by(layer, pattern))]
+
+
+def _named_by(layer, pattern):
+    yield fnmatch.fnmatchcase(layer.name, pattern)
+    parts = layer.path.split("/")
+    for end in range(1, len(parts) + 1):
+        yield fnmatch.fnmatchcase("/".join(parts[:end]), pattern)
+        yield fnmatch.fnmatchcase(parts[end - 1], pattern)
 
 
 def _matches(layer, patterns):
