@@ -34,9 +34,9 @@ def gpt2():
     return H.GPT2CausalLM(backbone, preprocessor=None)
 
 
-def llama():
-    # Grouped-query attention: 4 query heads share 2 key/value heads.
-    backbone = H.LlamaBackbone(
+def grouped_query(backbone_class):
+    """A tiny backbone with grouped-query attention: 4 query heads share 2 key/value heads."""
+    return backbone_class(
         vocabulary_size=50,
         num_layers=2,
         num_query_heads=4,
@@ -44,7 +44,10 @@ def llama():
         hidden_dim=16,
         intermediate_dim=32,
     )
-    return H.LlamaCausalLM(backbone, preprocessor=None)
+
+
+def llama():
+    return H.LlamaCausalLM(grouped_query(H.LlamaBackbone), preprocessor=None)
 
 
 def gemma():

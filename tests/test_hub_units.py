@@ -19,6 +19,7 @@ from tf_lottery.shrink import NothingToShrink
 
 keras_hub = pytest.importorskip("keras_hub")
 from hub_models import MODELS  # noqa: E402
+from hub_models import grouped_query  # noqa: E402
 from hub_models import SEQ  # noqa: E402
 
 H = keras_hub.models
@@ -27,20 +28,10 @@ H = keras_hub.models
 pytestmark = pytest.mark.filterwarnings("ignore:wrap\\(\\) prunes no weight:UserWarning")
 
 
-def _grouped_query(backbone_class):
-    """A tiny backbone of `backbone_class` with grouped-query attention, as hub_models.llama."""
-    return lambda: backbone_class(
-        vocabulary_size=50,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-    )
-
-
 BACKBONES = {name: lambda f=f: f().backbone for name, f in MODELS.items()}
-BACKBONES.update(mistral=_grouped_query(H.MistralBackbone), qwen=_grouped_query(H.QwenBackbone))
+BACKBONES.update(
+    mistral=lambda: grouped_query(H.MistralBackbone), qwen=lambda: grouped_query(H.QwenBackbone)
+)
 
 
 def _inputs(model, batch=3, seed=0):
