@@ -66,7 +66,8 @@ def test_mixed_precision_keeps_masks_exact():
         for masked in wrapper.masked_weights:
             mask = masked.mask.numpy()
             assert set(np.unique(mask)) <= {0.0, 1.0}
-            assert masked.variable.dtype == "float32" and masked.mask.dtype == "float32"
+            # Masks are uint8 (wrap's layout 3): never autocast to float16 with the weights.
+            assert masked.variable.dtype == "float32" and masked.mask.dtype == "uint8"
             assert np.all(masked.variable.numpy()[mask == 0] == 0)
         for saved in wrapper.saved_weights:
             assert saved.initial.dtype == saved.variable.dtype
