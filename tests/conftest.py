@@ -14,6 +14,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "tensorflow: needs the TensorFlow backend (export, tf.distribute, tfmot)"
     )
+    config.addinivalue_line(
+        "markers",
+        "once: heavy and backend-neutral (host-side numpy): runs under one backend, TensorFlow",
+    )
 
 
 def pytest_report_header(config):
@@ -24,9 +28,12 @@ def pytest_collection_modifyitems(config, items):
     if BACKEND == "tensorflow":
         return
     skip = pytest.mark.skip(reason=f"needs the TensorFlow backend; this run uses {BACKEND}")
+    once = pytest.mark.skip(reason="backend-neutral and heavy: runs under TensorFlow only")
     for item in items:
         if "tensorflow" in item.keywords:
             item.add_marker(skip)
+        elif "once" in item.keywords:
+            item.add_marker(once)
 
 
 @pytest.fixture(autouse=True)

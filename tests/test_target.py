@@ -267,6 +267,7 @@ def test_a_target_needs_a_unit_criterion_and_changes_nothing_when_out_of_reach()
 
 
 @pytest.mark.slow
+@pytest.mark.once  # the search is numpy on the host: one backend shows it
 def test_mobilenet_v2_meets_half_the_macs():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
     from models import cnn_zoo_model
