@@ -140,3 +140,18 @@ def test_a_bad_keep_is_refused_naming_it():
         tl.wrap(_functional_mlp(), keep="all")
     with pytest.raises(ValueError, match=r"keep.*Received: keep=None"):
         tl.PruneWrapper(keras.layers.Dense(3), keep=None)
+
+
+def test_a_file_wrapped_in_place_loads_inside_a_name_scope(tmp_path):
+    # A layer's path is the name scope it was built in; the saved layout names "fc1".
+    model = tl.wrap(_functional_mlp(), in_place=True)
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    with keras.name_scope("outer"):
+        loaded = tl.load_model(tmp_path / "m.keras", compile=False)
+    assert [w.layer.path for w in tl.find_rewind_wrappers(loaded)][0].startswith("outer/")
+    np.testing.assert_allclose(_numpy_out(loaded, x), _numpy_out(model, x), atol=1e-6)
+
+
+def _numpy_out(model, x):
+    return keras.ops.convert_to_numpy(model(x, training=False))

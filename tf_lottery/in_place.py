@@ -129,7 +129,7 @@ class PruningState(keras.layers.Layer):
 
     def load_own_variables(self, store):
         saved = read_layout(store)
-        if saved["layers"] != self.layout()["layers"]:
+        if not _same_layers(saved["layers"], self.layout()["layers"]):
             raise ValueError(
                 "The saved pruning state belongs to other layers than this model's: saved "
                 f"{[e['path'] for e in saved['layers']]}, this model "
@@ -326,6 +326,31 @@ def detach(model):
     return model
 
 
+def _same_layers(saved, current):
+    """Whether two layouts' layers agree, a path built inside an outer name scope included."""
+    return len(saved) == len(current) and all(
+        a["kind"] == b["kind"] and (a["path"] == b["path"] or b["path"].endswith("/" + a["path"]))
+        for a, b in zip(saved, current)
+    )
+
+
+def _layers_by_path(model):
+    """`model`'s layers by path, and by path below the scope the model was built in.
+
+    A layer's path is the name scope it was built in: a model built (or loaded)
+    inside `keras.name_scope("outer")` has `outer/fc1` where the saved layout says
+    `fc1`. The exact path is tried first.
+    """
+    layers = [layer for layer in keras_private.flatten_layers(model) if layer.path]
+    parents = [layer.path.split("/")[:-1] for layer in layers]
+    root = 0
+    while parents and all(len(p) > root and p[root] == parents[0][root] for p in parents):
+        root += 1
+    by_path = {"/".join(layer.path.split("/")[root:]): layer for layer in layers}
+    by_path.update({layer.path: layer for layer in layers})
+    return by_path
+
+
 def attach_from_layout(model, layout):
     """Attaches wrappers to the layers a saved layout names; returns the state."""
     version = layout.get("version")
@@ -334,7 +359,7 @@ def attach_from_layout(model, layout):
             f"The pruning state was saved in layout version {version}; this tf_lottery "
             f"reads versions {sorted(_WRAPPER_LAYOUT)}. Upgrade tf_lottery."
         )
-    by_path = {layer.path: layer for layer in keras_private.flatten_layers(model)}
+    by_path = _layers_by_path(model)
     missing = [e["path"] for e in layout["layers"] if e["path"] not in by_path]
     if missing:
         raise ValueError(
@@ -344,7 +369,7 @@ def attach_from_layout(model, layout):
     prune = [by_path[e["path"]] for e in layout["layers"] if e["kind"] == "prune"]
     rewind = [by_path[e["path"]] for e in layout["layers"] if e["kind"] == "rewind"]
     state = attach(model, prune, rewind, keep=layout.get("keep", "both"), layout_version=version)
-    if state.layout()["layers"] != layout["layers"]:
+    if not _same_layers(layout["layers"], state.layout()["layers"]):
         # attach() puts pruned layers first; the saved order is the one to keep.
         detach(model)
         raise ValueError("The saved pruning state lists pruned layers after rewound ones.")
