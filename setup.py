@@ -19,6 +19,9 @@ EXPORT = TENSORFLOW + LITERT
 EXAMPLES = ["mlxtend>=0.23", "matplotlib>=3.7"] + EXPORT
 # examples/ray_sweep.py runs a sweep's seeds in parallel; tf_lottery never imports Ray.
 SWEEPS = ["ray>=2.9"]
+# KerasHub models (BERT, GPT-2, Llama, Gemma, built from tiny configs) are what the
+# in-place, transformer-unit and one-shot tests prune; it brings tensorflow-text.
+HUB = ["keras-hub>=0.32"]
 # tensorflow-model-optimization is the reference that tests and benchmarks compare
 # against; it runs on tf_keras and is never imported by tf_lottery itself.
 REFERENCE = ["tensorflow-model-optimization>=0.8", "tf_keras>=2.16"]
@@ -46,7 +49,12 @@ setup(
         "reference": REFERENCE,
         # tensorboard: keras.callbacks.TensorBoard (and so tfmot's PruningSummaries) needs
         # it to write metrics, and TensorFlow no longer installs it.
-        "test": EXAMPLES + REFERENCE + JAX + TORCH + ["pytest>=7", "hypothesis>=6", "tensorboard"],
+        "test": EXAMPLES
+        + REFERENCE
+        + HUB
+        + JAX
+        + TORCH
+        + ["pytest>=7", "hypothesis>=6", "tensorboard"],
     },
     entry_points={"console_scripts": ["tf-lottery=tf_lottery_cli:main"]},
     license="Apache-2.0",
