@@ -146,7 +146,7 @@ def main(argv):
         calibration, _ = windows(train, FLAGS.calibration, FLAGS.context, rng)
         results.setdefault("dense", []).append((perplexity(model, eval_x, eval_y), 0.0))
         for name, criterion in methods(calibration).items():
-            pruned = tf_lottery.wrap(copy_of(model), exclude=["embedding", "lm_head"])
+            pruned = tf_lottery.wrap(copy_of(model), exclude=["embedding", "lm_head"], keep="masks")
             start = time.perf_counter()
             tf_lottery.prune(pruned, criterion)
             seconds = time.perf_counter() - start

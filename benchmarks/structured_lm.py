@@ -98,7 +98,9 @@ def main(argv):
         for rate in (float(r) for r in FLAGS.rates):
             for name, criterion in criteria(rate, calibration).items():
                 # A copy: the embedding holds layers inside, so wrap() works in place.
-                pruned = tf_lottery.wrap(copy_of(dense), exclude=["lm_head"])
+                pruned = tf_lottery.wrap(
+                    copy_of(dense), exclude=["embedding", "lm_head"], keep="masks"
+                )
                 tf_lottery.prune(pruned, criterion)
                 small = tf_lottery.shrink(pruned)
                 params[f"{rate:.0%}"] = small.count_params()
