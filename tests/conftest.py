@@ -1,4 +1,5 @@
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,6 +40,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_name_scope_left_open(request):
+    """Closes Keras name scopes a test leaves open, and says which test it was.
+
+    A layer's path is the name scope it is built in, so one left open (under
+    TensorFlow some test leaves `__stack/__stack_1`) renames every later layer.
+    """
+    yield
+    from keras.src.backend.common import global_state
+
+    stack = global_state.get_global_attribute("name_scope_stack")
+    if stack:
+        names = [getattr(entry, "name", entry) for entry in stack]
+        global_state.set_global_attribute("name_scope_stack", [])
+        warnings.warn(f"{request.node.nodeid} left Keras name scopes open: {names}", stacklevel=2)
 
 
 def mlp(inputs=20, hidden=16, outputs=3):
