@@ -92,6 +92,23 @@ class MagnitudeAlongInputs(OneShotCriterion):
         return wanda_pruned(weight, ones, self.sparsity, self.n_m, alive)
 
 
+def compiled(model):
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def trained(seed, train, rng):
+    """The dense model of `seed`, trained on windows of `train` drawn from `rng`."""
+    model = compiled(language_model(FLAGS.width, FLAGS.blocks, FLAGS.heads, FLAGS.context))
+    x, y = windows(train, 32 * FLAGS.train_steps, FLAGS.context, rng)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+    return model
+
+
 def copy_of(model):
     """A copy with `model`'s weights: `wrap` works in place on this model (its
     KerasHub embedding holds layers inside), and each method prunes its own."""
@@ -133,15 +150,7 @@ def main(argv):
     for seed in (int(s) for s in FLAGS.seeds):
         keras.utils.set_random_seed(seed)
         rng = np.random.default_rng(seed)
-        model = language_model(FLAGS.width, FLAGS.blocks, FLAGS.heads, FLAGS.context)
-        model.compile(
-            keras.optimizers.Adam(1e-3),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        x, y = windows(train, 32 * FLAGS.train_steps, FLAGS.context, rng)
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-        print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+        model = trained(seed, train, rng)
         eval_x, eval_y = windows(held_out, FLAGS.eval_sequences, FLAGS.context, rng)
         calibration, _ = windows(train, FLAGS.calibration, FLAGS.context, rng)
         results.setdefault("dense", []).append((perplexity(model, eval_x, eval_y), 0.0))

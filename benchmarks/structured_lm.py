@@ -22,7 +22,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tempfile  # noqa: E402
-import time  # noqa: E402
 
 import tf_lottery  # noqa: E402
 import keras  # noqa: E402
@@ -30,10 +29,11 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from machine import cpu_name  # noqa: E402
+from oneshot_lm import compiled  # noqa: E402
 from oneshot_lm import copy_of  # noqa: E402
 from oneshot_lm import corpus  # noqa: E402
-from oneshot_lm import language_model  # noqa: E402
 from oneshot_lm import perplexity  # noqa: E402
+from oneshot_lm import trained  # noqa: E402
 from oneshot_lm import windows  # noqa: E402
 from tflite_bench import latencies  # noqa: E402
 
@@ -47,13 +47,6 @@ def criteria(rate, calibration):
         "UnitNorm": tf_lottery.UnitNorm(rate),
         "UnitActivation": tf_lottery.UnitActivation(rate, data=calibration, batch_size=32),
     }
-
-
-def compiled(model):
-    model.compile(
-        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    return model
 
 
 def distilled(small, teacher, x, y):
@@ -84,11 +77,7 @@ def main(argv):
     for seed_index, seed in enumerate(int(s) for s in FLAGS.seeds):
         keras.utils.set_random_seed(seed)
         rng = np.random.default_rng(seed)
-        dense = compiled(language_model(FLAGS.width, FLAGS.blocks, FLAGS.heads, FLAGS.context))
-        x, y = windows(train, 32 * FLAGS.train_steps, FLAGS.context, rng)
-        start = time.perf_counter()
-        dense.fit(x, y, batch_size=32, epochs=1, verbose=0)
-        print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+        dense = trained(seed, train, rng)
         eval_x, eval_y = windows(held_out, FLAGS.eval_sequences, FLAGS.context, rng)
         calibration, _ = windows(train, FLAGS.calibration, FLAGS.context, rng)
         distill_x, distill_y = windows(train, 32 * FLAGS.distill_steps, FLAGS.context, rng)
