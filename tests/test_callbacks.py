@@ -169,6 +169,28 @@ def test_reset_optimizer_zeroes_slots_and_iterations():
     assert optimizer.learning_rate.numpy() == pytest.approx(1e-2)
 
 
+
+def test_reset_optimizer_again_restores_a_nonzero_start_and_a_rebuilt_optimizer():
+    # The fresh twin's values are kept after the first reset: a second reset must
+    # still give Adagrad's nonzero start, and an optimizer built anew (other
+    # variables) must not get the values kept for the old one.
+    model = wrapped_mlp()
+    model.compile(keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.3), "mse")
+    x, y = data()
+    for _ in range(2):
+        model.fit(x, y[:, None].astype("float32"), epochs=1, verbose=0)
+        slots = [v for v in model.optimizer.variables if "accumulator" in v.path]
+        assert slots and all(np.any(v.numpy() != 0.3) for v in slots)
+        tl.reset_optimizer(model.optimizer)
+        for variable in slots:
+            np.testing.assert_array_equal(variable.numpy(), np.full(variable.shape, 0.3, "float32"))
+        assert int(model.optimizer.iterations.numpy()) == 0
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    model.fit(x, y[:, None].astype("float32"), epochs=1, verbose=0)
+    tl.reset_optimizer(model.optimizer)
+    momenta = [v for v in model.optimizer.variables if "momentum" in v.path]
+    assert momenta and not any(np.any(v.numpy()) for v in momenta)
+
 def test_round_line_and_logs_in_csv(tmp_path, capsys):
     model = wrapped_mlp()
     x, y = data()

@@ -36,6 +36,7 @@ from tf_lottery.registry import prunable_weights
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import STATE_ATTRIBUTE
 from tf_lottery.wrapper import RewindWrapper
+from tf_lottery.wrapper import remember_step_masks
 
 _ATTACHED_ATTRIBUTE = "_tf_lottery_attached"
 # The layout JSON of a saved PruningState. 1: paths and kinds, wrappers of
@@ -270,8 +271,7 @@ def _hand_over_masks(layer, wrapper):
 
     @functools.wraps(call)
     def call_with_masks(*args, **kwargs):
-        for constraint in wrapper._constraints:
-            constraint.remember_step_mask()
+        remember_step_masks(wrapper._constraints)
         return call(*args, **kwargs)
 
     # Set on the instance, past Keras' attribute tracking: the layer object,

@@ -148,6 +148,12 @@ class MaskConstraint(keras.constraints.Constraint):
         if self.constraint is not None:
             weight = self.constraint(weight)
         scope = get_stateless_scope()
+        if scope is None and _IN_PLACE and isinstance(weight, keras.Variable):
+            # PyTorch runs every step eagerly: multiplying the variable's tensor in
+            # place saves a new tensor and the copy into the variable that
+            # `variable.assign` would make (torch's copy_ of a tensor onto itself
+            # is a no-op).
+            return _multiply_in_place(weight.value, self.mask.value)
         if (
             scope is not None
             and scope.get_current_value(self.mask) is None
@@ -162,6 +168,28 @@ class MaskConstraint(keras.constraints.Constraint):
         # Masks are variables of the wrapper and are saved with it; the wrapper
         # installs this constraint again when it is built.
         return {}
+
+
+# Eager backends whose tensors can be multiplied in place (see MaskConstraint).
+_IN_PLACE = keras.backend.backend() == "torch"
+
+
+def _multiply_in_place(value, mask):
+    import torch
+
+    with torch.no_grad():
+        return value.mul_(mask)
+
+
+def remember_step_masks(constraints):
+    """Hands the step's masks to `constraints` in a stateless (JAX) step; else nothing.
+
+    One scope lookup per layer call, not one per weight: eager steps pay almost
+    nothing for it.
+    """
+    if get_stateless_scope() is not None:
+        for constraint in constraints:
+            constraint.remember_step_mask()
 
 
 class _CopyOf(keras.initializers.Initializer):
@@ -367,8 +395,7 @@ class RewindWrapper(keras.layers.Wrapper):
         self.built = True
 
     def call(self, inputs, *args, training=None, **kwargs):
-        for constraint in self._constraints:
-            constraint.remember_step_mask()
+        remember_step_masks(self._constraints)
         # Named, so that Keras passes the training flag to the wrapper, as older
         # Keras releases do only for a call that declares it (BatchNormalization).
         if training is not None:
@@ -517,9 +544,10 @@ class RewindWrapper(keras.layers.Wrapper):
         self.check_rewind(to)
         for saved in self._saved:
             value = getattr(saved, to).value
-            if saved.mask is not None:
-                value = ops.multiply(value, ops.cast(saved.mask.value, value.dtype))
-            assign_copy(saved.variable, value)
+            if saved.mask is None:
+                assign_copy(saved.variable, value)
+            else:  # the product is a new buffer already: no copy
+                saved.variable.assign(ops.multiply(value, ops.cast(saved.mask.value, value.dtype)))
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
