@@ -79,3 +79,16 @@ def test_n_of_m_keeps_the_largest_of_each_group_of_inputs():
     scores = np.array([[0.1], [0.4], [0.4], [0.2], [0.9]])  # groups of 4 inputs: 4 + 1
     keep = selection.keep_n_of_m(scores, np.ones_like(scores, bool), 2, 4)
     np.testing.assert_array_equal(keep.ravel(), [False, True, True, False, True])
+
+
+def test_global_selection_with_ties_all_drops_every_unit_that_scores_the_cut():
+    scores = [np.array([0.2, 0.5, 0.2]), np.array([0.2, 0.9])]
+    alive = [np.ones(3, bool), np.array([True, False])]
+
+    def parts():
+        return ((i, s, a) for i, (s, a) in enumerate(zip(scores, alive)))
+
+    exact = [keep for _, keep, _ in selection.drop_smallest_across(parts, 2)]
+    np.testing.assert_array_equal(np.concatenate(exact), [0, 1, 0, 1, 0])
+    every = [keep for _, keep, _ in selection.drop_smallest_across(parts, 2, ties="all")]
+    np.testing.assert_array_equal(np.concatenate(every), [0, 1, 0, 0, 0])

@@ -9,7 +9,9 @@ numpy arrays and never the model, so computing masks changes nothing.
 - `drop_smallest_across`: the same over several tensors at once, as if their
   scores were concatenated (global pruning is local pruning over the
   concatenated scores), in two passes that hold one tensor's scores plus the
-  surviving scores, never every tensor's weights together.
+  surviving scores, never every tensor's weights together. The one global
+  ranking: weight criteria, pruning at initialization and the unit criteria's
+  pooled ranking all use it.
 - `cut_of`: the score at which `count` surviving units are dropped.
 - Blocks: `reduce_blocks` turns a tensor into one entry per block (its alive
   flag, or a pooled score), `expand_blocks` turns keep-flags back into a mask.
@@ -39,6 +41,7 @@ import math
 
 import numpy as np
 
+from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
 
 
@@ -75,12 +78,11 @@ def cut_of(alive_scores, count):
     return alive_scores[count - 1]
 
 
-def drop_smallest_across(parts, count):
+def drop_smallest_across(parts, count, ties="first"):
     """`drop_smallest` over several tensors at once, as if their scores were one array.
 
     The tensors are read twice, one at a time: a first pass gathers the
     surviving scores to find the cut, a second gives each tensor its keep-flags.
-    Ties at the cut go in tensor order, then by position.
 
     Args:
         parts: A callable returning a fresh iterable of `(item, scores, alive)`,
@@ -88,11 +90,16 @@ def drop_smallest_across(parts, count):
             tensor's result, e.g. the tensor itself.
         count: How many alive units to drop over all tensors, or a callable
             `count(alive, units)` from the number of alive units and of all units.
+        ties: `"first"`: ties at the cut go in tensor order, then by position,
+            so that exactly `count` units go. `"all"`: every unit scoring the
+            cut goes, which may be more; the unit criteria count what each group
+            loses this way, then round it per group. Defaults to `"first"`.
 
     Yields:
         `(item, keep, cut)` per tensor, in order; `cut` is NaN if nothing is
         dropped.
     """
+    check_choice(ties, "ties", ("first", "all"))
     gathered, units = [], 0
     for _, scores, alive in parts():
         gathered.append(scores[alive])
@@ -102,17 +109,19 @@ def drop_smallest_across(parts, count):
     if callable(count):
         count = count(alive_scores.size, units)
     count = min(count, alive_scores.size)
+    # How many of the units scoring the cut still go, in order.
     if count > 0:
         cut = float(cut_of(alive_scores, count))
-        ties = count - int(np.count_nonzero(alive_scores < cut))
+        below = int(np.count_nonzero(alive_scores < cut))
+        at_cut_dropped = alive_scores.size if ties == "all" else count - below
     else:
-        cut, ties = -np.inf, 0
+        cut, at_cut_dropped = -np.inf, 0
     del alive_scores
     for item, scores, alive in parts():
         keep = alive & (scores > cut)
         at_cut = np.flatnonzero(alive & (scores == cut))
-        keep.flat[at_cut[ties:]] = True
-        ties = max(0, ties - at_cut.size)
+        keep.flat[at_cut[at_cut_dropped:]] = True
+        at_cut_dropped = max(0, at_cut_dropped - at_cut.size)
         yield item, keep, cut if count > 0 else math.nan
 
 

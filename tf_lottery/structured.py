@@ -46,8 +46,8 @@ from tf_lottery.heads import head_groups
 from tf_lottery.hub_units import attention_note
 from tf_lottery.hub_units import feed_forward_groups
 from tf_lottery.selection import count_to_drop
-from tf_lottery.selection import cut_of
 from tf_lottery.selection import drop_smallest
+from tf_lottery.selection import drop_smallest_across
 from tf_lottery.selection import rounded_count
 from tf_lottery.selection import shared_counts
 from tf_lottery.validators import check_choice
@@ -257,23 +257,18 @@ class UnitCriterion(Criterion):
             scores = np.asarray(score(group), np.float64)
             scored.append((group, alive, scores))
         self._check_tied_rates(groups, wrappers)
-        # Scores over their layer's mean, so that wide layers do not dominate;
-        # each group then loses its units at or below the cut of the pool.
+        # Scores over their layer's mean, so that wide layers do not dominate.
         normalized = [(g, a, s / max(np.mean(s[a]), 1e-12) if a.any() else s) for g, a, s in scored]
-        pool = np.concatenate([s[a] for _, a, s in normalized] or [np.zeros(0)])
 
         def plan(drop):
             pooled = drop is not None or self.scope == "global"
             if pooled:
-                total = count_to_drop(pool.size, pool.size, self.rate) if drop is None else drop
-                total = min(total, pool.size)
-                cut = cut_of(pool.copy(), total) if total > 0 else -np.inf
-            counts = []
-            for group, alive, scores in normalized if pooled else scored:
-                if pooled:
-                    counts.append(int(np.count_nonzero(alive & (scores <= cut))))
-                else:
-                    counts.append(self.prune_count(group, wrappers, scores, alive))
+                counts = self._pooled_counts(normalized, drop)
+            else:
+                counts = [
+                    self.prune_count(group, wrappers, scores, alive)
+                    for group, alive, scores in scored
+                ]
             counts = shared_counts(counts, [group.tie for group in groups])
             plans = []
             for (group, alive, scores), count in zip(normalized if pooled else scored, counts):
@@ -284,6 +279,23 @@ class UnitCriterion(Criterion):
             return plans
 
         return plan
+
+    def _pooled_counts(self, normalized, drop):
+        """How many units each group loses when all groups are ranked together.
+
+        Global pruning over the concatenated normalized scores; each group
+        loses its units at or below the cut, ties included, and `round_to` is
+        applied to that count per group afterwards.
+        """
+
+        def parts():
+            return ((alive, scores, alive) for _, alive, scores in normalized)
+
+        def by_rate(alive, units):
+            return count_to_drop(alive, units, self.rate)
+
+        dropped = drop_smallest_across(parts, by_rate if drop is None else drop, ties="all")
+        return [int(np.count_nonzero(alive & ~keep)) for alive, keep, _ in dropped]
 
     def _check_tied_rates(self, groups, wrappers):
         """Tied groups lose as many units: `per_layer` cannot give them different rates."""
