@@ -168,6 +168,15 @@ def test_per_layer_rates_that_differ_across_the_blocks_are_refused():
         np.testing.assert_array_equal(_numpy(mask), before[key])
 
 
+def test_unit_std_threshold_reads_per_layer_by_the_paths_that_prune_checks():
+    model = tl.wrap(MODELS["gpt2"]())
+    paths = [f"transformer_layer_{i}/feedforward_intermediate_dense" for i in (0, 1)]
+    _quiet_prune(model, tl.UnitStdThreshold(0.0, per_layer={path: 1.0 for path in paths}))
+    masks = _masks(model)
+    pruned = [len(_pruned_units(b, masks)) for b in hub_units.feed_forward_blocks(model)]
+    assert pruned[0] == pruned[1] > 0  # s = 0 elsewhere prunes nothing
+
+
 def test_unit_norm_says_once_that_attention_heads_stay_whole():
     model = tl.wrap(MODELS["gpt2"]())
     criterion = tl.UnitNorm(0.25)

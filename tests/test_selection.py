@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -79,3 +80,41 @@ def test_n_of_m_keeps_the_largest_of_each_group_of_inputs():
     scores = np.array([[0.1], [0.4], [0.4], [0.2], [0.9]])  # groups of 4 inputs: 4 + 1
     keep = selection.keep_n_of_m(scores, np.ones_like(scores, bool), 2, 4)
     np.testing.assert_array_equal(keep.ravel(), [False, True, True, False, True])
+
+
+def test_global_selection_with_ties_all_drops_every_unit_that_scores_the_cut():
+    scores = [np.array([0.2, 0.5, 0.2]), np.array([0.2, 0.9])]
+    alive = [np.ones(3, bool), np.array([True, False])]
+
+    def parts():
+        return ((i, s, a) for i, (s, a) in enumerate(zip(scores, alive)))
+
+    exact = [keep for _, keep, _ in selection.drop_smallest_across(parts, 2)]
+    np.testing.assert_array_equal(np.concatenate(exact), [0, 1, 0, 1, 0])
+    every = [keep for _, keep, _ in selection.drop_smallest_across(parts, 2, ties="all")]
+    np.testing.assert_array_equal(np.concatenate(every), [0, 1, 0, 0, 0])
+
+
+def test_target_sparsities_spread_one_value_a_dict_or_a_list_and_name_what_is_wrong():
+    tensors = [("fc1", "kernel"), ("fc1", "bias"), ("out", "kernel")]
+    assert selection.target_sparsities(tensors, 0.5) == [0.5, 0.5, 0.5]
+    assert selection.target_sparsities(tensors, {"fc1": 0.8, "out": 0}) == [0.8, 0.8, 0.0]
+    assert selection.target_sparsities(tensors, [0.1, 0.2, 0.3]) == [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match=r"no value for layers \['out'\]"):
+        selection.target_sparsities(tensors, {"fc1": 0.8})
+    with pytest.raises(ValueError, match="one target sparsity per pruned tensor, 3 in all"):
+        selection.target_sparsities(tensors, [0.1, 0.2])
+    with pytest.raises(ValueError, match="sparsity of out/kernel"):
+        selection.target_sparsities(tensors, [0.1, 0.2, 1.5])
+
+
+def test_a_round_target_prunes_rate_of_the_survivors():
+    assert selection.round_target(100, 100, 0.2) == pytest.approx(0.2)
+    assert selection.round_target(50, 100, 0.2) == pytest.approx(0.6)  # 1 - 0.5 * 0.8
+
+
+def test_keep_best_across_keeps_exactly_count_of_all_tensors():
+    scores = [np.array([0.3, 0.1]), np.array([0.3, 0.9, 0.2])]
+    alive = [np.ones(2, bool), np.array([True, True, False])]
+    keep = selection.keep_best_across(scores, alive, 2)
+    np.testing.assert_array_equal(np.concatenate(keep), [0, 0, 1, 1, 0])  # a tie: the first goes

@@ -29,6 +29,8 @@ from tf_lottery.selection import expand_blocks
 from tf_lottery.selection import keep_n_of_m
 from tf_lottery.selection import keep_one
 from tf_lottery.selection import reduce_blocks
+from tf_lottery.selection import round_target
+from tf_lottery.selection import target_sparsities
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
@@ -132,21 +134,8 @@ def _units(weight, mask, block, pooling):
 
 def _with_sparsity(targets, sparsity):
     """`targets` with their `sparsity` set: one value, a dict by layer, or a list."""
-    if isinstance(sparsity, dict):
-        missing = sorted({t.layer for t in targets} - set(sparsity))
-        if missing:
-            raise ValueError(
-                f"The target sparsity names no value for layers {missing}. Give every "
-                f"pruned layer a value. Received: sparsity={sparsity!r}"
-            )
-        values = [sparsity[t.layer] for t in targets]
-    elif isinstance(sparsity, (list, tuple)):
-        values = list(sparsity)
-    else:
-        values = [sparsity] * len(targets)
-    for target, value in zip(targets, values):
-        check_fraction(value, f"sparsity of {target.layer}/{target.name}", allow_zero=True)
-    return [dataclasses.replace(t, sparsity=float(v)) for t, v in zip(targets, values)]
+    values = target_sparsities([(t.layer, t.name) for t in targets], sparsity)
+    return [dataclasses.replace(t, sparsity=v) for t, v in zip(targets, values)]
 
 
 class Criterion:
@@ -522,11 +511,11 @@ class PruneFraction(Criterion):
 
     def compute_masks(self, targets):
         if self.scope == "erk" and targets and targets[0].sparsity is None:
-            units = [self._with_units(t) for t in targets]
-            total = sum(u.alive.size for u in units)
-            now = 1 - sum(int(u.alive.sum()) for u in units) / total
-            del units
-            yield from self.compute_target_masks(targets, 1 - (1 - now) * (1 - self.rate))
+            alive, units = 0, 0
+            for target in targets:  # one tensor at a time
+                unit = self._with_units(target)
+                alive, units = alive + int(unit.alive.sum()), units + unit.alive.size
+            yield from self.compute_target_masks(targets, round_target(alive, units, self.rate))
             return
         if self.scope != "global":
             yield from super().compute_masks(targets)

@@ -29,7 +29,7 @@ from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _read
 from tf_lottery.gradients import gradients
 from tf_lottery.gradients import hessian_vector_product
-from tf_lottery.selection import drop_smallest_across
+from tf_lottery.selection import keep_best_across
 from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_number
@@ -42,20 +42,6 @@ def _check_sparsity(value):
         allow_zero=True,
         meaning="the fraction of all the pruned layers' weights to have pruned",
     )
-
-
-def keep_top(scores, alive, count):
-    """Keep-flags, one array per tensor, for the `count` best alive weights of all tensors.
-
-    Ties at the cut are broken by position, so exactly `count` survive (or every
-    alive weight, if fewer).
-    """
-
-    def parts():
-        for s, a in zip(scores, alive):
-            yield None, np.asarray(s, np.float64), a
-
-    return [keep for _, keep, _ in drop_smallest_across(parts, lambda n, _: n - count)]
 
 
 class InitCriterion(Criterion):
@@ -106,7 +92,7 @@ class InitCriterion(Criterion):
     def select(self, model, targets, masks, count):
         """Keep-flags, one boolean array per target: `count` weights survive in all."""
         alive = [m > 0 for m in masks]
-        return keep_top(self.checked_scores(model, targets, masks), alive, count)
+        return keep_best_across(self.checked_scores(model, targets, masks), alive, count)
 
     def checked_scores(self, model, targets, masks):
         scores = [np.asarray(s, dtype=np.float64) for s in self.scores(model, targets, masks)]
@@ -398,7 +384,7 @@ class SynFlow(InitCriterion):
                 if step == self.iterations
                 else round(start * (end / start) ** (step / self.iterations))
             )
-            keep = keep_top(
+            keep = keep_best_across(
                 self.checked_scores(model, targets, masks), [m > 0 for m in masks], kept
             )
             masks = [np.where(k, m, 0) for k, m in zip(keep, masks)]

@@ -9,15 +9,21 @@ numpy arrays and never the model, so computing masks changes nothing.
 - `drop_smallest_across`: the same over several tensors at once, as if their
   scores were concatenated (global pruning is local pruning over the
   concatenated scores), in two passes that hold one tensor's scores plus the
-  surviving scores, never every tensor's weights together.
+  surviving scores, never every tensor's weights together. The one global
+  ranking: weight criteria, pruning at initialization and the unit criteria's
+  pooled ranking all use it.
 - `cut_of`: the score at which `count` surviving units are dropped.
 - Blocks: `reduce_blocks` turns a tensor into one entry per block (its alive
   flag, or a pooled score), `expand_blocks` turns keep-flags back into a mask.
+- `keep_best_across`: the other way round, the `count` best alive units of
+  all tensors survive (pruning at initialization).
 - How many: `count_to_drop` (a rate of the survivors, or a target sparsity by
   tfmot's `keep_count`), `rounded_count`
   (a multiple of `round_to`, keeping at least one), `shared_counts` (groups
-  that must lose as many as each other), `erk_sparsities` (one overall target
-  spread over tensors by ERK).
+  that must lose as many as each other).
+- Which target where: `target_sparsities` (one value, a value per layer, or a
+  list), `erk_sparsities` (one overall target spread over tensors by ERK),
+  `round_target` (the overall target of one more round at a rate).
 - `keep_n_of_m`: N:M patterns, the `n` largest of every `m` inputs.
 - `keep_one`: a tensor that would lose every surviving unit keeps its best.
 
@@ -39,6 +45,7 @@ import math
 
 import numpy as np
 
+from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
 
 
@@ -75,12 +82,11 @@ def cut_of(alive_scores, count):
     return alive_scores[count - 1]
 
 
-def drop_smallest_across(parts, count):
+def drop_smallest_across(parts, count, ties="first"):
     """`drop_smallest` over several tensors at once, as if their scores were one array.
 
     The tensors are read twice, one at a time: a first pass gathers the
     surviving scores to find the cut, a second gives each tensor its keep-flags.
-    Ties at the cut go in tensor order, then by position.
 
     Args:
         parts: A callable returning a fresh iterable of `(item, scores, alive)`,
@@ -88,11 +94,16 @@ def drop_smallest_across(parts, count):
             tensor's result, e.g. the tensor itself.
         count: How many alive units to drop over all tensors, or a callable
             `count(alive, units)` from the number of alive units and of all units.
+        ties: `"first"`: ties at the cut go in tensor order, then by position,
+            so that exactly `count` units go. `"all"`: every unit scoring the
+            cut goes, which may be more; the unit criteria count what each group
+            loses this way, then round it per group. Defaults to `"first"`.
 
     Yields:
         `(item, keep, cut)` per tensor, in order; `cut` is NaN if nothing is
         dropped.
     """
+    check_choice(ties, "ties", ("first", "all"))
     gathered, units = [], 0
     for _, scores, alive in parts():
         gathered.append(scores[alive])
@@ -102,18 +113,39 @@ def drop_smallest_across(parts, count):
     if callable(count):
         count = count(alive_scores.size, units)
     count = min(count, alive_scores.size)
+    # How many of the units scoring the cut still go, in order.
     if count > 0:
         cut = float(cut_of(alive_scores, count))
-        ties = count - int(np.count_nonzero(alive_scores < cut))
+        below = int(np.count_nonzero(alive_scores < cut))
+        at_cut_dropped = alive_scores.size if ties == "all" else count - below
     else:
-        cut, ties = -np.inf, 0
+        cut, at_cut_dropped = -np.inf, 0
     del alive_scores
     for item, scores, alive in parts():
         keep = alive & (scores > cut)
         at_cut = np.flatnonzero(alive & (scores == cut))
-        keep.flat[at_cut[ties:]] = True
-        ties = max(0, ties - at_cut.size)
+        keep.flat[at_cut[at_cut_dropped:]] = True
+        at_cut_dropped = max(0, at_cut_dropped - at_cut.size)
         yield item, keep, cut if count > 0 else math.nan
+
+
+def keep_best_across(scores, alive, count):
+    """Keep-flags, one array per tensor, for the `count` best alive units of all tensors.
+
+    Ties at the cut are broken by position, so exactly `count` survive (or every
+    alive unit, if fewer). Scores are compared in float64.
+
+    Args:
+        scores: One array of scores per tensor, larger kept.
+        alive: One boolean array per tensor, True for surviving units.
+        count: How many alive units survive over all tensors.
+    """
+
+    def parts():
+        for s, a in zip(scores, alive):
+            yield None, np.asarray(s, np.float64), a
+
+    return [keep for _, keep, _ in drop_smallest_across(parts, lambda n, _: n - count)]
 
 
 def count_to_drop(alive, units, rate=None, sparsity=None):
@@ -169,6 +201,53 @@ def shared_counts(counts, ties):
         count if tie is None else round(sum(tied[tie]) / len(tied[tie]))
         for count, tie in zip(counts, ties)
     ]
+
+
+def target_sparsities(tensors, sparsity):
+    """One target sparsity per tensor, from one value, a dict by layer name, or a list.
+
+    Args:
+        tensors: The `(layer, weight)` names of the tensors, in order; a layer
+            may have several.
+        sparsity: A fraction in [0, 1) for every tensor, a dict from layer name
+            to a fraction (every layer named), or a list with one fraction per
+            tensor.
+
+    Returns:
+        A list of floats, one per tensor.
+    """
+    layers = [layer for layer, _ in tensors]
+    if isinstance(sparsity, dict):
+        missing = sorted(set(layers) - set(sparsity))
+        if missing:
+            raise ValueError(
+                f"The target sparsity names no value for layers {missing}. Give every "
+                f"pruned layer a value. Received: sparsity={sparsity!r}"
+            )
+        values = [sparsity[layer] for layer in layers]
+    elif isinstance(sparsity, (list, tuple)):
+        if len(sparsity) != len(tensors):
+            raise ValueError(
+                f"Expected one target sparsity per pruned tensor, {len(tensors)} in all. "
+                "Pass one value, a dict from layer name to value, or a list of "
+                f"{len(tensors)}. Received: a list of {len(sparsity)}, sparsity={sparsity!r}"
+            )
+        values = list(sparsity)
+    else:
+        values = [sparsity] * len(tensors)
+    return [
+        float(check_fraction(value, f"sparsity of {layer}/{weight}", allow_zero=True))
+        for (layer, weight), value in zip(tensors, values)
+    ]
+
+
+def round_target(alive, units, rate):
+    """The overall target sparsity of one more round that prunes `rate` of the survivors.
+
+    `1 - (1 - s)(1 - rate)`, with s the current sparsity, `1 - alive / units`.
+    """
+    now = 1 - alive / units
+    return 1 - (1 - now) * (1 - rate)
 
 
 def erk_sparsities(shapes, sparsity, power_scale=1.0):

@@ -46,8 +46,8 @@ from tf_lottery.heads import head_groups
 from tf_lottery.hub_units import attention_note
 from tf_lottery.hub_units import feed_forward_groups
 from tf_lottery.selection import count_to_drop
-from tf_lottery.selection import cut_of
 from tf_lottery.selection import drop_smallest
+from tf_lottery.selection import drop_smallest_across
 from tf_lottery.selection import rounded_count
 from tf_lottery.selection import shared_counts
 from tf_lottery.validators import check_choice
@@ -83,9 +83,13 @@ class UnitCriterion(Criterion):
     that only shrink, and masking the pruned units' biases and
     BatchNormalization parameters (or, for heads, their output rows).
 
+    A subclass whose `prune_count` decides how many units go by a rule of its
+    own sets `by_rate = False`; it then takes no `rate`, and `per_layer` holds
+    the values of its rule (`UnitStdThreshold`'s s).
+
     Args:
         rate: Fraction of the surviving units of each group to prune per round,
-            in (0, 1). Defaults to `0.2`.
+            in (0, 1). Not used when `by_rate` is False. Defaults to `0.2`.
         scope: `"layer"` (each group loses `rate` of its units) or `"global"`
             (the `rate` of all surviving units with the lowest scores, scores
             normalized per layer so that wide layers do not dominate). Defaults
@@ -105,12 +109,14 @@ class UnitCriterion(Criterion):
     uses_model = True
     # Whether the criterion scores attention heads too (`tf_lottery.heads`).
     prunes_heads = True
+    # Whether `rate` says how many units each group loses.
+    by_rate = True
 
     def __init__(self, rate=0.2, scope="layer", per_layer=None, round_to=1):
         super().__init__()
-        self.rate = _check_rate(rate, "rate")
+        self.rate = _check_rate(rate, "rate") if self.by_rate else None
         self.scope = check_choice(scope, "scope", ("layer", "global"))
-        self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
+        self.per_layer = check_per_layer(per_layer, "per_layer", self.check_value)
         self.round_to = check_int(
             round_to, "round_to", minimum=1, meaning="keep unit counts a multiple of it, e.g. 8"
         )
@@ -138,9 +144,17 @@ class UnitCriterion(Criterion):
         """
         return lambda group: self.unit_scores(group, wrappers)
 
+    def check_value(self, value, argument):
+        """A value of `per_layer`, checked: a rate, or the value of a subclass's own rule."""
+        return _check_rate(value, argument)
+
+    def value_for(self, group, wrappers, default):
+        """`per_layer`'s value for `group`, by its producer's name, or `default`."""
+        return self.per_layer.get(_name(group.producers[0], wrappers), default)
+
     def prune_count(self, group, wrappers, scores, alive):
         """How many of the `alive` channels of `group` to prune, scope="layer"."""
-        rate = self.per_layer.get(_name(group.producers[0], wrappers), self.rate)
+        rate = self.value_for(group, wrappers, self.rate)
         return count_to_drop(int(alive.sum()), alive.size, rate)
 
     def compute_masks(self, targets, model=None):
@@ -257,23 +271,18 @@ class UnitCriterion(Criterion):
             scores = np.asarray(score(group), np.float64)
             scored.append((group, alive, scores))
         self._check_tied_rates(groups, wrappers)
-        # Scores over their layer's mean, so that wide layers do not dominate;
-        # each group then loses its units at or below the cut of the pool.
+        # Scores over their layer's mean, so that wide layers do not dominate.
         normalized = [(g, a, s / max(np.mean(s[a]), 1e-12) if a.any() else s) for g, a, s in scored]
-        pool = np.concatenate([s[a] for _, a, s in normalized] or [np.zeros(0)])
 
         def plan(drop):
             pooled = drop is not None or self.scope == "global"
             if pooled:
-                total = count_to_drop(pool.size, pool.size, self.rate) if drop is None else drop
-                total = min(total, pool.size)
-                cut = cut_of(pool.copy(), total) if total > 0 else -np.inf
-            counts = []
-            for group, alive, scores in normalized if pooled else scored:
-                if pooled:
-                    counts.append(int(np.count_nonzero(alive & (scores <= cut))))
-                else:
-                    counts.append(self.prune_count(group, wrappers, scores, alive))
+                counts = self._pooled_counts(normalized, drop)
+            else:
+                counts = [
+                    self.prune_count(group, wrappers, scores, alive)
+                    for group, alive, scores in scored
+                ]
             counts = shared_counts(counts, [group.tie for group in groups])
             plans = []
             for (group, alive, scores), count in zip(normalized if pooled else scored, counts):
@@ -285,14 +294,34 @@ class UnitCriterion(Criterion):
 
         return plan
 
+    def _pooled_counts(self, normalized, drop):
+        """How many units each group loses when all groups are ranked together.
+
+        Global pruning over the concatenated normalized scores; each group
+        loses its units at or below the cut, ties included, and `round_to` is
+        applied to that count per group afterwards.
+        """
+
+        def parts():
+            return ((alive, scores, alive) for _, alive, scores in normalized)
+
+        def by_rate(alive, units):
+            return count_to_drop(alive, units, self.rate)
+
+        dropped = drop_smallest_across(parts, by_rate if drop is None else drop, ties="all")
+        return [int(np.count_nonzero(alive & ~keep)) for alive, keep, _ in dropped]
+
     def _check_tied_rates(self, groups, wrappers):
         """Tied groups lose as many units: `per_layer` cannot give them different rates."""
         ties = {}
         for group in groups:
             if group.tie is not None:
-                ties.setdefault(group.tie, []).append(_name(group.producers[0], wrappers))
-        for names in ties.values():
-            given = {name: self.per_layer.get(name, "default") for name in names}
+                ties.setdefault(group.tie, []).append(group)
+        for tied in ties.values():
+            given = {
+                _name(g.producers[0], wrappers): self.value_for(g, wrappers, "default")
+                for g in tied
+            }
             if len(set(given.values())) > 1:
                 raise ValueError(
                     f"per_layer gives the feed-forward layers of one KerasHub Backbone "
@@ -485,16 +514,20 @@ class UnitStdThreshold(UnitCriterion):
     ```
     """
 
+    by_rate = False  # s says how many go
+
     def __init__(self, quality=0.5, per_layer=None, round_to=1):
-        super().__init__(0.5, "layer", None, round_to)
+        super().__init__(per_layer=per_layer, round_to=round_to)
         self.quality = _check_quality(quality, "quality")
-        self.per_layer = check_per_layer(per_layer, "per_layer", _check_quality)
+
+    def check_value(self, value, argument):
+        return _check_quality(value, argument)
 
     def unit_scores(self, group, wrappers):
         return _norm_scores(group, 2)
 
     def prune_count(self, group, wrappers, scores, alive):
-        s = self.per_layer.get(group.producers[0].name, self.quality)
+        s = self.value_for(group, wrappers, self.quality)
         below, survivors = 0, 0
         masks = {
             id(m.variable): m.mask for p in group.producers for m in wrappers[id(p)].masked_weights
