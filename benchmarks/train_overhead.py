@@ -173,9 +173,12 @@ def variants(name, batch_size, share, digits):
 
     wrapped = keras3_model(name, wrap={})
     tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.5, output_rate=0.5))
-    far = lambda: (
-        tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=10_000, verbose=0),
-    )  # noqa: E731
+
+    def far():  # attached and live, its next round far away
+        return (
+            tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=10_000, verbose=0),
+        )
+
     yield (
         "no round",
         fit_fn(plain, x, y, batch_size),
@@ -196,9 +199,10 @@ def variants(name, batch_size, share, digits):
     )
 
     lottery = keras3_model(name, wrap={})
-    every = lambda: (
-        tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=1, verbose=0),
-    )  # noqa: E731
+
+    def every():  # a new callback per fit: a round after each of its 2 epochs
+        return (tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=1, verbose=0),)
+
     yield (
         "every=1, 2 epochs of 5,000",
         fit_fn(plain, digits.x[..., None], digits.y, batch_size, epochs=2),

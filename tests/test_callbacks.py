@@ -169,7 +169,6 @@ def test_reset_optimizer_zeroes_slots_and_iterations():
     assert optimizer.learning_rate.numpy() == pytest.approx(1e-2)
 
 
-
 def test_reset_optimizer_again_restores_a_nonzero_start_and_a_rebuilt_optimizer():
     # The fresh twin's values are kept after the first reset: a second reset must
     # still give Adagrad's nonzero start, and an optimizer built anew (other
@@ -190,6 +189,7 @@ def test_reset_optimizer_again_restores_a_nonzero_start_and_a_rebuilt_optimizer(
     tl.reset_optimizer(model.optimizer)
     momenta = [v for v in model.optimizer.variables if "momentum" in v.path]
     assert momenta and not any(np.any(v.numpy()) for v in momenta)
+
 
 def test_round_line_and_logs_in_csv(tmp_path, capsys):
     model = wrapped_mlp()

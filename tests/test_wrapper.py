@@ -446,3 +446,32 @@ def test_the_pruning_stage_is_saved_and_files_without_it_still_load(tmp_path):
     fresh = _loaded_without_last(tl.find_wrappers(model)[0], 1)
     assert int(fresh.pruning_step.numpy()) == 7
     assert fresh.pruning_stage.numpy().tolist() == [0, 0]
+
+
+@keras.saving.register_keras_serializable(package="test_wrapper")
+class TrainingDoubles(L.Dense):
+    """A Dense layer whose output doubles in training: it reads the training flag."""
+
+    def call(self, inputs, training=None):
+        outputs = super().call(inputs)
+        return outputs * 2.0 if training else outputs
+
+
+def test_a_wrapped_layer_gets_the_training_flag_and_keeps_its_activity_regularizer():
+    # On PyTorch the wrapper runs its layer's call without a second
+    # Layer.__call__ where nothing is lost: the training flag must still reach
+    # the layer, and a layer with an activity regularizer (which only __call__
+    # applies) must keep it.
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    doubles = tl.wrap(_model((5,), TrainingDoubles(4)))
+    inference = keras.ops.convert_to_numpy(doubles(x, training=False))
+    training = keras.ops.convert_to_numpy(doubles(x, training=True))
+    np.testing.assert_allclose(training, 2 * inference, rtol=1e-6)
+    plain = _model((5,), L.Dense(4, activity_regularizer=keras.regularizers.L2(1.0)))
+    wrapped = tl.wrap(plain)
+    outputs = keras.ops.convert_to_numpy(wrapped(x))
+    assert len(wrapped.losses) == 1
+    # Keras divides an activity regularizer's loss by the batch size.
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(wrapped.losses[0])), np.sum(outputs**2) / len(x), rtol=1e-5
+    )
