@@ -1,5 +1,6 @@
 """find_winning_ticket: rounds on disk, controls, resume, history and plot."""
 
+import hashlib
 import json
 import os
 
@@ -161,6 +162,20 @@ def test_a_loaded_round_rewinds_batchnorm_to_the_rewind_point_too(tmp_path):
     assert not np.allclose(bn.moving_mean.numpy(), trained)
 
 
+def test_settings_json_is_byte_identical_to_that_of_runs_saved_before_run_config(tmp_path):
+    # The SHA-256 of the settings.json that find_winning_ticket wrote for these
+    # settings before RunConfig replaced _Experiment (commit 1029f8b): runs saved
+    # then must keep resuming.
+    out = tmp_path / "run"
+    run(str(out), rounds=0, epochs=2, rewind=1, controls=("reinit",))
+    text = (out / "settings.json").read_bytes()
+    assert hashlib.sha256(text).hexdigest() == (
+        "f0bbd55fc46b21bf62ee061bf049d68c87429fae23c8ccc87ec4fe8beca85996"
+    ), text.decode()
+    run(str(out), rounds=1, epochs=2, rewind=1, controls=("reinit",))  # resumes
+    assert (out / "settings.json").read_bytes() == text
+
+
 def test_a_builder_that_leaves_naming_to_keras_runs_and_loads(tmp_path):
     out = str(tmp_path / "run")
     history = run(out, builder=unnamed)
@@ -215,7 +230,7 @@ def test_a_run_in_an_older_layout_is_refused(tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     whole = run(str(tmp_path / "whole"), controls=("reinit",))
     out = str(tmp_path / "broken")
-    real_fit = lottery._Experiment.fit
+    real_fit = lottery.SeedRun.fit
     calls = []
 
     def crash_in_round_two(self, model, round_index, *args, **kwargs):
@@ -224,7 +239,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real_fit(self, model, round_index, *args, **kwargs)
 
-    monkeypatch.setattr(lottery._Experiment, "fit", crash_in_round_two)
+    monkeypatch.setattr(lottery.SeedRun, "fit", crash_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         run(out, controls=("reinit",))
     monkeypatch.undo()
