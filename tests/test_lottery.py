@@ -1,5 +1,6 @@
 """find_winning_ticket: rounds on disk, controls, resume, history and plot."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import tf_lottery as tl
 from tf_lottery import lottery
 from tf_lottery.artifacts import load_state
 from tf_lottery.paths import RunPaths
+from tf_lottery.run_config import RunConfig
 
 COMPILE = dict(
     optimizer="adam",
@@ -174,6 +176,19 @@ def test_settings_json_is_byte_identical_to_that_of_runs_saved_before_run_config
     ), text.decode()
     run(str(out), rounds=1, epochs=2, rewind=1, controls=("reinit",))  # resumes
     assert (out / "settings.json").read_bytes() == text
+
+
+def test_run_config_is_frozen_documents_each_field_and_checks_its_arguments():
+    config = RunConfig(build, 2, criterion=None, controls=["reinit"], fit_kwargs=None)
+    assert config.criterion.get_config() == tl.PruneFraction(0.2).get_config()
+    assert config.fit_kwargs == {} and list(config.arms) == ["reinit"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.rewind = None
+    assert all(f.metadata["help"] for f in dataclasses.fields(RunConfig))
+    with pytest.raises(ValueError, match="rewind=2 must be an epoch count"):
+        RunConfig(build, 2, rewind=2)
+    with pytest.raises(ValueError, match="keep_weights='all'"):
+        RunConfig(build, 2, keep_weights="all")
 
 
 def test_a_builder_that_leaves_naming_to_keras_runs_and_loads(tmp_path):
