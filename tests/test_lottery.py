@@ -13,7 +13,9 @@ from conftest import mlp
 
 import tf_lottery as tl
 from tf_lottery import lottery
+from tf_lottery.artifacts import _state_variables
 from tf_lottery.artifacts import load_state
+from tf_lottery.artifacts import save_arrays
 from tf_lottery.paths import RunPaths
 from tf_lottery.run_config import RunConfig
 
@@ -189,6 +191,30 @@ def test_run_config_is_frozen_documents_each_field_and_checks_its_arguments():
         RunConfig(build, 2, rewind=2)
     with pytest.raises(ValueError, match="keep_weights='all'"):
         RunConfig(build, 2, keep_weights="all")
+
+
+def test_a_run_saved_before_batchnorm_had_a_rewind_point_still_rewinds_it(tmp_path):
+    # Runs written before issue 18's bug 2 was fixed hold the rewind epoch in the
+    # PruneWrappers only; the RewindWrapper around BatchNormalization reads -1.
+    out = str(tmp_path / "run")
+    run(out, rounds=0, controls=(), builder=_mlp_with_batchnorm, epochs=2, rewind=1)
+    folder = RunPaths(out).round_dir("ticket", 0)
+    fresh = tl.wrap(_mlp_with_batchnorm(), keep="both")
+    index = [id(v) for v in _state_variables(fresh)].index(
+        id(fresh.get_layer("rewind_bn").rewind_epoch)
+    )
+    for path in (RunPaths.rewind_point(folder), RunPaths.trained_weights(folder)):
+        with np.load(path) as archive:
+            arrays = dict(archive)
+        arrays[str(index)] = np.array(-1, dtype="int32")
+        save_arrays(path, arrays)
+    model = lottery.load_round(_mlp_with_batchnorm, out, 0, compile_kwargs=COMPILE)
+    tl.rewind(model, "rewind_point")
+    load_state(fresh, RunPaths.rewind_point(folder))
+    np.testing.assert_array_equal(
+        model.get_layer("rewind_bn").layer.moving_mean.numpy(),
+        fresh.get_layer("rewind_bn").layer.moving_mean.numpy(),
+    )
 
 
 def test_a_builder_that_leaves_naming_to_keras_runs_and_loads(tmp_path):

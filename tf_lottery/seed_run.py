@@ -80,6 +80,17 @@ class _RecordEpochs(keras.callbacks.Callback):
         self.epochs.append(record)
 
 
+def _rewind_epoch(model):
+    """The epoch of the run's rewind point, -1 before there is one.
+
+    One epoch for every wrapper: files written before issue 18's bug 2 was fixed
+    hold it only in the PruneWrappers, the RewindWrappers' (BatchNormalization's)
+    reading -1, as if none were saved.
+    """
+    epochs = [int(keras.ops.convert_to_numpy(w.rewind_epoch)) for w in pruning.rewindable(model)]
+    return max(epochs, default=-1)
+
+
 def _publish(partial, folder):
     """Renames a finished round's folder into place, unless another process was first.
 
@@ -162,11 +173,8 @@ class SeedRun:
         rewind_point = RunPaths.rewind_point(self.paths.round_dir(TICKET, 0))
         if arm == TICKET and os.path.exists(rewind_point):
             load_state(model, rewind_point)
-            # One epoch for all: files written before the fix hold it only in the
-            # PruneWrappers, the RewindWrappers' still reading -1 (none saved).
-            wrappers = pruning.rewindable(model)
-            epoch = max(int(keras.ops.convert_to_numpy(w.rewind_epoch)) for w in wrappers)
-            for wrapper in wrappers:
+            epoch = _rewind_epoch(model)
+            for wrapper in pruning.rewindable(model):
                 wrapper.save_rewind_point(epoch)
         return model
 
@@ -176,7 +184,11 @@ class SeedRun:
         model = self.initial_model(arm, round_index)
         with np.load(RunPaths.masks(folder)) as archive:
             set_masks(model, dict(archive), self.layers)
+        epoch = _rewind_epoch(model)
         load_state(model, RunPaths.trained_weights(folder))
+        if epoch >= 0:  # the trained state's copy may read -1
+            for wrapper in pruning.rewindable(model):
+                wrapper.rewind_epoch.assign(epoch)
         return model
 
     def ticket_masks(self, round_index):
