@@ -1,5 +1,7 @@
 """find_winning_ticket: rounds on disk, controls, resume, history and plot."""
 
+import dataclasses
+import hashlib
 import json
 import os
 
@@ -11,8 +13,11 @@ from conftest import mlp
 
 import tf_lottery as tl
 from tf_lottery import lottery
+from tf_lottery.artifacts import _state_variables
 from tf_lottery.artifacts import load_state
+from tf_lottery.artifacts import save_arrays
 from tf_lottery.paths import RunPaths
+from tf_lottery.run_config import RunConfig
 
 COMPILE = dict(
     optimizer="adam",
@@ -161,6 +166,57 @@ def test_a_loaded_round_rewinds_batchnorm_to_the_rewind_point_too(tmp_path):
     assert not np.allclose(bn.moving_mean.numpy(), trained)
 
 
+def test_settings_json_is_byte_identical_to_that_of_runs_saved_before_run_config(tmp_path):
+    # The SHA-256 of the settings.json that find_winning_ticket wrote for these
+    # settings before RunConfig replaced _Experiment (commit 1029f8b): runs saved
+    # then must keep resuming.
+    out = tmp_path / "run"
+    run(str(out), rounds=0, epochs=2, rewind=1, controls=("reinit",))
+    text = (out / "settings.json").read_bytes()
+    assert hashlib.sha256(text).hexdigest() == (
+        "f0bbd55fc46b21bf62ee061bf049d68c87429fae23c8ccc87ec4fe8beca85996"
+    ), text.decode()
+    run(str(out), rounds=1, epochs=2, rewind=1, controls=("reinit",))  # resumes
+    assert (out / "settings.json").read_bytes() == text
+
+
+def test_run_config_is_frozen_documents_each_field_and_checks_its_arguments():
+    config = RunConfig(build, 2, criterion=None, controls=["reinit"], fit_kwargs=None)
+    assert config.criterion.get_config() == tl.PruneFraction(0.2).get_config()
+    assert config.fit_kwargs == {} and list(config.arms) == ["reinit"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.rewind = None
+    assert all(f.metadata["help"] for f in dataclasses.fields(RunConfig))
+    with pytest.raises(ValueError, match="rewind=2 must be an epoch count"):
+        RunConfig(build, 2, rewind=2)
+    with pytest.raises(ValueError, match="keep_weights='all'"):
+        RunConfig(build, 2, keep_weights="all")
+
+
+def test_a_run_saved_before_batchnorm_had_a_rewind_point_still_rewinds_it(tmp_path):
+    # Runs written before issue 18's bug 2 was fixed hold the rewind epoch in the
+    # PruneWrappers only; the RewindWrapper around BatchNormalization reads -1.
+    out = str(tmp_path / "run")
+    run(out, rounds=0, controls=(), builder=_mlp_with_batchnorm, epochs=2, rewind=1)
+    folder = RunPaths(out).round_dir("ticket", 0)
+    fresh = tl.wrap(_mlp_with_batchnorm(), keep="both")
+    index = [id(v) for v in _state_variables(fresh)].index(
+        id(fresh.get_layer("rewind_bn").rewind_epoch)
+    )
+    for path in (RunPaths.rewind_point(folder), RunPaths.trained_weights(folder)):
+        with np.load(path) as archive:
+            arrays = dict(archive)
+        arrays[str(index)] = np.array(-1, dtype="int32")
+        save_arrays(path, arrays)
+    model = lottery.load_round(_mlp_with_batchnorm, out, 0, compile_kwargs=COMPILE)
+    tl.rewind(model, "rewind_point")
+    load_state(fresh, RunPaths.rewind_point(folder))
+    np.testing.assert_array_equal(
+        model.get_layer("rewind_bn").layer.moving_mean.numpy(),
+        fresh.get_layer("rewind_bn").layer.moving_mean.numpy(),
+    )
+
+
 def test_a_builder_that_leaves_naming_to_keras_runs_and_loads(tmp_path):
     out = str(tmp_path / "run")
     history = run(out, builder=unnamed)
@@ -215,7 +271,7 @@ def test_a_run_in_an_older_layout_is_refused(tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     whole = run(str(tmp_path / "whole"), controls=("reinit",))
     out = str(tmp_path / "broken")
-    real_fit = lottery._Experiment.fit
+    real_fit = lottery.SeedRun.fit
     calls = []
 
     def crash_in_round_two(self, model, round_index, *args, **kwargs):
@@ -224,7 +280,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real_fit(self, model, round_index, *args, **kwargs)
 
-    monkeypatch.setattr(lottery._Experiment, "fit", crash_in_round_two)
+    monkeypatch.setattr(lottery.SeedRun, "fit", crash_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         run(out, controls=("reinit",))
     monkeypatch.undo()
