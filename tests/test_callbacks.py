@@ -155,42 +155,6 @@ def test_schedule_rounds_and_target_sparsity():
     assert tl.sparsity(model).sparsity == pytest.approx(0.75, abs=0.01)
 
 
-def test_reset_optimizer_zeroes_slots_and_iterations():
-    model = wrapped_mlp()
-    x, y = data()
-    model.fit(
-        x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5), verbose=0)]
-    )
-    optimizer = model.optimizer
-    assert int(optimizer.iterations.numpy()) == 0
-    for variable in optimizer.variables:
-        if variable is not optimizer._learning_rate:
-            assert not np.any(variable.numpy())
-    assert optimizer.learning_rate.numpy() == pytest.approx(1e-2)
-
-
-def test_reset_optimizer_again_restores_a_nonzero_start_and_a_rebuilt_optimizer():
-    # The fresh twin's values are kept after the first reset: a second reset must
-    # still give Adagrad's nonzero start, and an optimizer built anew (other
-    # variables) must not get the values kept for the old one.
-    model = wrapped_mlp()
-    model.compile(keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.3), "mse")
-    x, y = data()
-    for _ in range(2):
-        model.fit(x, y[:, None].astype("float32"), epochs=1, verbose=0)
-        slots = [v for v in model.optimizer.variables if "accumulator" in v.path]
-        assert slots and all(np.any(v.numpy() != 0.3) for v in slots)
-        tl.reset_optimizer(model.optimizer)
-        for variable in slots:
-            np.testing.assert_array_equal(variable.numpy(), np.full(variable.shape, 0.3, "float32"))
-        assert int(model.optimizer.iterations.numpy()) == 0
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
-    model.fit(x, y[:, None].astype("float32"), epochs=1, verbose=0)
-    tl.reset_optimizer(model.optimizer)
-    momenta = [v for v in model.optimizer.variables if "momentum" in v.path]
-    assert momenta and not any(np.any(v.numpy()) for v in momenta)
-
-
 def test_round_line_and_logs_in_csv(tmp_path, capsys):
     model = wrapped_mlp()
     x, y = data()
@@ -329,20 +293,6 @@ def test_deterministic_masks_with_set_random_seed():
         runs.append([m.mask.numpy() for w in tl.find_wrappers(model) for m in w.masked_weights])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
-
-
-def test_apply_masks_restores_the_zeros_after_a_manual_edit():
-    # Custom training loops of each backend are in test_masks_hold.py.
-    model = tl.wrap(mlp())
-    tl.prune(model, tl.PruneFraction(0.6))
-    masked = [m for w in tl.find_wrappers(model) for m in w.masked_weights]
-    for m in masked:
-        m.variable.assign(m.variable.numpy() + 1)
-        assert np.all(m.variable.numpy() != 0)
-    tl.apply_masks(model)
-    for m in masked:
-        pruned = m.mask.numpy() == 0
-        assert pruned.any() and np.all(m.variable.numpy()[pruned] == 0)
 
 
 def _cnn_with_batchnorm():

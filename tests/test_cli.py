@@ -195,6 +195,7 @@ def _backends(modules):
     return sorted({name.split(".")[0] for name in modules} & set(BACKENDS))
 
 
+@pytest.mark.slow  # a subprocess per command
 def test_help_and_argument_errors_import_neither_keras_nor_tensorflow(tmp_path):
     for args, status, text in [
         (["--help"], 0, "usage: tf-lottery [-h] COMMAND"),
@@ -209,6 +210,7 @@ def test_help_and_argument_errors_import_neither_keras_nor_tensorflow(tmp_path):
         assert "tf_lottery.cli" in modules and _backends(modules) == [], args
 
 
+@pytest.mark.slow  # a subprocess per command
 @pytest.mark.tensorflow
 def test_inspect_and_eval_import_neither_keras_nor_tensorflow(tmp_path):
     model = pruned_mlp("tflite-float", sizes=(64, 32, 10))

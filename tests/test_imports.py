@@ -57,6 +57,7 @@ def test_every_public_name_is_in_one_half_and_resolves():
     assert set(tl.__all__) <= set(dir(tl))
 
 
+@pytest.mark.slow  # a new interpreter
 def test_import_tf_lottery_then_keras_load_model_finds_the_wrappers(tmp_path):
     # Keras' deserializer imports only Keras' own packages: `import tf_lottery`
     # must have registered PruneWrapper by itself.
@@ -72,6 +73,7 @@ def test_import_tf_lottery_then_keras_load_model_finds_the_wrappers(tmp_path):
     assert result.stdout == "PruneWrapper\n", result.stderr[-2000:]
 
 
+@pytest.mark.slow  # new interpreters
 @pytest.mark.tensorflow
 def test_without_a_backend_tflite_files_run_and_the_keras_half_says_what_to_install(tmp_path):
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="fc")])
@@ -106,6 +108,7 @@ def test_without_a_backend_tflite_files_run_and_the_keras_half_says_what_to_inst
     assert "'tf_lottery[litert]'" in error
 
 
+@pytest.mark.slow  # a new interpreter
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
 def test_tensorflow_prints_nothing_at_import_or_first_op_and_devices_stay_configurable():
     result = run_python(
@@ -120,6 +123,7 @@ def test_tensorflow_prints_nothing_at_import_or_first_op_and_devices_stay_config
     assert result.stderr == ""
 
 
+@pytest.mark.slow  # a new interpreter
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_set_random_seed_under_jax_and_torch_imports_tensorflow_quietly(backend):
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec(backend) is None:

@@ -217,6 +217,7 @@ def test_a_run_saved_before_batchnorm_had_a_rewind_point_still_rewinds_it(tmp_pa
     )
 
 
+@pytest.mark.slow  # end to end: runs and loads (~9 s on TensorFlow)
 def test_a_builder_that_leaves_naming_to_keras_runs_and_loads(tmp_path):
     out = str(tmp_path / "run")
     history = run(out, builder=unnamed)
@@ -268,6 +269,7 @@ def test_a_run_in_an_older_layout_is_refused(tmp_path):
         tl.load_round(build, str(out), 0, compile_kwargs=COMPILE)
 
 
+@pytest.mark.slow  # end to end: two runs, one interrupted (~10 s on TensorFlow)
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     whole = run(str(tmp_path / "whole"), controls=("reinit",))
     out = str(tmp_path / "broken")
@@ -364,6 +366,7 @@ def test_tf_data_datasets_work_as_data(tmp_path):
     assert history.rows[1].test_accuracy is not None and history.rows[1].remaining < 0.85
 
 
+@pytest.mark.slow  # end to end: a run per seed (~9 s on TensorFlow)
 def test_seeds_run_one_folder_each_and_the_summary_is_across_them(tmp_path):
     out = tmp_path / "sweep"
     history = run(str(out), rounds=1, controls=("random_prune",), seeds=(0, 1))

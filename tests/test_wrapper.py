@@ -84,39 +84,6 @@ def test_every_layer_type_reaches_the_asked_sparsity(kind):
         assert np.all(masked.variable.numpy()[masked.mask.numpy() == 0] == 0)
 
 
-def test_wrap_keeps_the_weights_and_predictions():
-    model = mlp()
-    x, _ = data()
-    wrapped = tl.wrap(model)
-    np.testing.assert_array_equal(model.predict(x, verbose=0), wrapped.predict(x, verbose=0))
-    for wrapper in tl.find_wrappers(wrapped):
-        for saved in wrapper.saved_weights:
-            np.testing.assert_array_equal(saved.initial.numpy(), saved.variable.numpy())
-    # The original is untouched by pruning the copy.
-    before = model.get_weights()
-    tl.prune(wrapped, tl.PruneFraction(0.5))
-    for a, b in zip(before, model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_wrap_exclude_and_nested_models():
-    inner = keras.Sequential([keras.Input((8,)), L.Dense(8, name="inner_fc")], name="block")
-    inputs = keras.Input((6,))
-    x = L.Dense(8, name="fc1")(inputs)
-    x = inner(x)
-    outputs = L.Dense(2, name="out")(x)
-    model = keras.Model(inputs, outputs)
-    wrapped = tl.wrap(model, exclude=["out"])
-    names = [w.layer.name for w in tl.find_wrappers(wrapped)]
-    assert names == ["fc1", "inner_fc"]
-    x = np.ones((3, 6), "float32")
-    np.testing.assert_allclose(
-        model.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6
-    )
-    report = tl.sparsity(wrapped)
-    assert not report["out"].wrapped
-
-
 def test_a_shared_layer_gets_one_mask():
     shared = L.Dense(4, name="shared")
     inputs = keras.Input((4,))
@@ -242,28 +209,6 @@ def test_initial_weights_are_the_fresh_weights_and_a_rewind_lands_on_them(build)
                 assert np.count_nonzero(saved.variable.numpy()) == mask.sum()
 
 
-def test_strip_gives_a_plain_model_with_the_same_predictions(tmp_path):
-    wrapped = compile_model(tl.wrap(mlp()))
-    x, y = data()
-    wrapped.fit(
-        x,
-        y,
-        epochs=2,
-        verbose=0,
-        callbacks=[tl.IterativePruning(tl.PruneFraction(0.6), rewind=None, verbose=0)],
-    )
-    plain = tl.strip(wrapped)
-    assert [type(layer).__name__ for layer in plain.layers] == ["Dense", "Dense"]
-    np.testing.assert_allclose(
-        plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-6
-    )
-    assert tl.sparsity(plain).surviving == tl.sparsity(wrapped).surviving
-    path = os.path.join(tmp_path, "plain.keras")
-    plain.save(path)
-    config = open(path, "rb").read()
-    assert b"tf_lottery" not in config
-
-
 def test_keras_round_trip_keeps_masks_initial_weights_and_rewind_point(tmp_path):
     wrapped = compile_model(tl.wrap(mlp()))
     x, y = data()
@@ -336,18 +281,6 @@ def test_bad_input_to_wrap_and_wrapper():
         tl.prune(model, tl.PruneFraction(0.2))
 
 
-def test_prune_with_bad_settings_changes_nothing():
-    wrapped = tl.wrap(mlp())
-    before = [v.numpy().copy() for v in wrapped.weights]
-    with pytest.raises(ValueError, match="per_layer.*nope"):
-        tl.prune(wrapped, tl.PruneFraction(0.5, per_layer={"nope": 0.1}))
-    conv = tl.wrap(_model((6, 6, 2), L.Conv2D(4, 3)))
-    with pytest.raises(ValueError, match="2-D"):
-        tl.prune(conv, tl.PruneFraction(0.5, block=(4, 1)))
-    for a, b in zip(before, wrapped.weights):
-        np.testing.assert_array_equal(a, b.numpy())
-
-
 def test_sparsity_report_prints_a_table():
     wrapped = tl.wrap(mlp())
     tl.prune(wrapped, tl.PruneFraction(0.5))
@@ -355,45 +288,6 @@ def test_sparsity_report_prints_a_table():
     assert "fc1" in text and "out" in text and "total" in text
     report = tl.sparsity(wrapped).to_dict()
     assert report["layers"][0]["sparsity"] == 0.5
-
-
-def test_wrap_and_strip_reuse_a_lambda_layer():
-    inputs = keras.Input((20,))
-    h = L.Dense(16, name="fc1")(inputs)
-    h = L.Lambda(lambda t: t * 2.0)(h)
-    model = keras.Model(inputs, L.Dense(3, name="out")(h))
-    wrapped = compile_model(tl.wrap(model))
-    x, y = data()
-    wrapped.fit(x, y, epochs=1, verbose=0, callbacks=[tl.IterativePruning(tl.PruneFraction(0.5))])
-    plain = tl.strip(wrapped)
-    np.testing.assert_allclose(
-        plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), rtol=1e-5, atol=1e-6
-    )
-
-
-def _frozen_base_model():
-    inputs = keras.Input((20,))
-    base = keras.Sequential([L.Dense(16, name="base_fc")], name="base")
-    base.trainable = False
-    h = base(inputs)
-    return keras.Model(inputs, L.Dense(3, name="head")(h))
-
-
-def test_frozen_layers_are_left_unwrapped_with_a_true_message():
-    model = _frozen_base_model()
-    with pytest.warns(UserWarning, match=r"frozen \(trainable=False\) layers \['base_fc'\]"):
-        wrapped = tl.wrap(model)
-    assert [w.layer.name for w in tl.find_wrappers(wrapped)] == ["head"]
-    report = tl.sparsity(wrapped)
-    # The frozen kernel counts, as dense: 20*16 + 16*3 weights in all.
-    assert report.total == 20 * 16 + 16 * 3
-    assert not report["base_fc"].wrapped
-    # Excluding a frozen layer is allowed, and says nothing more.
-    tl.wrap(model, exclude=["base_fc"])
-    head_frozen = _frozen_base_model()
-    head_frozen.get_layer("head").trainable = False
-    with pytest.raises(ValueError, match=r"\['base_fc', 'head'\] are frozen \(trainable=False\)"):
-        tl.wrap(head_frozen)
 
 
 def test_the_pruning_step_is_saved_and_files_without_it_still_load(tmp_path):

@@ -11,6 +11,9 @@ import keras
 from tf_lottery import pruning
 from tf_lottery.validators import is_int
 
+# No batch seen yet this epoch; not None, which a hand-written loop may pass as its index.
+_NO_BATCH = object()
+
 
 class ScheduledMasks:
     """Counts training steps and updates masks when a schedule makes it due.
@@ -42,13 +45,13 @@ class ScheduledMasks:
         # Training steps taken so far; every step up to _checked was asked.
         self.steps = max(int(keras.ops.convert_to_numpy(w.pruning_step.value)) for w in wrappers)
         self._checked = self.steps
-        self._batch = None
+        self._batch = _NO_BATCH
         self._reached = [None] * len(groups)
         self.updates = 0
 
     def before_batch(self, batch):
         """Counts the steps since the last call and applies a due update."""
-        if self._batch is not None:
+        if self._batch is not _NO_BATCH:
             counts_up = is_int(batch) and is_int(self._batch) and batch > self._batch
             self.steps += batch - self._batch if counts_up else 1
         self._batch = batch
@@ -77,14 +80,14 @@ class ScheduledMasks:
                 `None` if Keras does not know it; then the last group counts as
                 `steps_per_execution` steps.
         """
-        if self._batch is not None:
+        if self._batch is not _NO_BATCH:
             if not is_int(self._batch) or self._batch < 0:
                 self.steps += 1
             elif steps is not None:
                 self.steps += steps - self._batch
             else:
                 self.steps += getattr(self.model, "steps_per_execution", 1) or 1
-        self._batch = None
+        self._batch = _NO_BATCH
         self._sync()
         self.save()
 
