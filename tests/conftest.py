@@ -84,3 +84,22 @@ def compile_model(model, learning_rate=1e-2):
         metrics=["accuracy"],
     )
     return model
+
+
+def check_computing_masks_changes_nothing(model, make):
+    """Computing masks with `make()` changes no variable; `prune` then writes those masks."""
+    import tf_lottery as tl
+    from tf_lottery.pruning import prune_targets
+
+    def numpy(variable):
+        return np.asarray(keras.ops.convert_to_numpy(variable.value))
+
+    before = [numpy(v).copy() for v in model.variables]
+    targets = prune_targets(tl.find_wrappers(model))
+    computed = [mask for mask, _ in make().compute_masks(targets, model=model)]
+    for variable, value in zip(model.variables, before):
+        np.testing.assert_array_equal(numpy(variable), value, err_msg=variable.path)
+    assert any(not mask.all() for mask in computed)
+    tl.prune(model, make())
+    for target, mask in zip(targets, computed):
+        np.testing.assert_array_equal(numpy(target.mask), mask)

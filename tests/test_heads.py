@@ -7,10 +7,11 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import check_computing_masks_changes_nothing
+
 import tf_lottery as tl
 from tf_lottery.channels import channel_groups
 from tf_lottery.heads import head_groups
-from tf_lottery.pruning import prune_targets
 from tf_lottery.shrink import NothingToShrink
 
 L = keras.layers
@@ -342,13 +343,4 @@ def test_unit_activation_refuses_units_read_by_a_convolution_and_changes_nothing
     "make", [lambda: tl.UnitNorm(0.5), lambda: tl.UnitActivation(0.5, data=_x())]
 )
 def test_computing_head_and_neuron_masks_changes_nothing_and_prune_writes_them(kind, make):
-    model = tl.wrap(_transformer(kind))
-    before = [_numpy(v).copy() for v in model.variables]
-    targets = prune_targets(tl.find_wrappers(model))
-    computed = [mask for mask, _ in make().compute_masks(targets, model=model)]
-    for variable, value in zip(model.variables, before):
-        np.testing.assert_array_equal(_numpy(variable), value, err_msg=variable.path)
-    assert any(not mask.all() for mask in computed)
-    tl.prune(model, make())
-    for target, mask in zip(targets, computed):
-        np.testing.assert_array_equal(_numpy(target.mask), mask)
+    check_computing_masks_changes_nothing(tl.wrap(_transformer(kind)), make)

@@ -5,11 +5,11 @@ import re
 import keras
 import numpy as np
 import pytest
+from conftest import check_computing_masks_changes_nothing
 from conftest import compile_model
 
 import tf_lottery as tl
 from tf_lottery.channels import channel_groups
-from tf_lottery.pruning import prune_targets
 
 L = keras.layers
 
@@ -157,16 +157,7 @@ def test_computing_unit_masks_changes_nothing_and_prune_writes_them(make):
     rng = np.random.default_rng(0)
     for name, units in (("bn1", 8), ("bn2", 6)):
         _set(model.get_layer(f"rewind_{name}").layer, "gamma", rng.normal(size=units))
-    before = [_numpy(v).copy() for v in model.variables]
-    wrappers = tl.find_wrappers(model)
-    targets = prune_targets(wrappers)
-    computed = [mask for mask, _ in make().compute_masks(targets, model=model)]
-    for variable, value in zip(model.variables, before):
-        np.testing.assert_array_equal(_numpy(variable), value, err_msg=variable.path)
-    assert any(not mask.all() for mask in computed)
-    tl.prune(model, make())
-    for target, mask in zip(targets, computed):
-        np.testing.assert_array_equal(_numpy(target.mask), mask)
+    check_computing_masks_changes_nothing(model, make)
     bn1 = model.get_layer("rewind_bn1")
     pruned = _numpy(bn1.unit_mask) == 0
     assert pruned.any()
