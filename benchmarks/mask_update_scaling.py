@@ -2,8 +2,8 @@
 
 Models are stacks of square Dense layers (--width; 1000 gives one layer per million
 weights), never trained. For each size, scope and
-criterion, one `tf_lottery.prune` round is timed (median of --repeats) and its
-memory measured two ways: the peak of numpy allocations (tracemalloc) and the
+criterion, one `tf_lottery.prune` round is timed (median of --repeats, bare) and
+one more round's memory measured two ways: the peak of numpy allocations (tracemalloc) and the
 peak rise of the process's resident memory (sampled every 2 ms), both in copies
 of the prunable weights (4 bytes each). The cost should grow linearly (or
 n log n for a sort): the per-weight time column says whether it does.
@@ -99,15 +99,20 @@ def main(argv):
         copy = 4 * count
         for name, make in CRITERIA.items():
             seconds, numpy_peaks, resident_peaks = [], [], []
-            for _ in range(FLAGS.repeats):
+            # Rounds timed bare, then one more measured for memory: tracemalloc and
+            # the sampling thread slow a round by 20-35% at 50M weights.
+            for repeat in range(FLAGS.repeats + 1):
                 for wrapper in tf_lottery.find_wrappers(model):
                     mask = wrapper.masks["kernel"]
                     mask.assign(np.ones(mask.shape, mask.dtype))
-                tracemalloc.start()
-                with PeakResident() as resident:
+                if repeat < FLAGS.repeats:
                     start = time.perf_counter()
                     tf_lottery.prune(model, make())
                     seconds.append(time.perf_counter() - start)
+                    continue
+                tracemalloc.start()
+                with PeakResident() as resident:
+                    tf_lottery.prune(model, make())
                 numpy_peaks.append(tracemalloc.get_traced_memory()[1] / copy)
                 tracemalloc.stop()
                 resident_peaks.append((resident.peak - resident.start) / copy)
