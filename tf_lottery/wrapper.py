@@ -419,14 +419,15 @@ class RewindWrapper(keras.layers.Wrapper):
         and no `mask` argument. Returns `None` (call it whole), `"call"`, or
         `"training"` (its `call` takes the training flag).
         """
+        if not _IN_PLACE:
+            return None
         layer = self.layer
         policy = layer.dtype_policy.name
         if self._direct is not None and self._direct[0] == policy:
             return self._direct[1]
         direct = None
         if (
-            _IN_PLACE
-            and layer.built
+            layer.built
             and getattr(layer, "activity_regularizer", None) is None
             and getattr(layer, "_remat_mode", None) is None
             and policy == self.dtype_policy.name
