@@ -27,7 +27,6 @@ ms per million prunable weights.
     python benchmarks/train_overhead.py --models=lenet --repeats=9
 """
 
-import math
 import os
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tf_lottery.datasets import load_mnist  # noqa: E402
+from tf_lottery.latency import median_interval  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 flags.DEFINE_integer("repeats", 15, "Alternating pairs per variant (after one warm-up each).")
@@ -119,25 +119,6 @@ def timed(fit):
     cpu, wall = time.process_time(), time.perf_counter()
     fit()
     return time.process_time() - cpu, time.perf_counter() - wall
-
-
-def median_interval(values, level=0.95):
-    """The median of `values` and a distribution-free `level` interval for it.
-
-    The interval is [x_(k), x_(n+1-k)] of the sorted values, with the largest k
-    whose binomial coverage is at least `level`; it needs n >= 6 at 95%.
-    """
-    values = sorted(values)
-    n = len(values)
-    k = 0
-    while True:
-        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-        if coverage < level:
-            break
-        k += 1
-    if k == 0:
-        return float(np.median(values)), float("nan"), float("nan")
-    return float(np.median(values)), values[k - 1], values[n - k]
 
 
 def pairs(plain, variant, repeats):

@@ -192,11 +192,31 @@ def test_an_imported_latency_table_predicts_and_is_met(tmp_path):
     assert reached.achieved > 0.4 * reached.dense and "test phone" in reached.source
 
 
+def _counted_ms(plain):
+    return 1.0 + plain.count_params() / 1000
+
+
+class _CountedMeter:
+    def __init__(self, reference):
+        self.dense = _counted_ms(reference)
+
+    def ms(self, repeats=5):
+        return self.dense
+
+    def ratio(self, model):
+        ratio = _counted_ms(model) / self.dense
+        self.last = (ratio, ratio, ratio, 6)
+        return ratio
+
+
 class _CountedLatency(tl.Target):
     """Latency 'measured' as a function of the parameters: the search path, without noise."""
 
     def measure(self, plain):
-        return 1.0 + plain.count_params() / 1000
+        return _counted_ms(plain)
+
+    def meter(self, reference):
+        return _CountedMeter(reference)
 
 
 def test_a_measured_target_restores_the_model_between_trials():
@@ -227,6 +247,106 @@ def test_litert_times_a_shrunk_model_faster_than_the_dense_one():
     assert 0 < small < dense
 
 
+class _Clock:
+    """LiteRT timings without LiteRT: each file takes its cost times a load that drifts."""
+
+    def __init__(self, noise=0.0):
+        self.load, self.noise = 1.0, noise
+        self.rng = np.random.default_rng(0)
+
+    def loaded(self, clock):
+        class Loaded:
+            def __init__(self, model, threads):
+                self.cost = model.count_params()
+                self.interpreter = self
+
+            def invoke(self):
+                pass
+
+            def time(self, invokes):
+                clock.load *= 1.02  # the machine gets busier, timing after timing
+                return self.cost * clock.load * (1 + clock.noise * clock.rng.standard_normal())
+
+        return Loaded
+
+
+def _dense_and_half():
+    return (
+        keras.Sequential([keras.Input((10,)), L.Dense(20)]),  # 220 parameters
+        keras.Sequential([keras.Input((10,)), L.Dense(10), L.Dense(1, use_bias=False)]),  # 120
+    )
+
+
+def test_the_meter_times_in_alternating_pairs_so_a_drifting_load_cancels(monkeypatch):
+    from tf_lottery import latency
+
+    clock = _Clock()
+    monkeypatch.setattr(latency, "_Loaded", clock.loaded(clock))
+    dense, small = _dense_and_half()
+    meter = tl.LatencyMeter(dense)
+    ratio = meter.ratio(small)
+    # Each pair is two timings 2% apart in load, in alternating order, so the
+    # pairs' ratios are 120/220 times 1.02 or 1/1.02 and their median is exact.
+    assert ratio == pytest.approx(120 / 220, rel=0.021)
+    median, low, high, pairs = meter.last
+    assert median == ratio and low <= median <= high and pairs == meter.min_pairs
+    # Timed one after the other, the same drift would have made it 1.02**k off.
+    clock.load = 1.0
+    alone = tl.litert_latency(small, repeats=5) / tl.litert_latency(dense, repeats=5)
+    assert abs(alone / (120 / 220) - 1) > 0.05
+
+
+def test_the_meter_adds_pairs_until_the_ratio_is_precise_or_the_cap(monkeypatch):
+    from tf_lottery import latency
+
+    clock = _Clock(noise=0.05)
+    monkeypatch.setattr(latency, "_Loaded", clock.loaded(clock))
+    dense, small = _dense_and_half()
+    meter = tl.LatencyMeter(dense, precision=0.03, max_pairs=200)
+    meter.ratio(small)
+    median, low, high, pairs = meter.last
+    assert meter.min_pairs < pairs < 200
+    assert max(median - low, high - median) <= 0.03 * median
+    capped = tl.LatencyMeter(dense, precision=0.001, max_pairs=8)
+    capped.ratio(small)
+    assert capped.last[3] == 8
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"precision": 0}, "Received: precision=0"),
+        ({"precision": 1.5}, "Received: precision=1.5"),
+        ({"max_pairs": 3}, "Received: max_pairs=3"),
+        ({"invokes": 0}, "Received: invokes=0"),
+    ],
+)
+def test_a_bad_meter_argument_is_named(monkeypatch, kwargs, words):
+    from tf_lottery import latency
+
+    monkeypatch.setattr(latency, "_Loaded", _Clock().loaded(_Clock()))
+    with pytest.raises(ValueError, match=words):
+        tl.LatencyMeter(_dense_and_half()[0], **kwargs)
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_litert_meter_finds_a_shrunk_model_faster_and_a_model_as_fast_as_itself():
+    inputs = keras.Input((32, 32, 16))
+    x = L.Conv2D(64, 3, padding="same", name="a")(inputs)
+    x = L.Conv2D(64, 3, padding="same", name="b")(x)
+    outputs = L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x))
+    model = tl.wrap(keras.Model(inputs, outputs))
+    tl.prune(model, tl.UnitNorm(0.75))
+    meter = tl.LatencyMeter(tl.strip(model), invokes=20, max_pairs=20)
+    assert meter.ratio(tl.shrink(model)) < 0.75
+    itself = meter.ratio(tl.strip(model))
+    assert 0.8 < itself < 1.25 and meter.last[1] <= itself <= meter.last[2]
+    report = tl.target_report(model, tl.Target(latency=0.5, invokes=20))
+    assert report.interval[0] <= report.achieved <= report.interval[1]
+    assert "95% interval" in str(report) and "alternating pairs" in str(report)
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [
@@ -238,6 +358,7 @@ def test_litert_times_a_shrunk_model_faster_than_the_dense_one():
         ({"params": 0.5, "table": "t.json"}, "Received: table='t.json'"),
         ({"macs": 0.5, "tolerance": 1.5}, "Received: tolerance=1.5"),
         ({"latency": 0.5, "table": {"conv1": 1}}, "LatencyTable"),
+        ({"latency": 0.5, "precision": 2}, "Received: precision=2"),
     ],
 )
 def test_a_bad_target_names_the_argument(kwargs, words):

@@ -44,6 +44,7 @@ does not scale with the layers (the call, the input copy).
 import csv
 import io
 import json
+import math
 import os
 import statistics
 import time
@@ -51,6 +52,7 @@ import time
 import numpy as np
 
 from tf_lottery.files import write_atomically
+from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
 
 
@@ -205,12 +207,137 @@ class LatencyTable:
         return f"LatencyTable({len(self.layers)} layers, device={self.device!r})"
 
 
+def median_interval(values, level=0.95):
+    """The median of `values` and a distribution-free `level` interval for it.
+
+    The interval is [x_(k), x_(n+1-k)] of the sorted values, with the largest k
+    whose binomial coverage is at least `level`; with too few values for that
+    (fewer than 6 at 95%) its ends are NaN.
+
+    Returns:
+        `(median, low, high)`, floats.
+    """
+    values = sorted(values)
+    n = len(values)
+    k = 0
+    while 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n >= level:
+        k += 1
+    if k == 0:
+        return float(np.median(values)), float("nan"), float("nan")
+    return float(np.median(values)), float(values[k - 1]), float(values[n - k])
+
+
+class _Loaded:
+    """One model converted to float32 .tflite, loaded in LiteRT at batch 1, inputs set."""
+
+    def __init__(self, model, threads):
+        from tf_lottery import litert
+        from tf_lottery.tflite import _convert
+
+        content, _ = _convert(model, None, False, None)
+        self.interpreter = litert.load(content, num_threads=threads)
+        for detail in self.interpreter.get_input_details():
+            self.interpreter.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
+        self.interpreter.allocate_tensors()
+        rng = np.random.default_rng(0)
+        for detail in self.interpreter.get_input_details():
+            sample = rng.random(detail["shape"]).astype(detail["dtype"])
+            self.interpreter.set_tensor(detail["index"], sample)
+
+    def time(self, invokes):
+        """The median seconds of `invokes` calls."""
+        each = []
+        for _ in range(invokes):
+            start = time.perf_counter()
+            self.interpreter.invoke()
+            each.append(time.perf_counter() - start)
+        return statistics.median(each)
+
+
+class LatencyMeter:
+    """Times models in LiteRT against one reference model, alternately.
+
+    Two timings of the same file on a shared machine differ by 10-20% at a
+    tenth of a millisecond, so the latency of a shrunk model measured alone
+    and compared with the dense model measured earlier is that noisy too. A
+    meter keeps the reference loaded and times the candidate and the reference
+    in alternating pairs (A B B A ...): load that changes over seconds slows
+    both alike, and the ratio of each pair's medians cancels it. Pairs are
+    added until the distribution-free 95% interval of the median ratio is
+    within `precision` of it, or `max_pairs` are taken.
+
+    Args:
+        reference: A plain Keras model (the dense one), TensorFlow backend.
+        threads: LiteRT threads. Defaults to `1`.
+        invokes: Calls per timing; a timing is their median. Defaults to `50`.
+        precision: The relative half-width of the ratio's 95% interval at which
+            timing stops. Defaults to `0.02`.
+        max_pairs: The most pairs per comparison. Defaults to `60`.
+
+    Example:
+
+    ```python
+    meter = tf_lottery.LatencyMeter(tf_lottery.strip(model))
+    ratio = meter.ratio(tf_lottery.shrink(model))   # 0.52: about twice as fast
+    print(meter.ms(), meter.last)                   # the reference's ms; the ratio's interval
+    ```
+    """
+
+    min_pairs = 6  # the fewest that give a 95% interval
+
+    def __init__(self, reference, *, threads=1, invokes=50, precision=0.02, max_pairs=60):
+        self.threads = check_int(threads, "threads", minimum=1)
+        self.invokes = check_int(invokes, "invokes", minimum=1)
+        self.max_pairs = check_int(max_pairs, "max_pairs", minimum=self.min_pairs)
+        self.precision = check_fraction(
+            precision, "precision", meaning="the ratio's relative precision, 0.02: 2%"
+        )
+        self._reference = _Loaded(reference, self.threads)
+        self._warm(self._reference)
+        self.last = None
+
+    def _warm(self, loaded):
+        for _ in range(max(10, self.invokes // 5)):
+            loaded.interpreter.invoke()
+
+    def ms(self, repeats=5):
+        """The reference's milliseconds per call: the median of `repeats` timings."""
+        return statistics.median(self._reference.time(self.invokes) for _ in range(repeats)) * 1e3
+
+    def ratio(self, model):
+        """The latency of `model` over the reference's, timed in alternating pairs.
+
+        Returns:
+            The median of the pairs' ratios, a float. `self.last` then holds
+            `(median, low, high, pairs)`: its 95% interval and how many pairs.
+        """
+        candidate = _Loaded(model, self.threads)
+        self._warm(candidate)
+        ratios = []
+        while True:
+            if len(ratios) % 2 == 0:
+                a, b = candidate.time(self.invokes), self._reference.time(self.invokes)
+            else:
+                b, a = self._reference.time(self.invokes), candidate.time(self.invokes)
+            ratios.append(a / b)
+            if len(ratios) >= self.min_pairs:
+                median, low, high = median_interval(ratios)
+                if max(median - low, high - median) <= self.precision * median:
+                    break
+                if len(ratios) >= self.max_pairs:
+                    break
+        self.last = (median, low, high, len(ratios))
+        return median
+
+
 def litert_latency(model, *, threads=1, repeats=5, invokes=50):
     """Milliseconds per call of `model` in LiteRT on this machine: float32, batch 1.
 
     The model is converted with TensorFlow's converter (as `export_tflite` does,
     without shrinking or sparse encoding), warmed up, and timed: the median over
-    `repeats` of each repeat's median of `invokes` calls.
+    `repeats` of each repeat's median of `invokes` calls. To compare two models,
+    `LatencyMeter` times them alternately, which is far less noisy than two
+    separate calls of this.
 
     Args:
         model: A plain Keras model (shrunk or not), TensorFlow backend.
@@ -221,30 +348,10 @@ def litert_latency(model, *, threads=1, repeats=5, invokes=50):
     Returns:
         The latency in milliseconds, a float.
     """
-    from tf_lottery import litert
-    from tf_lottery.tflite import _convert
-
     threads = check_int(threads, "threads", minimum=1)
     repeats = check_int(repeats, "repeats", minimum=1)
     invokes = check_int(invokes, "invokes", minimum=1)
-    content, _ = _convert(model, None, False, None)
-    interpreter = litert.load(content, num_threads=threads)
-    rng = np.random.default_rng(0)
-    for detail in interpreter.get_input_details():
-        shape = [1, *detail["shape"][1:]]
-        interpreter.resize_tensor_input(detail["index"], shape)
-    interpreter.allocate_tensors()
-    for detail in interpreter.get_input_details():
-        sample = rng.random(detail["shape"]).astype(detail["dtype"])
-        interpreter.set_tensor(detail["index"], sample)
+    loaded = _Loaded(model, threads)
     for _ in range(max(10, invokes // 5)):
-        interpreter.invoke()
-    medians = []
-    for _ in range(repeats):
-        each = []
-        for _ in range(invokes):
-            start = time.perf_counter()
-            interpreter.invoke()
-            each.append(time.perf_counter() - start)
-        medians.append(statistics.median(each))
-    return statistics.median(medians) * 1000.0
+        loaded.interpreter.invoke()
+    return statistics.median(loaded.time(invokes) for _ in range(repeats)) * 1000.0

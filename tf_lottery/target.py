@@ -16,8 +16,9 @@ The figure to reach:
 - `latency` with a `table` (a `LatencyTable`, e.g. measured on the phone): the
   table's prediction for the shrunk layers; deterministic, tolerance 0.
 - `latency` without a table: LiteRT on this machine, float32, one thread, batch
-  1, the whole model timed (`litert_latency`). Timings vary by a few percent from
-  run to run, so a model *meets* a latency target when its measured latency is
+  1, the whole model timed against the dense one in alternating pairs
+  (`LatencyMeter`) until the ratio is known within `precision` (2%). Timings
+  still vary, so a model *meets* a latency target when its measured latency is
   at most the target × (1 + `tolerance`), 5% by default.
 
 A fraction (`macs=0.5`) is of the dense model, the wrapped architecture with
@@ -31,6 +32,7 @@ import keras
 import numpy as np
 
 from tf_lottery import pruning
+from tf_lottery.latency import LatencyMeter
 from tf_lottery.latency import LatencyTable
 from tf_lottery.latency import litert_latency
 from tf_lottery.shrink import NothingToShrink
@@ -70,9 +72,13 @@ class Target:
             a fraction in [0, 1). Defaults to `None`: 0 for counts and tables,
             0.05 for latency measured here (timing noise).
         threads: LiteRT threads for measured latency. Defaults to `1`.
-        repeats: Timed repeats per measurement (the median is taken).
-            Defaults to `5`.
-        invokes: Calls per repeat. Defaults to `50`.
+        repeats: Timed repeats of the dense model's milliseconds (the median
+            is taken). Defaults to `5`.
+        invokes: Calls per timing. Defaults to `50`.
+        precision: For measured latency: each candidate is timed against the
+            dense model in alternating pairs until the 95% interval of their
+            ratio is within this fraction of it (or 60 pairs are taken).
+            Defaults to `0.02`.
 
     Example:
 
@@ -94,6 +100,7 @@ class Target:
         threads=1,
         repeats=5,
         invokes=50,
+        precision=0.02,
     ):
         given = {
             k: v
@@ -131,6 +138,9 @@ class Target:
         self.threads = check_int(threads, "threads", minimum=1)
         self.repeats = check_int(repeats, "repeats", minimum=1)
         self.invokes = check_int(invokes, "invokes", minimum=1)
+        self.precision = check_fraction(
+            precision, "precision", meaning="the latency ratio's relative precision, 0.02: 2%"
+        )
 
     @property
     def measured(self):
@@ -154,9 +164,15 @@ class Target:
         return self.table.predict(report)
 
     def measure(self, plain):
-        """Milliseconds of a plain Keras model in LiteRT here, as this target times it."""
+        """Milliseconds of a plain Keras model in LiteRT here, timed alone."""
         return litert_latency(
             plain, threads=self.threads, repeats=self.repeats, invokes=self.invokes
+        )
+
+    def meter(self, reference):
+        """A `LatencyMeter` that times models against `reference`, the dense model."""
+        return LatencyMeter(
+            reference, threads=self.threads, invokes=self.invokes, precision=self.precision
         )
 
     def source(self):
@@ -165,14 +181,22 @@ class Target:
             return "counted on the model as shrink() makes it"
         if self.table is not None:
             return f"predicted by the latency table ({self.table.device or 'no device named'})"
-        return f"LiteRT on this machine, float32, {self.threads} thread(s), batch 1"
+        return (
+            f"LiteRT on this machine, float32, {self.threads} thread(s), batch 1, timed "
+            "against the dense model in alternating pairs"
+        )
 
     def get_config(self):
         config = {self.kind: self.value, "tolerance": self.tolerance}
         if self.table is not None:
             config["table"] = self.table.get_config()
         if self.measured:
-            config.update(threads=self.threads, repeats=self.repeats, invokes=self.invokes)
+            config.update(
+                threads=self.threads,
+                repeats=self.repeats,
+                invokes=self.invokes,
+                precision=self.precision,
+            )
         return config
 
     @classmethod
@@ -216,6 +240,8 @@ class TargetReport:
         dense: The dense model's figure.
         tolerance: How far above `goal` still meets it.
         source: Where the figures come from.
+        interval: For measured latency, the 95% interval of `achieved`, as
+            `(low, high)` in milliseconds; `None` otherwise.
     """
 
     kind: str
@@ -224,6 +250,7 @@ class TargetReport:
     dense: float
     tolerance: float
     source: str
+    interval: tuple = None
 
     @property
     def meets(self):
@@ -234,8 +261,12 @@ class TargetReport:
             return f"{x:.3f} ms" if self.kind == "latency" else f"{int(x):,}"
 
         within = f" within {self.tolerance:.0%}" if self.tolerance else ""
+        share = f"{self.achieved / self.dense:.1%}"
+        if self.interval is not None:
+            low, high = (x / self.dense for x in self.interval)
+            share += f", 95% interval {low:.1%}-{high:.1%}"
         return (
-            f"{_NAMES[self.kind]}: {show(self.achieved)} ({self.achieved / self.dense:.1%} of the "
+            f"{_NAMES[self.kind]}: {show(self.achieved)} ({share} of the "
             f"dense {show(self.dense)}) for a target of at most {show(self.goal)} "
             f"({self.goal / self.dense:.1%}): {'met' if self.meets else 'NOT met'}{within}; "
             f"{self.source}."
@@ -277,7 +308,8 @@ class _Search:
         self.pool = sum(int(alive.sum()) for _, alive, _ in self.plan(0))
         self._cache = {}
         if target.measured:
-            self.dense = target.measure(strip(model))
+            self.meter = target.meter(strip(model))
+            self.dense = self.meter.ms(target.repeats)
         else:
             self.sizes = ShrinkPlanner(model)
             self.dense = target.figure(self.sizes.dense)
@@ -304,7 +336,7 @@ class _Search:
                 small = shrink(self.model)
             except NothingToShrink:
                 small = strip(self.model)
-            return self.target.measure(small)
+            return self.meter.ratio(small) * self.dense
         finally:
             for variable, value in zip(self.model.weights, weights):
                 variable.assign(value)
@@ -416,14 +448,24 @@ def target_report(model, target):
         small = shrink(plain)
     except NothingToShrink:
         small = plain
+    interval = None
     if target.measured:
-        dense, achieved = target.measure(plain), target.measure(small)
+        meter = target.meter(plain)
+        dense = meter.ms(target.repeats)
+        achieved = meter.ratio(small) * dense
+        interval = (meter.last[1] * dense, meter.last[2] * dense)
     else:
         report = shrink_report(plain, small)
         dense = target.figure(dataclasses.replace(report, layers=tuple(_dense(report))))
         achieved = target.figure(report)
     return TargetReport(
-        target.kind, target.goal(dense), achieved, dense, target.tolerance, target.source()
+        target.kind,
+        target.goal(dense),
+        achieved,
+        dense,
+        target.tolerance,
+        target.source(),
+        interval,
     )
 
 
