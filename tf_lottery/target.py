@@ -182,7 +182,8 @@ class Target:
         if self.table is not None:
             return f"predicted by the latency table ({self.table.device or 'no device named'})"
         return (
-            f"LiteRT on this machine, float32, {self.threads} thread(s), batch 1, timed "
+            f"LiteRT on this machine, float32, {self.threads} "
+            f"thread{'s' if self.threads > 1 else ''}, batch 1, timed "
             "against the dense model in alternating pairs"
         )
 
@@ -261,13 +262,12 @@ class TargetReport:
             return f"{x:.3f} ms" if self.kind == "latency" else f"{int(x):,}"
 
         within = f" within {self.tolerance:.0%}" if self.tolerance else ""
-        share = f"{self.achieved / self.dense:.1%}"
+        share = f"{self.achieved / self.dense:.1%} of the dense {show(self.dense)}"
         if self.interval is not None:
             low, high = (x / self.dense for x in self.interval)
             share += f", 95% interval {low:.1%}-{high:.1%}"
         return (
-            f"{_NAMES[self.kind]}: {show(self.achieved)} ({share} of the "
-            f"dense {show(self.dense)}) for a target of at most {show(self.goal)} "
+            f"{_NAMES[self.kind]}: {show(self.achieved)} ({share}) for a target of at most {show(self.goal)} "
             f"({self.goal / self.dense:.1%}): {'met' if self.meets else 'NOT met'}{within}; "
             f"{self.source}."
         )
