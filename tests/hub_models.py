@@ -50,13 +50,13 @@ def llama():
     return H.LlamaCausalLM(grouped_query(H.LlamaBackbone), preprocessor=None)
 
 
-def gemma():
-    # One key/value head; query kernels laid out (heads, hidden, head_dim).
+def gemma(num_key_value_heads=1):
+    # One key/value head unless asked; query kernels laid out (heads, hidden, head_dim).
     backbone = H.GemmaBackbone(
         vocabulary_size=50,
         num_layers=2,
         num_query_heads=4,
-        num_key_value_heads=1,
+        num_key_value_heads=num_key_value_heads,
         hidden_dim=16,
         intermediate_dim=32,
         head_dim=4,

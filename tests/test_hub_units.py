@@ -5,6 +5,9 @@ Each model is built from a tiny config with random weights (tests/hub_models.py)
 rows), as many in every block of a Backbone, each block its own lowest-scoring
 ones; `shrink` must rebuild the model with the smaller `intermediate_dim`, keep
 its class, predict the same, and a shrunk CausalLM must generate the same tokens.
+In Gemma's blocks the key/value groups of the attention (each with its query
+heads) are units too, as many pruned in every block, and `shrink` sets fewer
+heads in the config.
 """
 
 import warnings
@@ -19,6 +22,7 @@ from tf_lottery.shrink import NothingToShrink
 
 keras_hub = pytest.importorskip("keras_hub")
 from hub_models import MODELS  # noqa: E402
+from hub_models import gemma  # noqa: E402
 from hub_models import grouped_query  # noqa: E402
 from hub_models import SEQ  # noqa: E402
 
@@ -32,6 +36,10 @@ BACKBONES = {name: lambda f=f: f().backbone for name, f in MODELS.items()}
 BACKBONES.update(
     mistral=lambda: grouped_query(H.MistralBackbone), qwen=lambda: grouped_query(H.QwenBackbone)
 )
+# Gemma with key/value groups to prune: 2 groups of 2 query heads, or 4 single heads.
+GEMMAS = {"gemma_kv2": lambda: gemma(2), "gemma_kv4": lambda: gemma(4)}
+# The projections of a Gemma block's attention, by their names in its path.
+ATTENTION = ("query", "key", "value", "attention_output")
 
 
 def _inputs(model, batch=3, seed=0):
@@ -218,11 +226,14 @@ def test_shrink_of_a_backbone_alone_gives_a_backbone():
     assert report["transformer_layer_1/feedforward_intermediate_dense"].units_after == 24
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gemma"])
+@pytest.mark.parametrize("name", ["gpt2", "gemma", *GEMMAS])
 def test_a_shrunk_causal_lm_generates_the_tokens_of_the_pruned_one(name):
-    model = tl.wrap(MODELS[name]())
+    model = tl.wrap({**MODELS, **GEMMAS}[name]())
     _quiet_prune(model, tl.UnitNorm(0.5))
     small = tl.shrink(model)
+    if name in GEMMAS:  # heads went too: the cache has fewer key/value heads
+        groups = model.backbone.num_key_value_heads
+        assert small.backbone.num_key_value_heads == groups // 2
     prompt = {
         "token_ids": _inputs(model, batch=2)["token_ids"],
         "padding_mask": np.zeros((2, SEQ), bool),
@@ -309,3 +320,195 @@ def test_shrink_of_the_other_gated_backbones_predicts_the_same(name):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(small(x)), keras.ops.convert_to_numpy(plain(x)), atol=1e-5
     )
+
+
+def _groups(block):
+    """The query, key, value and output kernels of a Gemma block's attention, each as
+    (key/value groups, entries): query heads of a group are contiguous."""
+    attention = block.layer.attention
+    groups = attention.num_key_value_heads
+    layers = [attention.query_dense, attention.key_dense, attention.value_dense]
+    return groups, layers, attention.output_dense
+
+
+def _group_scores(block):
+    """UnitNorm's scores of a block's key/value groups: the L2 norms of each group's
+    query, key and value slices, each over its mean, summed."""
+    groups, layers, _ = _groups(block)
+    total = 0
+    for layer in layers:
+        norms = np.linalg.norm(_numpy(layer.kernel).reshape(groups, -1), axis=1)
+        total = total + norms / norms.mean()
+    return total
+
+
+def _pruned_groups(block, masks):
+    """The key/value groups of `block` masked whole: query, key, value and output rows."""
+    groups, layers, output = _groups(block)
+    pruned = [
+        set(np.flatnonzero(~_numpy(masks[layer.path]).reshape(groups, -1).any(axis=1)))
+        for layer in (*layers, output)
+    ]
+    assert all(p == pruned[0] for p in pruned), pruned  # one group: all four together
+    return pruned[0]
+
+
+@pytest.mark.parametrize("name", sorted(GEMMAS))
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_unit_norm_prunes_as_many_key_value_groups_in_every_gemma_block_its_lowest(name, scope):
+    model = tl.wrap(GEMMAS[name]())
+    blocks = hub_units.feed_forward_blocks(model)
+    first = _groups(blocks[0])
+    for layer in first[1]:
+        # Scored together, block 0 would lose all but one of its groups, block 1 none.
+        kernel = _numpy(layer.kernel).reshape(first[0], -1).copy()
+        kernel[1:] *= 0.01
+        layer.kernel.assign(kernel.reshape(layer.kernel.shape))
+    groups = first[0]
+    expected = [set(np.argsort(_group_scores(b), kind="stable")[: groups // 2]) for b in blocks]
+    _quiet_prune(model, tl.UnitNorm(0.5, scope=scope))
+    masks = _masks(model)
+    assert [_pruned_groups(b, masks) for b in blocks] == expected
+    for block, pruned in zip(blocks, expected):
+        _, layers, output = _groups(block)
+        for layer in (*layers, output):
+            assert not _numpy(layer.kernel).reshape(groups, -1)[sorted(pruned)].any()
+
+
+def test_a_pruned_key_value_group_adds_exactly_zero():
+    model = tl.wrap(GEMMAS["gemma_kv2"]())
+    _quiet_prune(model, tl.UnitNorm(0.5))
+    masks = _masks(model)
+    blocks = hub_units.feed_forward_blocks(model)
+    x = _inputs(model)
+    before = keras.ops.convert_to_numpy(model(x))
+    rng = np.random.default_rng(1)
+
+    def scramble(groups_of):
+        for block in blocks:
+            groups, layers, _ = _groups(block)
+            for layer in layers:
+                kernel = _numpy(layer.kernel).reshape(groups, -1).copy()
+                rows = sorted(groups_of(block))
+                kernel[rows] = rng.normal(size=kernel[rows].shape)
+                layer.kernel.assign(kernel.reshape(layer.kernel.shape))
+
+    pruned = {id(b): _pruned_groups(b, masks) for b in blocks}
+    assert all(len(p) == 1 for p in pruned.values())
+    scramble(lambda block: pruned[id(block)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x)), before)
+    scramble(lambda block: set(range(2)) - pruned[id(block)])  # a kept group does count
+    assert not np.allclose(keras.ops.convert_to_numpy(model(x)), before)
+
+
+@pytest.mark.parametrize("round_to", [1, 2])
+def test_every_gemma_block_keeps_as_many_key_value_groups_round_after_round(round_to):
+    model = tl.wrap(GEMMAS["gemma_kv4"]())
+    blocks = hub_units.feed_forward_blocks(model)
+    criterion = tl.UnitNorm(0.5, round_to=round_to)
+    kept = []
+    for _ in range(3):
+        _quiet_prune(model, criterion)
+        masks = _masks(model)
+        counts = {4 - len(_pruned_groups(b, masks)) for b in blocks}
+        assert len(counts) == 1
+        kept.append(counts.pop())
+    # Half of 4, then half of 2; one group stays in every block (two, rounded up to 2).
+    assert kept == ([2, 1, 1] if round_to == 1 else [2, 2, 2])
+
+
+def test_per_layer_naming_a_gemma_projection_is_refused_and_changes_nothing():
+    model = tl.wrap(GEMMAS["gemma_kv2"]())
+    before = {path: _numpy(mask).copy() for path, mask in _masks(model).items()}
+    with pytest.raises(ValueError, match="decoder_block_0/attention/query"):
+        _quiet_prune(model, tl.UnitNorm(0.5, per_layer={"decoder_block_0/attention/query": 0.9}))
+    for key, mask in _masks(model).items():
+        np.testing.assert_array_equal(_numpy(mask), before[key])
+
+
+def test_unit_activation_prunes_the_groups_whose_output_is_used_least():
+    model = tl.wrap(GEMMAS["gemma_kv2"]())
+    blocks = hub_units.feed_forward_blocks(model)
+    for block in blocks:
+        # Group 0: large query, key and value slices, but output rows near zero.
+        groups, layers, output = _groups(block)
+        for layer, scale in [*((layer, 10.0) for layer in layers), (output, 1e-3)]:
+            kernel = _numpy(layer.kernel).reshape(groups, -1).copy()
+            kernel[0] *= scale
+            layer.kernel.assign(kernel.reshape(layer.kernel.shape))
+    assert all(np.argmin(_group_scores(b)) == 1 for b in blocks)  # UnitNorm would prune 1
+    data = _inputs(model, batch=8, seed=3)
+    _quiet_prune(model, tl.UnitActivation(0.5, data=data))
+    masks = _masks(model)
+    assert [_pruned_groups(b, masks) for b in blocks] == [{0}, {0}]
+    small = tl.shrink(model)
+    assert small.backbone.num_key_value_heads == 1
+
+
+@pytest.mark.parametrize("part", ["backbone", "causal_lm"])
+def test_shrink_of_gemma_sets_fewer_heads_and_predicts_the_same(part):
+    model = GEMMAS["gemma_kv2"]()
+    model = tl.wrap(model.backbone if part == "backbone" else model)
+    _quiet_prune(model, tl.UnitNorm(0.5))
+    plain = tl.strip(model)
+    small = tl.shrink(model)
+    assert type(small) is type(plain)
+    backbone = small if part == "backbone" else small.backbone
+    config = backbone.get_config()
+    assert (config["num_query_heads"], config["num_key_value_heads"]) == (2, 1)
+    assert (config["intermediate_dim"], config["head_dim"]) == (16, 4)
+    # Per block: query and output 4*16*4 -> 2*16*4, key and value 2*16*4 -> 1*16*4,
+    # gates 2*16*16 -> 2*16*8, down 16*16 -> 8*16, two norms of 16; and the
+    # 50*16 embedding and the final norm.
+    assert (plain.count_params(), small.count_params()) == (3952, 2416)
+    x = _inputs(plain)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(small(x)), keras.ops.convert_to_numpy(plain(x)), atol=1e-5
+    )
+    report = tl.shrink_report(model, small)
+    assert report.params_before == 3952 and report.params_after == 2416
+    query = report["decoder_block_1/attention/query"]
+    assert (query.units_before, query.units_after) == (4, 2)
+    down = report["decoder_block_1/ffw_linear"]
+    assert (down.units_before, down.units_after) == (16, 8)
+
+
+def test_shrink_of_gemma_groups_alone_keeps_the_feed_forward_units():
+    model = tl.wrap(GEMMAS["gemma_kv4"]())
+    attention = [f"decoder_block_{i}/attention/{part}" for i in (0, 1) for part in ATTENTION]
+    _quiet_prune(model, tl.UnitNorm(0.5), layers=attention)
+    small = tl.shrink(model)
+    config = small.backbone.get_config()
+    assert (config["num_query_heads"], config["num_key_value_heads"]) == (2, 2)
+    assert config["intermediate_dim"] == 32
+    x = _inputs(model)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(small(x)),
+        keras.ops.convert_to_numpy(tl.strip(model)(x)),
+        atol=1e-5,
+    )
+
+
+def test_gemma_blocks_with_unevenly_pruned_groups_lose_as_many_with_a_warning():
+    model = tl.wrap(GEMMAS["gemma_kv4"]())
+    _quiet_prune(model, tl.UnitNorm(0.25))
+    first = [f"decoder_block_0/attention/{part}" for part in ATTENTION]
+    _quiet_prune(model, tl.UnitNorm(0.5), layers=first)
+    masks = _masks(model)
+    blocks = hub_units.feed_forward_blocks(model)
+    assert [len(_pruned_groups(b, masks)) for b in blocks] == [3, 1]
+    with pytest.warns(UserWarning, match=r"removes 1 key/value groups from each of the 2"):
+        small = tl.shrink(model)
+    assert small.backbone.num_key_value_heads == 3
+
+
+def test_gemma_heads_are_units_so_only_the_other_blocks_are_warned_about():
+    lines = []
+    for model in (tl.wrap(GEMMAS["gemma_kv2"]()), tl.wrap(MODELS["llama"]())):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tl.prune(model, tl.UnitNorm(0.25))
+        lines.append([str(w.message) for w in caught if "attention heads" in str(w.message)])
+    assert lines[0] == []
+    assert len(lines[1]) == 1 and "LlamaTransformerDecoder" in lines[1][0]
+    assert "Gemma" not in lines[1][0]

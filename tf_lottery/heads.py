@@ -22,6 +22,8 @@ only thinned stays.
 
 Attention layers inside other layers (a KerasHub `TransformerEncoder`, say)
 are not graph nodes and are not listed here: their block decides their sizes.
+`tf_lottery.hub_units` makes a `HeadGroup` of the attention inside a KerasHub
+block whose heads can be units (Gemma's).
 """
 
 import dataclasses
@@ -115,8 +117,14 @@ class HeadGroup:
             key, value, and gate).
         output: The `UnitSlice` of the output projection's kernel (its rows).
         biases: `UnitSlice`s of the projections' biases.
-        tie: Always `None`: each attention layer keeps its own number of heads
-            (as `ChannelGroup.tie`).
+        projection: The output projection (a Dense or EinsumDense layer).
+        value: The value projection.
+        producers: The wrapped layers whose masks hold the unit's slices: the
+            attention layer itself, or (inside a KerasHub block, wrapped in
+            place) its query, key and value projections.
+        tie: Groups with the same tie lose as many units (as `ChannelGroup.tie`):
+            the blocks of one KerasHub Backbone. `None` for an attention layer of
+            a graph, which keeps its own number of heads.
         masks_consumers: Always `False`: `masked` holds the output rows already.
     """
 
@@ -125,14 +133,13 @@ class HeadGroup:
     incoming: list
     output: UnitSlice
     biases: list
+    projection: keras.layers.Layer
+    value: keras.layers.Layer
+    producers: list
     blocked: list = dataclasses.field(default_factory=list)
     followers: list = dataclasses.field(default_factory=list)
     tie: object = None
     masks_consumers: bool = False
-
-    @property
-    def producers(self):
-        return [self.layer]
 
     @property
     def prunable(self):
@@ -151,7 +158,7 @@ class HeadGroup:
     def readers(self):
         """`[(output projection, rows)]`: `rows(unit)` are the rows of its kernel's
         [inputs, outputs] matrix that read the unit."""
-        projection = self.layer._output_dense
+        projection = self.projection
         layout = kernel_layout(projection)
         shape = projection.kernel.shape
         # The matrix rows run over the kernel's input axes, the head axis first.
@@ -161,8 +168,7 @@ class HeadGroup:
 
     def value_slices(self):
         """The `UnitSlice`s of the value projection (kernel, and bias if any)."""
-        value = self.layer._value_dense
-        return [s for s in (*self.incoming, *self.biases) if _owner(value, s.variable)]
+        return [s for s in (*self.incoming, *self.biases) if _owner(self.value, s.variable)]
 
     def resized_config(self, units):
         """The layer's config with `units` heads (or key/value groups)."""
@@ -184,7 +190,16 @@ def head_group(layer):
         if projection.bias is not None:
             biases.append(UnitSlice(projection.bias, 0, width))
     output = UnitSlice(layer._output_dense.kernel, 0, kind.width(layer))
-    return HeadGroup(layer, kind.units(layer), incoming, output, biases)
+    return HeadGroup(
+        layer,
+        kind.units(layer),
+        incoming,
+        output,
+        biases,
+        projection=layer._output_dense,
+        value=layer._value_dense,
+        producers=[layer],
+    )
 
 
 def head_count(layer):

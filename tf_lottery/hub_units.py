@@ -1,4 +1,4 @@
-"""Feed-forward units of KerasHub transformer blocks: pruned whole, removed by a rebuild.
+"""Units of KerasHub transformer blocks: pruned whole, removed by a rebuild.
 
 A KerasHub Backbone is a Functional model, but each transformer block is one
 node of its graph whose `call` runs the block's own Dense or EinsumDense
@@ -12,14 +12,24 @@ projection kernel. From that table:
   units: up and gate columns, their biases, the down row. The blocks of one
   Backbone are *tied*: its config has one `intermediate_dim`, so every block
   loses as many units, each block choosing its own by score.
+- `attention_groups(model)` gives one `heads.HeadGroup` per block whose
+  config sets the size of a head (Gemma's `head_dim`): a unit is one
+  key/value group with the query heads that read it (one head where there
+  are as many key/value heads as query heads). Its query, key and value
+  slices and its rows of the output projection are masked, so a pruned group
+  adds exactly zero. These blocks are tied too: every block keeps as many
+  key/value groups, as the generation cache (one tensor over all blocks) and
+  the config's `num_key_value_heads` need, as NVIDIA's Minitron does.
 - `shrink_blocks(model)` (what `tf_lottery.shrink` calls for such a model)
   rebuilds the Backbone, or the Task around it, from its config with the
-  smaller `intermediate_dim`, copies the surviving weights and checks that it
-  predicts what the model predicts.
+  smaller `intermediate_dim` (and `num_query_heads`, `num_key_value_heads`),
+  copies the surviving weights and checks that it predicts what the model
+  predicts.
 
-Attention heads are not units here: the blocks of BERT, GPT-2 and Llama compute
-`head_dim = hidden_dim // num_heads`, so a config with fewer heads would give
-every head another size, not drop some. `attention_note` says so once.
+The heads of the other blocks are not units: the blocks of BERT, GPT-2 and
+Llama compute `head_dim = hidden_dim // num_heads`, so a config with fewer
+heads would give every head another size, not drop some. `attention_note`
+says so once.
 
 Adding a kind of block is one entry of `BLOCKS`. Nothing here imports
 keras_hub: blocks are known by the names of their classes.
@@ -35,6 +45,9 @@ import numpy as np
 from tf_lottery import keras_private
 from tf_lottery.channels import ChannelGroup
 from tf_lottery.channels import Consumer
+from tf_lottery.channels import UnitSlice
+from tf_lottery.heads import HeadGroup
+from tf_lottery.heads import silent_units
 from tf_lottery.in_place import _sublayers
 from tf_lottery.shrink import LayerShrink
 from tf_lottery.shrink import NothingToShrink
@@ -42,6 +55,45 @@ from tf_lottery.shrink import ShrinkReport
 from tf_lottery.shrink import _check_same_predictions
 from tf_lottery.transforms import strip
 from tf_lottery.wrapper import find_rewind_wrappers
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionKind:
+    """Where the heads of a block's attention are, for a block whose heads are units.
+
+    Attributes:
+        layer: The attribute name of the block's attention layer.
+        query: The attribute name of the attention's query projection; `key`,
+            `value` and `output` likewise.
+        head_axis: The axis of the heads in each of the four kernels.
+            Defaults to `0`.
+        query_heads_key: The config key of the number of query heads.
+            Defaults to `"num_query_heads"`.
+        groups_key: The config key of the number of key/value heads, the
+            units. Defaults to `"num_key_value_heads"`.
+    """
+
+    layer: str
+    query: str
+    key: str
+    value: str
+    output: str
+    head_axis: int = 0
+    query_heads_key: str = "num_query_heads"
+    groups_key: str = "num_key_value_heads"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tie:
+    """What makes groups lose as many units: one Backbone's config key that sets their number.
+
+    Attributes:
+        backbone: The `id()` of the Backbone.
+        key: The config key, e.g. `"intermediate_dim"`.
+    """
+
+    backbone: int
+    key: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +113,9 @@ class BlockKind:
         head_dim_key: The config key that sets the size of an attention head,
             where the config has one (Gemma's `head_dim`); `None` where the
             block computes it as `hidden_dim // num_heads`. Defaults to `None`.
+        attention: Where the heads are, an `AttentionKind`, for a block whose
+            key/value groups are units; only where `head_dim_key` is set, so
+            that fewer heads keep their size. Defaults to `None`: heads whole.
     """
 
     up: tuple
@@ -68,6 +123,7 @@ class BlockKind:
     config_key: str = "intermediate_dim"
     per_unit: int = 1
     head_dim_key: str = None
+    attention: AttentionKind = None
 
 
 _DENSE = BlockKind(up=("_feedforward_intermediate_dense",), down="_feedforward_output_dense")
@@ -86,8 +142,18 @@ BLOCKS = {
     "LlamaTransformerDecoder": _GATED,  # Llama, Llama 3
     "MistralTransformerDecoder": _GATED,
     "QwenTransformerDecoder": _GATED,
+    # keras_hub/src/models/gemma/gemma_attention.py: query kernel (num_query_heads,
+    # hidden_dim, head_dim), key and value (num_key_value_heads, hidden_dim, head_dim),
+    # output (num_query_heads, head_dim, hidden_dim), no biases; query head i reads
+    # key/value head i // (num_query_heads // num_key_value_heads).
     "GemmaDecoderBlock": BlockKind(
-        up=("gating_ffw", "gating_ffw_2"), down="ffw_linear", per_unit=2, head_dim_key="head_dim"
+        up=("gating_ffw", "gating_ffw_2"),
+        down="ffw_linear",
+        per_unit=2,
+        head_dim_key="head_dim",
+        attention=AttentionKind(
+            "attention", "query_dense", "key_dense", "value_dense", "output_dense"
+        ),
     ),
 }
 
@@ -123,6 +189,8 @@ class Block:
         down: Its down projection layer, whose kernel rows are the units.
         kind: Its `BlockKind`, from `BLOCKS`.
         backbone: The KerasHub Backbone whose config sets its units, or `None`.
+        heads: The key/value groups of its attention as a `heads.HeadGroup`,
+            where its kind makes them units; else `None`.
     """
 
     layer: keras.layers.Layer
@@ -130,21 +198,58 @@ class Block:
     down: keras.layers.Layer
     kind: BlockKind
     backbone: object
+    heads: HeadGroup = None
 
     @property
     def units(self):
         return self.up[0].kernel.shape[-1]
 
 
-def _sublayer(block, attribute):
+def _sublayer(block, attribute, what="feed-forward projection", kernel=True):
     layer = getattr(block, attribute, None)
-    if not isinstance(layer, keras.layers.Layer) or getattr(layer, "kernel", None) is None:
+    if not isinstance(layer, keras.layers.Layer) or (
+        kernel and getattr(layer, "kernel", None) is None
+    ):
         raise ValueError(
-            f"BLOCKS says that block '{block.path}' ({type(block).__name__}) keeps a "
-            f"feed-forward projection in attribute '{attribute}', but it has no layer with a "
-            "kernel there. Correct its entry in tf_lottery.hub_units.BLOCKS."
+            f"BLOCKS says that layer '{block.path}' ({type(block).__name__}) keeps its "
+            f"{what} in attribute '{attribute}', but it has no layer"
+            + (" with a kernel" if kernel else "")
+            + " there. Correct its entry in tf_lottery.hub_units.BLOCKS."
         )
     return layer
+
+
+def _tie(backbone, key):
+    return None if backbone is None else Tie(id(backbone), key)
+
+
+def _attention_group(block, kind, backbone):
+    """The key/value groups of `block`'s attention, as a `HeadGroup`."""
+    where = kind.attention
+    attention = _sublayer(block, where.layer, "attention layer", kernel=False)
+    query, key, value, output = (
+        _sublayer(attention, name, f"attention's {name}")
+        for name in (where.query, where.key, where.value, where.output)
+    )
+    axis = where.head_axis
+    size = key.kernel.shape[axis]
+    width = query.kernel.shape[axis] // size  # query heads per key/value group
+    incoming = [
+        UnitSlice(query.kernel, axis, width),
+        UnitSlice(key.kernel, axis, 1),
+        UnitSlice(value.kernel, axis, 1),
+    ]
+    return HeadGroup(
+        attention,
+        size,
+        incoming,
+        UnitSlice(output.kernel, axis, width),
+        biases=[],
+        projection=output,
+        value=value,
+        producers=[query, key, value],
+        tie=_tie(backbone, where.groups_key),
+    )
 
 
 def _in_model_order(model):
@@ -187,7 +292,9 @@ def feed_forward_blocks(model):
         seen.add(id(layer))
         up = tuple(_sublayer(layer, attribute) for attribute in entry.up)
         down = _sublayer(layer, entry.down)
-        blocks.append(Block(layer, up, down, entry, owners.get(id(layer))))
+        backbone = owners.get(id(layer))
+        heads = None if entry.attention is None else _attention_group(layer, entry, backbone)
+        blocks.append(Block(layer, up, down, entry, backbone, heads))
     return blocks
 
 
@@ -210,30 +317,46 @@ def feed_forward_groups(model):
             block.units,
             producers=list(block.up),
             consumers=[Consumer(block.down, None, 0, block.units)],
-            tie=None if block.backbone is None else id(block.backbone),
+            tie=_tie(block.backbone, block.kind.config_key),
             masks_consumers=True,
         )
         for block in feed_forward_blocks(model)
     ]
 
 
+def attention_groups(model):
+    """One `heads.HeadGroup` per known block of `model` whose key/value groups are units.
+
+    A unit is one key/value group with its query heads: their slices of the
+    query, key and value kernels and their rows of the output projection. The
+    blocks of one Backbone share a `tie`, so they lose as many groups.
+
+    Example:
+
+    ```python
+    for group in tf_lottery.hub_units.attention_groups(gemma_lm):
+        print(group.name, group.size)
+    ```
+    """
+    return [block.heads for block in feed_forward_blocks(model) if block.heads is not None]
+
+
 def attention_note(model):
-    """Why the attention heads of `model`'s blocks are left whole, or `None` without blocks."""
+    """Why the attention heads of `model`'s blocks are left whole, or `None` where none is."""
     blocks = feed_forward_blocks(model)
-    derived = sorted({type(b.layer).__name__ for b in blocks if b.kind.head_dim_key is None})
-    if derived:
-        return (
-            f"the attention heads of its {'/'.join(derived)} blocks whole, pruning their "
-            "feed-forward units only: such a block computes head_dim = hidden_dim // num_heads, "
-            "so a config with fewer heads would change the size of every head, not drop some"
-        )
-    if blocks:
-        kinds = sorted({type(b.layer).__name__ for b in blocks})
-        return (
-            f"the attention heads of its {'/'.join(kinds)} blocks whole, pruning their "
-            "feed-forward units only"
-        )
-    return None
+    whole = sorted({type(b.layer).__name__ for b in blocks if b.heads is None})
+    if not whole:
+        return None
+    reason = (
+        "such a block computes head_dim = hidden_dim // num_heads, so a config with fewer "
+        "heads would change the size of every head, not drop some"
+        if all(b.kind.head_dim_key is None for b in blocks if b.heads is None)
+        else "tf_lottery.hub_units.BLOCKS does not say where their heads are"
+    )
+    return (
+        f"the attention heads of its {'/'.join(whole)} blocks whole, pruning their "
+        f"feed-forward units only: {reason}"
+    )
 
 
 def _value(variable):
@@ -287,17 +410,22 @@ def _backbone_of(model, blocks):
     return backbone
 
 
-def _removed(blocks):
-    """Per block, the units to remove: as many in every block, its dead ones first."""
-    dead = [np.flatnonzero(_dead_units(block)) for block in blocks]
-    # Each block keeps at least one unit.
-    count = min(min(len(d) for d in dead), blocks[0].units - 1)
+def _removed(dead, size, what, key):
+    """Per block, the units to remove: as many in every block, its dead ones first.
+
+    Args:
+        dead: Per block, the indices of its dead units.
+        size: The number of units of each block; one stays.
+        what: What the units are, for the warning: `"feed-forward units"`.
+        key: The config key that sets their number, for the warning.
+    """
+    count = min(min(len(d) for d in dead), size - 1)
     counts = sorted({len(d) for d in dead})
     if count and len(counts) > 1:
         warnings.warn(
-            f"shrink() removes {count} feed-forward units from each of the {len(blocks)} "
+            f"shrink() removes {count} {what} from each of the {len(dead)} "
             f"transformer blocks, though some have more dead ones (from {counts[0]} to "
-            f"{counts[-1]}): the blocks of a KerasHub model share one intermediate_dim. Prune "
+            f"{counts[-1]}): the blocks of a KerasHub model share one {key}. Prune "
             "every block alike (tf_lottery.prune(model, tf_lottery.UnitNorm(rate)) does) to "
             "remove them all.",
             stacklevel=4,
@@ -305,31 +433,64 @@ def _removed(blocks):
     return [d[:count] for d in dead], count
 
 
-def _backbone_config(backbone, kind, units):
-    """`backbone`'s config and the key in it that sets its blocks' `units`."""
-    config = backbone.get_config()
-    key = kind.config_key
-    if config.get(key) is None or config[key] // kind.per_unit != units:
+def _silent_groups(block):
+    """The key/value groups of `block` that add nothing (`heads.silent_units`)."""
+    return silent_units(block.heads, _value)
+
+
+def _any_silent(block):
+    return block.heads is not None and len(_silent_groups(block)) > 0
+
+
+def _check_config(config, backbone, key, units, what, per_unit=1):
+    given = config.get(key)
+    if given is None or given // per_unit != units:
         raise ValueError(
             f"shrink() sets '{key}' in the config of Backbone '{backbone.name}' to change the "
-            f"number of feed-forward units, but its config gives {key}={config.get(key)!r} for "
-            f"blocks of {units} units. Correct the entry of its blocks in "
-            "tf_lottery.hub_units.BLOCKS."
+            f"number of {what}, but its config gives {key}={given!r} for blocks of {units} "
+            f"{what}. Correct the entry of its blocks in tf_lottery.hub_units.BLOCKS."
         )
-    return config, key
 
 
-def _copy_weights(plain, small, plain_blocks, small_blocks, removed):
-    """Copies every weight of `plain` into `small`, the removed units left out."""
+def _smaller_config(backbone, block, units, groups):
+    """`backbone`'s config with `units` feed-forward units and `groups` key/value groups per
+    block (`groups` is `None` where heads are no units)."""
+    config = backbone.get_config()
+    kind = block.kind
+    key = kind.config_key
+    _check_config(config, backbone, key, block.units, "feed-forward units", kind.per_unit)
+    config[key] = units * kind.per_unit
+    if groups is not None:
+        where, heads = kind.attention, block.heads
+        query_heads = heads.size * heads.output.width
+        _check_config(config, backbone, where.groups_key, heads.size, "key/value groups")
+        _check_config(config, backbone, where.query_heads_key, query_heads, "query heads")
+        config[where.groups_key] = groups
+        config[where.query_heads_key] = groups * heads.output.width
+    return config
+
+
+def _kept(size, removed):
+    keep = np.ones(size, bool)
+    keep[removed] = False
+    return keep
+
+
+def _copy_weights(plain, small, plain_blocks, small_blocks, removed, removed_groups):
+    """Copies every weight of `plain` into `small`, the removed units and groups left out."""
     values = {}
-    for block, removed_units in zip(plain_blocks, removed):
-        keep = np.ones(block.units, bool)
-        keep[removed_units] = False
+    for block, removed_units, groups in zip(plain_blocks, removed, removed_groups):
+        keep = _kept(block.units, removed_units)
         for layer in block.up:
             values[id(layer.kernel)] = _value(layer.kernel)[..., keep]
             if getattr(layer, "bias", None) is not None:
                 values[id(layer.bias)] = _value(layer.bias)[keep]
         values[id(block.down.kernel)] = _value(block.down.kernel)[keep]
+        if block.heads is not None:
+            kept = np.flatnonzero(_kept(block.heads.size, groups))
+            for part in (*block.heads.masked, *block.heads.biases):
+                value = _value(part.variable)
+                values[id(part.variable)] = value[part.index(value, kept)]
     sources, targets = plain.weights, small.weights
     if len(sources) != len(targets):
         raise RuntimeError(
@@ -377,16 +538,31 @@ def _size(layer):
 
 
 def report(plain, small):
-    """A `ShrinkReport` of a KerasHub model: its feed-forward layers, then one row for the rest.
+    """A `ShrinkReport` of a KerasHub model: its feed-forward layers, its attention
+    projections where heads went, then one row for the rest.
 
-    Multiply-accumulates are counted per token, for the layers' kernels.
+    Multiply-accumulates are counted per token, for the layers' kernels; the
+    units of an attention projection are its heads.
     """
     rows = []
+
+    def add(old, new, axis):
+        (params, macs), (new_params, new_macs) = _size(old), _size(new)
+        units = old.kernel.shape[axis], new.kernel.shape[axis]
+        rows.append(LayerShrink(old.path, *units, params, new_params, macs, new_macs))
+
     for old_block, new_block in zip(feed_forward_blocks(plain), feed_forward_blocks(small)):
-        for old, new in zip((*old_block.up, old_block.down), (*new_block.up, new_block.down)):
-            (params, macs), (new_params, new_macs) = _size(old), _size(new)
-            units = old.kernel.shape[-1], new.kernel.shape[-1]
-            rows.append(LayerShrink(old.path, *units, params, new_params, macs, new_macs))
+        for old, new in zip(old_block.up, new_block.up):
+            add(old, new, -1)
+        add(old_block.down, new_block.down, 0)
+        old_heads, new_heads = old_block.heads, new_block.heads
+        if old_heads is not None and old_heads.size != new_heads.size:
+            axis = old_block.kind.attention.head_axis
+            for old, new in zip(
+                (*old_heads.producers, old_heads.projection),
+                (*new_heads.producers, new_heads.projection),
+            ):
+                add(old, new, axis)
     before, after = (
         [sum(values) for values in zip(*map(_size, keras_private.flatten_layers(model)))]
         for model in (plain, small)
@@ -402,17 +578,21 @@ def report(plain, small):
 
 
 def shrink_blocks(model, *, verbose=0):
-    """A KerasHub Backbone or Task rebuilt without its dead feed-forward units.
+    """A KerasHub Backbone or Task rebuilt without its dead feed-forward units and heads.
 
     What `tf_lottery.shrink` does for a model whose transformer blocks
     `BLOCKS` knows. A unit is dead when its down-projection row is zero,
     or when its up and gate columns and biases are (`tf_lottery.UnitNorm`
     zeroes all of them). Every block keeps as many units, since the Backbone's
     config has one `intermediate_dim`: as many as the block with the fewest
-    dead units leaves. The model is rebuilt from its config with the smaller
-    `intermediate_dim` (a Task keeps its class and its preprocessor), the
-    surviving weights are copied, and the result is checked on random token
-    ids against `model`; it is never a model that predicts differently.
+    dead units leaves. Where key/value groups are units (Gemma), a group is
+    dead when its rows of the output projection, or its value slice, are
+    zero, and every block keeps as many groups, with the same number of query
+    heads each. The model is rebuilt from its config with the smaller
+    `intermediate_dim` (and `num_key_value_heads`, `num_query_heads`; a Task
+    keeps its class and its preprocessor), the surviving weights are copied,
+    and the result is checked on random token ids against `model`; it is
+    never a model that predicts differently.
 
     Args:
         model: A KerasHub Backbone, or a Task (`CausalLM`, `TextClassifier`)
@@ -437,23 +617,19 @@ def shrink_blocks(model, *, verbose=0):
     plain = strip(model) if find_rewind_wrappers(model) else model
     plain_backbone = plain if model is backbone else plain.backbone
     blocks = feed_forward_blocks(plain_backbone)
-    removed, count = _removed(blocks)
-    if not count:
-        raise NothingToShrink(
-            f"Model '{model.name}' has no feed-forward unit that shrink() can remove: a unit "
-            "goes when it is dead in every transformer block (its down-projection row, or its up "
-            "and gate columns, all zero), and "
-            + (
-                "a block keeps at least one."
-                if blocks[0].units == 1
-                else f"{sum(not _dead_units(b).any() for b in blocks)} of the {len(blocks)} "
-                "blocks have none. Prune whole units first: "
-                "tf_lottery.prune(model, tf_lottery.UnitNorm(0.5))."
-            )
+    block, kind = blocks[0], blocks[0].kind
+    dead = [np.flatnonzero(_dead_units(b)) for b in blocks]
+    removed, count = _removed(dead, block.units, "feed-forward units", kind.config_key)
+    removed_groups, group_count, groups = [[]] * len(blocks), 0, None
+    if block.heads is not None:
+        silent = [_silent_groups(b) for b in blocks]
+        removed_groups, group_count = _removed(
+            silent, block.heads.size, "key/value groups", kind.attention.groups_key
         )
-    kind = blocks[0].kind
-    config, key = _backbone_config(plain_backbone, kind, blocks[0].units)
-    config[key] = (blocks[0].units - count) * kind.per_unit
+        groups = block.heads.size - group_count
+    if not count and not group_count:
+        raise NothingToShrink(_nothing_to_remove(model, blocks))
+    config = _smaller_config(plain_backbone, block, block.units - count, groups)
     small_backbone = type(plain_backbone).from_config(config)
     if model is backbone:
         small = small_backbone
@@ -461,8 +637,30 @@ def shrink_blocks(model, *, verbose=0):
         task_config = {**plain.get_config(), "backbone": small_backbone}
         task_config["preprocessor"] = plain.preprocessor
         small = type(plain).from_config(task_config)
-    _copy_weights(plain, small, blocks, feed_forward_blocks(small_backbone), removed)
+    _copy_weights(
+        plain, small, blocks, feed_forward_blocks(small_backbone), removed, removed_groups
+    )
     _check_same_predictions(plain, small, sample_inputs(plain, plain_backbone))
     if verbose:
         print(report(plain, small))
     return small
+
+
+def _nothing_to_remove(model, blocks):
+    """Why `shrink_blocks` finds nothing to remove in `model`'s `blocks`."""
+    heads = blocks[0].heads is not None
+    line = (
+        f"Model '{model.name}' has no feed-forward unit "
+        + ("or key/value group " if heads else "")
+        + "that shrink() can remove: a unit goes when it is dead in every transformer block "
+        "(its down-projection row, or its up and gate columns, all zero"
+        + ("; a group's output-projection rows or value slice" if heads else "")
+        + "), and "
+    )
+    if blocks[0].units == 1 and (not heads or blocks[0].heads.size == 1):
+        return line + "a block keeps at least one."
+    none = sum(not _dead_units(b).any() and not _any_silent(b) for b in blocks)
+    return (
+        line + f"{none} of the {len(blocks)} blocks have none. Prune whole units first: "
+        "tf_lottery.prune(model, tf_lottery.UnitNorm(0.5))."
+    )

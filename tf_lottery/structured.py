@@ -21,7 +21,8 @@ adds exactly zero. Both kinds of group answer the same questions (`incoming`,
 
 The transformer blocks of a KerasHub model are nodes that the graph analysis
 cannot see into; their feed-forward units are its groups (`hub_units`), the
-same number pruned in every block of a Backbone.
+same number pruned in every block of a Backbone, and so are the key/value
+groups of their attention where the config sets the size of a head (Gemma).
 """
 
 import math
@@ -43,6 +44,7 @@ from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
 from tf_lottery.heads import head_groups
+from tf_lottery.hub_units import attention_groups
 from tf_lottery.hub_units import attention_note
 from tf_lottery.hub_units import feed_forward_groups
 from tf_lottery.selection import count_to_drop
@@ -103,7 +105,9 @@ class UnitCriterion(Criterion):
     In a KerasHub model the feed-forward units of the transformer blocks are
     the groups (up and gate columns, biases, down row), and every block of a
     Backbone loses as many: the mean of what `rate` and `scope` give each,
-    each block choosing its own by score. Attention heads are left whole.
+    each block choosing its own by score. So do the key/value groups of a
+    Gemma block's attention (each with its query heads); the heads of other
+    KerasHub blocks are left whole.
     """
 
     uses_model = True
@@ -227,7 +231,7 @@ class UnitCriterion(Criterion):
         self._warn_blocked(all_groups)
         self._warn_attention(model)
         if self.prunes_heads:
-            all_groups += head_groups(model)
+            all_groups += head_groups(model) + attention_groups(model)
         groups = [
             g
             for g in all_groups
@@ -323,11 +327,11 @@ class UnitCriterion(Criterion):
                 for g in tied
             }
             if len(set(given.values())) > 1:
+                key = tied[0].tie.key  # a hub_units.Tie
                 raise ValueError(
-                    f"per_layer gives the feed-forward layers of one KerasHub Backbone "
-                    f"different values ({given}), but its blocks share one intermediate_dim, "
-                    "so each loses as many units. Give all of them one value, or none. "
-                    f"Received: per_layer={self.per_layer!r}"
+                    f"per_layer gives the blocks of one KerasHub Backbone different values "
+                    f"({given}), but they share one {key}, so each loses as many units. "
+                    f"Give all of them one value, or none. Received: per_layer={self.per_layer!r}"
                 )
 
     def _apply(self, group, pruned, wrappers, masks, unit_masks):
