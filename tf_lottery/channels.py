@@ -41,54 +41,12 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
+from tf_lottery.registry import channel_role
+from tf_lottery.registry import unit_count_key
 from tf_lottery.wrapper import RewindWrapper
 
 L = keras.layers
 
-PRODUCERS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)
-DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-# Layers that act on each channel separately and keep the channel axis last.
-ELEMENTWISE = (
-    L.Activation,
-    L.ReLU,
-    L.LeakyReLU,
-    L.ELU,
-    L.Softmax,  # only over another axis: checked in _is_elementwise
-    L.Dropout,
-    L.SpatialDropout1D,
-    L.SpatialDropout2D,
-    L.SpatialDropout3D,
-    L.GaussianNoise,
-    L.GaussianDropout,
-    L.Identity,
-    L.MaxPooling1D,
-    L.MaxPooling2D,
-    L.MaxPooling3D,
-    L.AveragePooling1D,
-    L.AveragePooling2D,
-    L.AveragePooling3D,
-    L.ZeroPadding1D,
-    L.ZeroPadding2D,
-    L.ZeroPadding3D,
-    L.Cropping1D,
-    L.Cropping2D,
-    L.Cropping3D,
-    L.UpSampling1D,
-    L.UpSampling2D,
-    L.UpSampling3D,
-    L.GlobalAveragePooling1D,
-    L.GlobalAveragePooling2D,
-    L.GlobalAveragePooling3D,
-    L.GlobalMaxPooling1D,
-    L.GlobalMaxPooling2D,
-    L.GlobalMaxPooling3D,
-)
-MERGES = (L.Add, L.Subtract, L.Multiply, L.Maximum, L.Minimum, L.Average)
-# Layers that normalize over the channel axis: no channel can go alone.
-NORMALIZERS = (L.LayerNormalization, L.GroupNormalization, L.UnitNormalization)
-# Attention layers: their units are heads (tf_lottery.heads), and the channels
-# they read and write keep their number.
-ATTENTION = (L.MultiHeadAttention, L.GroupQueryAttention)
 # Keras operator nodes (keras.ops classes) that act on each element alone, given
 # one tensor and constants that are scalars; the binary ones also merge two tensors.
 UNARY_OPERATIONS = frozenset(
@@ -265,19 +223,6 @@ def _inner(operation):
     return operation.layer if isinstance(operation, RewindWrapper) else operation
 
 
-def _channels_last(layer):
-    return getattr(layer, "data_format", "channels_last") == "channels_last"
-
-
-def _last_axis(layer, attribute, rank):
-    axis = getattr(layer, attribute, -1)
-    if isinstance(axis, (list, tuple)):
-        if len(axis) != 1:
-            return False
-        axis = axis[0]
-    return axis in (-1, rank - 1)
-
-
 class _Spaces:
     """Union-find over channel spaces; each space becomes a `ChannelGroup`."""
 
@@ -351,12 +296,6 @@ def _unknown(spaces, layer, inputs, outputs, why=None):
         space = spaces.new(width, f"they come from layer '{layer.name}' ({kind})")
         described.append(_Description([(space, 0)], width))
     return described
-
-
-def _is_elementwise(layer, rank):
-    if isinstance(layer, L.Softmax):
-        return not _last_axis(layer, "axis", rank)
-    return isinstance(layer, ELEMENTWISE) and _channels_last(layer)
 
 
 def _flattened(description, shape):
@@ -441,48 +380,51 @@ def _describe_call(spaces, layer, inputs, ins, outputs):
         return _unknown(spaces, layer, ins, outputs)
     if not isinstance(layer, L.Layer):
         return _describe_operation(spaces, layer, inputs, ins, outputs)
-    rank = len(inputs[0].shape)
+    role = channel_role(layer, inputs, outputs)
     (first,) = ins[:1]
-    if per_channel_axes(layer, rank) is not None:
-        if first.positions > 1:
-            return _unknown(spaces, layer, ins, outputs)
-        return [_follow(spaces, layer, first)]
-    if isinstance(layer, PRODUCERS) and _channels_last(layer):
-        if first.positions > 1 and not isinstance(layer, L.Dense):
-            return _unknown(spaces, layer, ins, outputs)
-        if getattr(layer, "groups", 1) > 1 and len(first.segments) > 1:
-            # Each group of a grouped convolution must lose as many channels as the
-            # others: that is kept within one channel group only.
-            return _unknown(spaces, layer, ins, outputs)
-        _consume(spaces, layer, inputs[0], first)
-        size = layer.units if isinstance(layer, L.Dense) else layer.filters
-        space = spaces.new(size)
-        spaces.group(space).producers.append(layer)
-        return [_Description([(space, 0)], size)]
-    if isinstance(layer, ATTENTION):
+    if role == "attention":
         return _attention(spaces, layer, ins, outputs)
-    if isinstance(layer, NORMALIZERS):
+    if role == "normalize":
         spaces.block(
             first,
             f"layer '{layer.name}' ({type(layer).__name__}) normalizes over the channels, so "
             "removing one changes the others",
         )
         return [first]
-    if first.positions > 1:
+    if role == "produce":
+        return _produce(spaces, layer, inputs, ins, outputs)
+    if role is None or first.positions > 1:
         return _unknown(spaces, layer, ins, outputs)
-    if isinstance(layer, L.Flatten):
+    if role == "follow":
+        return [_follow(spaces, layer, first)]
+    if role == "flatten":
+        rank = len(inputs[0].shape)
         return [_flattened(first, inputs[0].shape) if rank > 2 else first]
-    if _is_elementwise(layer, rank) or keeps_channels(layer, inputs[0], outputs[0]):
+    if role == "pass":
         return [first]
-    if isinstance(layer, MERGES):
+    if role == "merge":
         return _merge(spaces, layer, inputs, ins, outputs)
-    if isinstance(layer, L.Concatenate) and _last_axis(layer, "axis", rank):
-        segments, width = [], 0
-        for description in ins:
-            segments += [(space, offset + width) for space, offset in description.segments]
-            width += description.width
-        return [_Description(segments, width)]
-    return _unknown(spaces, layer, ins, outputs)
+    segments, width = [], 0  # "concatenate"
+    for description in ins:
+        segments += [(space, offset + width) for space, offset in description.segments]
+        width += description.width
+    return [_Description(segments, width)]
+
+
+def _produce(spaces, layer, inputs, ins, outputs):
+    """A Dense or convolution layer: it reads its input's channels and makes new ones."""
+    first = ins[0]
+    if first.positions > 1 and not isinstance(layer, L.Dense):
+        return _unknown(spaces, layer, ins, outputs)
+    if getattr(layer, "groups", 1) > 1 and len(first.segments) > 1:
+        # Each group of a grouped convolution must lose as many channels as the
+        # others: that is kept within one channel group only.
+        return _unknown(spaces, layer, ins, outputs)
+    _consume(spaces, layer, inputs[0], first)
+    size = getattr(layer, unit_count_key(layer))
+    space = spaces.new(size)
+    spaces.group(space).producers.append(layer)
+    return [_Description([(space, 0)], size)]
 
 
 def _attention(spaces, layer, ins, outputs):
@@ -500,70 +442,6 @@ def _attention(spaces, layer, ins, outputs):
         )
         for t in outputs
     ]
-
-
-def per_channel_axes(layer, rank=None):
-    """`{weight name: axis}` of a layer whose weights follow the channels one by one
-    (`None` for a weight that is not per channel), or `None` for any other layer.
-
-    `rank` is that of the layer's input, to check its axis; `None` skips the check
-    for a layer already known to be a follower.
-
-    These layers keep the channel count and treat each channel alone:
-    BatchNormalization, depthwise convolutions (also `Conv2D(groups=C)` with C
-    filters), LayerScale and Normalization over the last axis.
-    """
-    names = [w.name for w in layer.weights]
-    if isinstance(layer, L.BatchNormalization):
-        if rank is not None and not _last_axis(layer, "axis", rank):
-            return None
-        return dict.fromkeys(names, 0)
-    if isinstance(layer, DEPTHWISE) and layer.depth_multiplier == 1 and _channels_last(layer):
-        return {name: -2 if name == "kernel" else 0 for name in names}
-    if (
-        isinstance(layer, PRODUCERS[1:])
-        and _channels_last(layer)
-        and layer.groups > 1
-        and layer.groups == layer.filters
-        and layer.kernel.shape[-2] == 1
-    ):
-        return {name: -1 if name == "kernel" else 0 for name in names}
-    if isinstance(layer, keras_private.LayerScale):
-        return dict.fromkeys(names, 0)
-    if (
-        isinstance(layer, L.Normalization)
-        and layer.get_config().get("mean") is None
-        and (rank is None or _last_axis(layer, "axis", rank))
-    ):
-        return {name: None if name == "count" else 0 for name in names}
-    return None
-
-
-def resized_config(layer, config, channels):
-    """`config` of a `per_channel_axes` layer for `channels` channels."""
-    if isinstance(layer, PRODUCERS[1:]):
-        return {**config, "filters": channels, "groups": channels}
-    if isinstance(layer, keras_private.LayerScale):
-        return {**config, "projection_dim": channels}
-    return config
-
-
-def keeps_channels(layer, tensor, output):
-    """Whether `layer` passes each channel through alone, as the identity on channels.
-
-    `Rescaling` by scalars, and a `Reshape` that keeps the last axis (channel c of
-    each position stays channel c): `Reshape((1, 1, C))` in squeeze-excite.
-    """
-    if isinstance(layer, L.Rescaling):
-        return all(np.size(getattr(layer, name)) == 1 for name in ("scale", "offset"))
-    if isinstance(layer, L.Reshape):
-        target = tuple(layer.target_shape)
-        return (
-            tensor.shape[-1] is not None
-            and output.shape[-1] == tensor.shape[-1]
-            and all(d is not None and d > 0 for d in target[:-1])
-        )
-    return False
 
 
 def _is_scalar(value):

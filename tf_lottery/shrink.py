@@ -17,19 +17,21 @@ import numpy as np
 
 from tf_lottery import keras_private
 from tf_lottery.channels import BINARY_OPERATIONS
-from tf_lottery.channels import ELEMENTWISE
-from tf_lottery.channels import MERGES
 from tf_lottery.channels import UNARY_OPERATIONS
 from tf_lottery.channels import channel_groups
-from tf_lottery.channels import keeps_channels
-from tf_lottery.channels import per_channel_axes
 from tf_lottery.channels import per_kind_warning
-from tf_lottery.channels import resized_config
 from tf_lottery.channels import unknown_kinds
 from tf_lottery.channels import walk_graph
 from tf_lottery.heads import head_count
 from tf_lottery.heads import head_groups
 from tf_lottery.heads import silent_units
+from tf_lottery.registry import channel_role
+from tf_lottery.registry import evaluate
+from tf_lottery.registry import layer_kind
+from tf_lottery.registry import merge_constants
+from tf_lottery.registry import per_channel_axes
+from tf_lottery.registry import resized_config
+from tf_lottery.registry import unit_count_key
 from tf_lottery.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
 from tf_lottery.transforms import strip
@@ -119,11 +121,8 @@ class ShrinkReport:
 
 
 def _units(layer):
-    if isinstance(layer, L.Dense):
-        return layer.units
-    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
-        return layer.filters
-    return head_count(layer)
+    key = unit_count_key(layer)
+    return getattr(layer, key) if key else head_count(layer)
 
 
 def _macs(layer):
@@ -345,7 +344,7 @@ def _what_was_found(model, values):
     """Why nothing can be removed, from the units and weights the model has."""
     dead = units = pruned = size = 0
     for layer in keras_private.flatten_layers(model):
-        if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
+        if unit_count_key(layer) and id(layer) in values:
             kernel = values[id(layer)]["kernel"]
             dead += int(_dead_columns(kernel).sum())
             units += kernel.shape[-1]
@@ -421,16 +420,26 @@ def _dead_columns(kernel):
 
 
 def _constant_of(layer, inputs, ins, outputs, weights):
+    """The constant channels of one call's output, from its inputs' (NaN: not constant).
+
+    Producers output their bias (after the activation) for units whose incoming
+    weights are all pruned; a depthwise follower its bias where its kernel or
+    input is zero; any other layer what its table entry's `constant` says, or by
+    default its role's: a pass or flatten its input, a follower evaluated on one
+    position, a merge the combination.
+    """
     if not ins or any(c is None for c in ins):
         return None
     x = ins[0]
     if not isinstance(layer, L.Layer):
         return _operation_constant(layer, inputs, ins, outputs)
-    axes = per_channel_axes(layer, len(inputs[0].shape))
-    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)) and axes is None:
+    role = channel_role(layer, inputs, outputs)
+    rank = len(inputs[0].shape)
+    if role == "produce":
         kernel = weights["kernel"]
         bias = weights.get("bias", np.zeros(kernel.shape[-1], kernel.dtype))
         return np.where(_dead_columns(kernel), _activation(layer, bias), np.nan)
+    axes = per_channel_axes(layer, rank) if role == "follow" else None
     if axes is not None and "kernel" in axes:  # a depthwise convolution
         kernel = np.moveaxis(weights["kernel"], axes["kernel"], -1)
         channels = kernel.shape[-1]
@@ -441,38 +450,19 @@ def _constant_of(layer, inputs, ins, outputs, weights):
         if layer.padding == "valid":
             value = np.where(np.isnan(value), x * kernel.sum(axis=0) + bias, value)
         return _activation(layer, value)
-    if isinstance(layer, L.BatchNormalization):
-        gamma = weights.get("gamma", np.ones_like(x))
-        beta = weights.get("beta", np.zeros_like(x))
-        mean, variance = weights["moving_mean"], weights["moving_variance"]
-        return gamma * (x - mean) / np.sqrt(variance + layer.epsilon) + beta
-    if isinstance(layer, L.Softmax):
+    if role not in ("follow", "pass", "flatten", "merge", "concatenate"):
         return None
-    if isinstance(layer, (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)) or (
-        axes is not None or keeps_channels(layer, inputs[0], outputs[0])
-    ):
-        if isinstance(layer, L.Reshape):
-            return x
-        return _per_position(layer, x, len(inputs[0].shape))
-    if isinstance(layer, (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D)):
-        return x if layer.padding == "valid" else np.where(x == 0, 0.0, np.nan)
-    if isinstance(layer, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)):
-        return np.where(x == 0, 0.0, np.nan)
-    if isinstance(layer, (L.Flatten, *ELEMENTWISE)):
-        return x
-    if isinstance(layer, L.Concatenate):
-        return np.concatenate(ins)
-    if isinstance(layer, MERGES):
-        return _merge_constants(layer, ins)
-    return None
+    constant = layer_kind(layer).constant
+    if constant is None:
+        constant = evaluate if role in ("follow", "pass") else _ROLE_CONSTANTS[role]
+    return constant(layer, ins, weights, rank)
 
 
-def _per_position(layer, x, rank):
-    """`layer` on one position whose channels hold `x` (NaN: not constant), in inference mode."""
-    known = np.nan_to_num(x).astype("float32").reshape((1,) * (rank - 1) + (-1,))
-    result = keras.ops.convert_to_numpy(layer(known, training=False))
-    result = np.asarray(result, np.float64).reshape(-1)
-    return np.where(np.isnan(x), np.nan, result) if result.shape == x.shape else None
+_ROLE_CONSTANTS = {
+    "flatten": lambda layer, ins, weights, rank: ins[0],
+    "merge": merge_constants,
+    "concatenate": lambda layer, ins, weights, rank: np.concatenate(ins),
+}
 
 
 def _operation_constant(operation, inputs, ins, outputs):
@@ -481,7 +471,7 @@ def _operation_constant(operation, inputs, ins, outputs):
     if kind not in UNARY_OPERATIONS | BINARY_OPERATIONS or len({c.shape for c in ins}) != 1:
         return None
     if len(ins) > 1 and kind == "Multiply":
-        return _merge_constants(operation, ins)
+        return merge_constants(operation, ins)
     values = {id(t): c for t, c in zip(inputs, ins)}
 
     def fill(argument):
@@ -495,25 +485,6 @@ def _operation_constant(operation, inputs, ins, outputs):
     result = np.asarray(keras.ops.convert_to_numpy(result), np.float64).reshape(-1)
     nan = np.any(np.isnan(np.stack(ins)), axis=0)
     return np.where(nan, np.nan, result) if result.shape == nan.shape else None
-
-
-def _merge_constants(layer, ins):
-    stacked = np.stack(ins)
-    if isinstance(layer, L.Add):
-        return stacked.sum(axis=0)
-    if isinstance(layer, L.Subtract):
-        return stacked[0] - stacked[1]
-    if isinstance(layer, L.Average):
-        return stacked.mean(axis=0)
-    if isinstance(layer, L.Maximum):
-        return stacked.max(axis=0)
-    if isinstance(layer, L.Minimum):
-        return stacked.min(axis=0)
-    product = np.prod(np.nan_to_num(stacked, nan=1.0), axis=0)
-    # A product with one exact zero is zero, whatever the other factors are.
-    return np.where(
-        np.any(stacked == 0, axis=0), 0.0, np.where(np.isnan(stacked).any(0), np.nan, product)
-    )
 
 
 def _foldable(layer):
@@ -810,7 +781,7 @@ def _rebuild(plain, plan):
         else:
             config = layer.get_config()
             if units is not None:
-                config["units" if isinstance(layer, L.Dense) else "filters"] = units
+                config[unit_count_key(layer)] = units
             if channels is not None:
                 config = resized_config(layer, config, channels)
             if plan.adds_bias(layer):

@@ -36,9 +36,10 @@ from tf_lottery.calibration import collect
 from tf_lottery.calibration import kernel_layout
 from tf_lottery.calibration import to_matrix
 from tf_lottery.channels import channel_groups
-from tf_lottery.channels import per_channel_axes
 from tf_lottery.channels import per_kind_warning
 from tf_lottery.channels import unknown_kinds
+from tf_lottery.registry import per_channel_axes
+from tf_lottery.registry import without_units
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
@@ -127,7 +128,7 @@ class UnitCriterion(Criterion):
 
     def check(self, targets):
         for target in targets:
-            if target.layer in self.per_layer and target.layer_type in _NO_UNIT_AXIS:
+            if target.layer in self.per_layer and target.layer_type in without_units():
                 raise ValueError(
                     f"{type(self).__name__} prunes whole output units, but layer "
                     f"'{target.layer}' ({target.layer_type}) has no unit axis. Unit criteria "
@@ -371,20 +372,6 @@ class UnitCriterion(Criterion):
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
-
-
-_NO_UNIT_AXIS = (
-    "Embedding",
-    "EinsumDense",
-    "SimpleRNN",
-    "LSTM",
-    "GRU",
-    "SeparableConv1D",
-    "SeparableConv2D",
-    "Conv1DTranspose",
-    "Conv2DTranspose",
-    "Conv3DTranspose",
-)
 
 
 def _unit_groups(model):
