@@ -218,3 +218,64 @@ def test_a_grouped_convolution_loses_as_many_channels_from_every_group():
     assert tuple(small.get_layer("grouped").kernel.shape) == (3, 3, 2, 6)
     x = _x(model)
     np.testing.assert_allclose(_predict(small, x), _predict(model, x), atol=1e-5)
+
+
+class _ChannelScale(L.Layer):
+    """A user's layer: one weight per channel, multiplied in; the library knows nothing of it."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gamma")
+
+    def call(self, x):
+        return x * self.gamma
+
+
+def _with_channel_scale():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    x = _ChannelScale(name="scale")(x)
+    x = L.Conv2D(4, 3, padding="same", name="conv2")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    scale = model.get_layer("scale")
+    scale.gamma.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+    return model
+
+
+def test_a_users_layer_joins_the_layer_table_with_one_entry(monkeypatch):
+    from tf_lottery import registry
+
+    model = tl.wrap(_with_channel_scale())
+    assert _groups(model)["conv1"].blocked
+    with pytest.warns(UserWarning, match=r"'scale' \(_ChannelScale\) reads them"):
+        tl.prune(model, tl.UnitNorm(0.5), layers=["conv1"])
+    assert _numpy(tl.find_wrappers(model)[0].unit_mask).all()
+    monkeypatch.setattr(registry, "_TABLE", dict(registry._TABLE))  # undone after the test
+    tl.register_layer(
+        _ChannelScale,
+        tl.LayerKind(channels="follow", per_channel=lambda layer, rank: {"gamma": 0}),
+    )
+    tl.prune(model, tl.UnitNorm(0.5), layers=["conv1"])
+    group = _groups(model)["conv1"]
+    assert not group.blocked and [f.name for f, _ in group.followers] == ["scale"]
+    small = tl.shrink(model)  # checks its own predictions
+    assert small.get_layer("conv1").filters == 4
+    kept = np.flatnonzero(_numpy(tl.find_wrappers(model)[0].unit_mask))
+    np.testing.assert_array_equal(
+        _numpy(small.get_layer("scale").gamma), np.linspace(0.5, 2.0, 8)[kept].astype("float32")
+    )
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: tl.register_layer("Scale", tl.LayerKind()), "Received: cls='Scale'"),
+        (lambda: tl.register_layer(_ChannelScale, {"channels": "pass"}), "Received: kind="),
+        (lambda: tl.LayerKind(channels="scale"), "Received: channels='scale'"),
+        (lambda: tl.LayerKind(channels="produce"), "Received: units=None"),
+        (lambda: tl.LayerKind(channels="follow"), "Received: per_channel=None"),
+    ],
+)
+def test_a_bad_layer_table_entry_names_the_argument(call, words):
+    with pytest.raises(ValueError, match=words):
+        call()
