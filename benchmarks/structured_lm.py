@@ -50,7 +50,7 @@ def criteria(rate, calibration):
 
 
 def distilled(small, teacher, x, y):
-    """`small` after distillation from `teacher` (which it freezes) on `x`, `y`."""
+    """`small` after distillation from `teacher` on `x`, `y`."""
     distilling = compiled(tf_lottery.Distillation(small, teacher, temperature=2.0, alpha=0.9))
     distilling.fit(x, y, batch_size=32, epochs=1, verbose=0)
     return small
