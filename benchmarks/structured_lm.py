@@ -7,8 +7,12 @@ For each seed the dense model is trained, then for each criterion (`UnitNorm`,
 50% of the heads of every attention layer and of the hidden units of every
 feed-forward pair) a copy is pruned in one round and shrunk (`tf_lottery.shrink`,
 whose predictions are the pruned model's), and the held-out perplexity is
-measured as it is and after `--distill_steps` steps of distillation from the
-dense model (`tf_lottery.Distillation`). The embedding and the output head stay.
+measured as it is ("none"), after `--distill_steps` steps of fine-tuning on the
+labels alone ("labels"), and after as many steps of distillation from the dense
+model ("distilled": `tf_lottery.Distillation`, T = 2, alpha = 0.9). Both
+fine-tunings start from the same shrunk weights and see the same batches in the
+same order, with the same optimizer (Adam, 1e-3) and batch size (32). The
+embedding and the output head stay.
 
 LiteRT latency: one fixed-length forward pass (`--context` positions, batch 1,
 1 thread) of the dense and the shrunk models of the first seed, float and int8
@@ -22,6 +26,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tempfile  # noqa: E402
+import time  # noqa: E402
 
 import tf_lottery  # noqa: E402
 import keras  # noqa: E402
@@ -37,7 +42,9 @@ from oneshot_lm import trained  # noqa: E402
 from oneshot_lm import windows  # noqa: E402
 from tflite_bench import latencies  # noqa: E402
 
-flags.DEFINE_integer("distill_steps", 200, "Distillation steps of 32 sequences per model.")
+flags.DEFINE_integer(
+    "distill_steps", 200, "Fine-tuning steps of 32 sequences per model, on labels and distilled."
+)
 flags.DEFINE_list("rates", ["0.25", "0.5"], "Fractions of heads and hidden units removed.")
 FLAGS = flags.FLAGS
 
@@ -49,11 +56,18 @@ def criteria(rate, calibration):
     }
 
 
-def distilled(small, teacher, x, y):
-    """`small` after distillation from `teacher` (which it freezes) on `x`, `y`."""
-    distilling = compiled(tf_lottery.Distillation(small, teacher, temperature=2.0, alpha=0.9))
-    distilling.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    return small
+def fine_tune(model, x, y):
+    """One pass over `x`, `y` in their order: the same steps for every arm."""
+    compiled(model).fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+
+
+def recovered(small, dense, x, y):
+    """Copies of `small` fine-tuned on the labels alone and distilled from `dense`."""
+    labels = copy_of(small)
+    fine_tune(labels, x, y)
+    distilled = copy_of(small)
+    fine_tune(tf_lottery.Distillation(distilled, copy_of(dense), temperature=2.0, alpha=0.9), x, y)
+    return {"labels": labels, "distilled": distilled}
 
 
 def export(model, folder, name, quantize, data):
@@ -70,8 +84,9 @@ def main(argv):
         f"({keras.backend.backend()}). Corpus: {files} top-level stdlib files. Model: "
         f"{FLAGS.blocks} blocks, width {FLAGS.width}, {FLAGS.heads} heads, context "
         f"{FLAGS.context}; {FLAGS.train_steps} training and {FLAGS.distill_steps} "
-        "distillation steps of 32 sequences.\n"
+        "fine-tuning steps of 32 sequences.\n"
     )
+    start = time.perf_counter()
     results, params, latency = {}, {}, {}
     folder = tempfile.mkdtemp()
     for seed_index, seed in enumerate(int(s) for s in FLAGS.seeds):
@@ -81,7 +96,7 @@ def main(argv):
         eval_x, eval_y = windows(held_out, FLAGS.eval_sequences, FLAGS.context, rng)
         calibration, _ = windows(train, FLAGS.calibration, FLAGS.context, rng)
         distill_x, distill_y = windows(train, 32 * FLAGS.distill_steps, FLAGS.context, rng)
-        results.setdefault(("dense", "", False), []).append(perplexity(dense, eval_x, eval_y))
+        results.setdefault(("dense", "", "—"), []).append(perplexity(dense, eval_x, eval_y))
         params["dense"] = dense.count_params()
         shrunk_for_latency = {"dense": dense}
         for rate in (float(r) for r in FLAGS.rates):
@@ -93,14 +108,15 @@ def main(argv):
                 tf_lottery.prune(pruned, criterion)
                 small = tf_lottery.shrink(pruned)
                 params[f"{rate:.0%}"] = small.count_params()
-                results.setdefault((name, rate, False), []).append(
-                    perplexity(small, eval_x, eval_y)
-                )
-                distilled(small, copy_of(dense), distill_x, distill_y)
-                results.setdefault((name, rate, True), []).append(perplexity(small, eval_x, eval_y))
+                measured = {"none": perplexity(small, eval_x, eval_y)}
+                for arm, model in recovered(small, dense, distill_x, distill_y).items():
+                    measured[arm] = perplexity(model, eval_x, eval_y)
+                for arm, value in measured.items():
+                    results.setdefault((name, rate, arm), []).append(value)
                 print(
-                    f"seed {seed}: {name} {rate:.0%}: {results[(name, rate, False)][-1]:.3f}, "
-                    f"distilled {results[(name, rate, True)][-1]:.3f}",
+                    f"seed {seed}: {name} {rate:.0%}: "
+                    + ", ".join(f"{arm} {value:.3f}" for arm, value in measured.items())
+                    + f" ({time.perf_counter() - start:.0f} s)",
                     flush=True,
                 )
                 shrunk_for_latency.setdefault(f"{rate:.0%}", small)
@@ -111,19 +127,24 @@ def main(argv):
                 latency[label] = latencies(paths, FLAGS.repeats, FLAGS.invokes)
         keras.backend.clear_session()
     seeds = ", ".join(FLAGS.seeds)
-    print(f"\n| units removed | criterion | distilled | perplexity, seeds {seeds} | range |")
+    print(f"\n| units removed | criterion | fine-tuning | perplexity, seeds {seeds} | range |")
     print("| --- | --- | --- | ---: | ---: |")
-    for (name, rate, recovered), values in results.items():
+    for (name, rate, arm), values in results.items():
         each = ", ".join(f"{v:.2f}" for v in values)
         removed = f"{rate:.0%}" if rate != "" else "none"
-        print(
-            f"| {removed} | {name} | {'yes' if recovered else 'no'} | {each} | "
-            f"{min(values):.2f} – {max(values):.2f} |"
-        )
+        print(f"| {removed} | {name} | {arm} | {each} | {min(values):.2f} – {max(values):.2f} |")
+    print("\n| units removed | criterion | distilled − labels, per seed |")
+    print("| --- | --- | ---: |")
+    for (name, rate, arm), values in results.items():
+        if arm == "distilled":
+            labels = results[(name, rate, "labels")]
+            each = ", ".join(f"{d - b:+.2f}" for d, b in zip(values, labels))
+            print(f"| {rate:.0%} | {name} | {each} |")
     print("\n| model | parameters | LiteRT float µs | LiteRT int8 µs |")
     print("| --- | ---: | ---: | ---: |")
     for label, (float_us, int8_us) in latency.items():
         print(f"| {label} | {params[label]:,} | {float_us:.0f} | {int8_us:.0f} |")
+    print(f"\n{time.perf_counter() - start:.0f} s in all; load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

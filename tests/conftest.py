@@ -42,19 +42,30 @@ def _seed():
     keras.utils.set_random_seed(0)
 
 
+def open_name_scopes():
+    """The names of the Keras name scopes open now, outermost first."""
+    from keras.src.backend.common import global_state
+
+    stack = global_state.get_global_attribute("name_scope_stack") or []
+    return [getattr(entry, "name", entry) for entry in stack]
+
+
 @pytest.fixture(autouse=True)
 def _no_name_scope_left_open(request):
     """Closes Keras name scopes a test leaves open, and says which test it was.
 
-    A layer's path is the name scope it is built in, so one left open (under
-    TensorFlow some test leaves `__stack/__stack_1`) renames every later layer.
+    A layer's path is the name scope it is built in, so one left open renames
+    every later layer. Keras 3.15 leaves one open under TensorFlow when a
+    subclassed layer without `build` is built by tracing its `call` and a layer
+    it calls has a name TensorFlow refuses as a graph scope (one starting with
+    `_`, as a class `_Block` gets): its scope is pushed, `tf.name_scope` raises,
+    the scope is never popped, and the eager call goes on.
     """
     yield
-    from keras.src.backend.common import global_state
+    names = open_name_scopes()
+    if names:
+        from keras.src.backend.common import global_state
 
-    stack = global_state.get_global_attribute("name_scope_stack")
-    if stack:
-        names = [getattr(entry, "name", entry) for entry in stack]
         global_state.set_global_attribute("name_scope_stack", [])
         warnings.warn(f"{request.node.nodeid} left Keras name scopes open: {names}", stacklevel=2)
 

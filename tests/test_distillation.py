@@ -57,7 +57,26 @@ def test_a_student_learns_the_teachers_outputs_without_labels():
     distilling.compile(keras.optimizers.Adam(1e-2))
     distilling.fit(x, epochs=30, batch_size=32, verbose=0)
     assert _kl(student, teacher, x) < 0.2 * before
-    assert not teacher.trainable
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_the_teacher_is_not_trained_and_is_left_as_it_was(alpha):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(64, 8)).astype("float32"), rng.integers(0, 4, 64)
+    teacher, student = _mlp(32, 0, "teacher"), _mlp(16, 1, "student")
+    before = [keras.ops.convert_to_numpy(w).copy() for w in teacher.weights]
+    distilling = tl.Distillation(student, teacher, alpha=alpha)
+    distilling.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    assert distilling.trainable_weights == student.trainable_weights
+    assert len(distilling.non_trainable_weights) == len(teacher.weights)
+    distilling.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for weight, value in zip(teacher.weights, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), value)
+    assert teacher.trainable
+    assert len(teacher.trainable_weights) == 4
+    assert len(tl.find_wrappers(tl.wrap(keras.models.clone_model(teacher)))) == 2
 
 
 def test_pruning_callbacks_reach_the_student_through_it():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tf_lottery
+from conftest import open_name_scopes
 from tests import reference_oneshot as reference
 from tf_lottery import calibration
 from tf_lottery.oneshot import sparsegpt_pruned
@@ -247,7 +248,10 @@ class _FeedForward(keras.layers.Layer):
 class _Stack(keras.Model):
     def __init__(self, width, **kwargs):
         super().__init__(**kwargs)
-        self.blocks = [_FeedForward(width), _FeedForward(width)]
+        # Named: the default, "__feed_forward", is no TensorFlow graph scope, and
+        # Keras 3.15 then leaves this model's scope open on its first call
+        # (tests/conftest.py, `_no_name_scope_left_open`).
+        self.blocks = [_FeedForward(width, name=f"block{i}") for i in range(2)]
 
     def call(self, x):
         for block in self.blocks:
@@ -267,6 +271,15 @@ def test_layers_wrapped_inside_blocks_of_a_subclassed_model_are_reached(criterio
         mask = keras.ops.convert_to_numpy(wrapper.masks["kernel"])
         assert (mask == 0).mean() == pytest.approx(0.5, abs=0.03)
     assert not np.allclose(keras.ops.convert_to_numpy(model(x)), dense)
+
+
+@pytest.mark.parametrize("criterion", [tf_lottery.Wanda, tf_lottery.SparseGPT])
+def test_pruning_a_subclassed_model_leaves_no_name_scope_open(criterion):
+    model = _Stack(8)
+    x = activations(16, 3, 8, seed=18).astype("float32")
+    model(x)
+    tf_lottery.prune(model, criterion(0.5, data=x))
+    assert open_name_scopes() == []
 
 
 def layer_inputs(model, name, x):

@@ -19,7 +19,6 @@ the weights' shape gets them, row by row, so padded positions (weight 0) do not
 count; a layer input of another shape (after pooling, say) counts every row.
 """
 
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -27,6 +26,7 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
+from tf_lottery.gradients import no_gradients
 from tf_lottery.registry import einsum_input_axes
 
 
@@ -201,17 +201,6 @@ class _Hook:
         return call
 
 
-@contextlib.contextmanager
-def _no_gradients():
-    if keras.backend.backend() == "torch":
-        import torch
-
-        with torch.no_grad():
-            yield
-    else:
-        yield
-
-
 def collect(model, batches, layers, gram):
     """Input statistics of `layers` over the calibration `batches`, in one pass.
 
@@ -238,7 +227,7 @@ def collect(model, batches, layers, gram):
             had_own = "call" in vars(hook.layer)
             installed.append((hook.layer, had_own, hook.layer.call))
             hook.layer.call = hook(hook.layer.call)
-        with _no_gradients():
+        with no_gradients():
             for batch in batches:
                 for hook in hooks.values():
                     hook.weights = batch.weights

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tf_lottery.gradients import no_gradients
 from tf_lottery.validators import check_number
 from tf_lottery.validators import check_weight
 from tf_lottery.wrapper import find_rewind_wrappers
@@ -29,6 +30,11 @@ def distillation_loss(student_logits, teacher_logits, temperature, sample_weight
     return ops.sum(kl * weight) / ops.maximum(ops.sum(weight), 1e-9)
 
 
+def _without(variables, excluded):
+    excluded = {id(v) for v in excluded}
+    return [v for v in variables if id(v) not in excluded]
+
+
 @keras.saving.register_keras_serializable(package="tf_lottery")
 class Distillation(keras.Model):
     """Trains `student` on its task loss and on `teacher`'s soft targets.
@@ -44,7 +50,10 @@ class Distillation(keras.Model):
 
     per output, averaged with the data's sample weights (a padding mask keeps
     padded tokens out), where `keras.distillation.Distiller` ignores them. The
-    teacher runs in inference mode and is frozen (`teacher.trainable = False`).
+    teacher runs in inference mode and is not trained: its weights count among
+    this model's non-trainable ones, while the teacher itself is left as it was
+    (`keras.distillation.Distiller` sets `teacher.trainable = False` for good, so
+    a clone of it made afterwards is frozen too, and `wrap` skips its layers).
     Student and teacher need not take the same input shapes or dtypes (a shrunk
     model does), only the same inputs and output shapes.
 
@@ -92,7 +101,25 @@ class Distillation(keras.Model):
         self.alpha = check_weight(alpha, "alpha", meaning="the weight of the distillation term")
         self.student = student
         self.teacher = teacher
-        teacher.trainable = False
+
+    # The teacher's weights are kept out of the trainable ones here, where the
+    # optimizer, the gradients and JAX's stateless step read them, rather than
+    # by freezing the user's teacher.
+    @property
+    def trainable_weights(self):
+        return _without(super().trainable_weights, self.teacher.variables)
+
+    @property
+    def trainable_variables(self):
+        return _without(super().trainable_variables, self.teacher.variables)
+
+    @property
+    def non_trainable_weights(self):
+        return _without(self.weights, self.trainable_weights)
+
+    @property
+    def non_trainable_variables(self):
+        return _without(self.variables, self.trainable_variables)
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
@@ -105,7 +132,9 @@ class Distillation(keras.Model):
             total = (1.0 - self.alpha) * super().compute_loss(
                 x, y, y_pred, sample_weight, training=training
             )
-        targets = keras.tree.map_structure(ops.stop_gradient, self.teacher(x, training=False))
+        with no_gradients():
+            targets = self.teacher(x, training=False)
+        targets = keras.tree.map_structure(ops.stop_gradient, targets)
         terms = [
             distillation_loss(s, t, self.temperature, sample_weight)
             for s, t in zip(keras.tree.flatten(y_pred), keras.tree.flatten(targets))

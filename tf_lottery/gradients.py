@@ -8,8 +8,25 @@ statistics, and the weights may be replaced by other values for one call
 (SynFlow differentiates at |θ|).
 """
 
+import contextlib
+
 import keras
 import numpy as np
+
+
+@contextlib.contextmanager
+def no_gradients():
+    """Runs its block without recording for differentiation where a backend would (torch).
+
+    TensorFlow and JAX record nothing outside a tape or a `grad`.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        with torch.no_grad():
+            yield
+    else:
+        yield
 
 
 def gradients(model, objective, inputs, *, values=None, training=False):
