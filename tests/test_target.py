@@ -233,15 +233,21 @@ def test_a_measured_target_restores_the_model_between_trials():
     }
 
 
-@pytest.mark.tensorflow
-@pytest.mark.slow
-def test_litert_times_a_shrunk_model_faster_than_the_dense_one():
+def _pruned_convolutions():
+    """Two 64-filter convolutions with 75% of their units pruned: clearly faster shrunk."""
     inputs = keras.Input((32, 32, 16))
     x = L.Conv2D(64, 3, padding="same", name="a")(inputs)
     x = L.Conv2D(64, 3, padding="same", name="b")(x)
     outputs = L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x))
     model = tl.wrap(keras.Model(inputs, outputs))
     tl.prune(model, tl.UnitNorm(0.75))
+    return model
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_litert_times_a_shrunk_model_faster_than_the_dense_one():
+    model = _pruned_convolutions()
     dense = tl.litert_latency(tl.strip(model), repeats=3, invokes=20)
     small = tl.litert_latency(tl.shrink(model), repeats=3, invokes=20)
     assert 0 < small < dense
@@ -332,12 +338,7 @@ def test_a_bad_meter_argument_is_named(monkeypatch, kwargs, words):
 @pytest.mark.tensorflow
 @pytest.mark.slow
 def test_litert_meter_finds_a_shrunk_model_faster_and_a_model_as_fast_as_itself():
-    inputs = keras.Input((32, 32, 16))
-    x = L.Conv2D(64, 3, padding="same", name="a")(inputs)
-    x = L.Conv2D(64, 3, padding="same", name="b")(x)
-    outputs = L.Dense(4, name="out")(L.GlobalAveragePooling2D()(x))
-    model = tl.wrap(keras.Model(inputs, outputs))
-    tl.prune(model, tl.UnitNorm(0.75))
+    model = _pruned_convolutions()
     meter = tl.LatencyMeter(tl.strip(model), invokes=20, max_pairs=20)
     assert meter.ratio(tl.shrink(model)) < 0.75
     itself = meter.ratio(tl.strip(model))
