@@ -87,7 +87,8 @@ class LayerKind:
             output channels where its inputs' channels are constant (`ins`, one
             array per input, NaN where a channel is not constant), `weights`
             its weights by name as numpy arrays. Defaults by role: a pass or a
-            flatten gives its input, a merge combines, a follower is evaluated.
+            follower is evaluated on one position, a flatten gives its input, a
+            merge or a concatenation combines its inputs' constants.
     """
 
     prunable: tuple = ()
@@ -327,6 +328,23 @@ def _concatenate(layer, ins, weights, rank):
     return np.concatenate(ins)
 
 
+# A role's constant, for an entry that gives none.
+_ROLE_CONSTANTS = {
+    "follow": evaluate,
+    "pass": evaluate,
+    "flatten": _identity,
+    "merge": merge_constants,
+    "concatenate": _concatenate,
+}
+
+
+def constant_channels(layer, role, ins, weights, rank):
+    """The constant output channels of a call of `layer` in `role`, by its entry's
+    `constant` or its role's default; `None` where neither says (not constant)."""
+    constant = layer_kind(layer).constant or _ROLE_CONSTANTS.get(role)
+    return None if constant is None else constant(layer, ins, weights, rank)
+
+
 def _batch_normalization_axes(layer, rank):
     if rank is not None and not last_axis(layer, "axis", rank):
         return None
@@ -475,14 +493,12 @@ _ENTRIES = {
     **{c: _pass(_zero_stays_zero) for c in (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)},
     L.Rescaling: LayerKind(channels="pass", when=_scalar_rescaling, constant=evaluate),
     L.Reshape: LayerKind(channels="pass", when=_reshape_keeps_channels, constant=_identity),
-    L.Flatten: LayerKind(channels="flatten", constant=_identity),
+    L.Flatten: LayerKind(channels="flatten"),
     **{
-        c: LayerKind(channels="merge", constant=merge_constants)
+        c: LayerKind(channels="merge")
         for c in (L.Add, L.Subtract, L.Multiply, L.Maximum, L.Minimum, L.Average)
     },
-    L.Concatenate: LayerKind(
-        channels="concatenate", when=_concatenate_on_channels, constant=_concatenate
-    ),
+    L.Concatenate: LayerKind(channels="concatenate", when=_concatenate_on_channels),
     **{
         c: LayerKind(channels="normalize")
         for c in (L.LayerNormalization, L.GroupNormalization, L.UnitNormalization)

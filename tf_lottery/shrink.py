@@ -26,8 +26,7 @@ from tf_lottery.heads import head_count
 from tf_lottery.heads import head_groups
 from tf_lottery.heads import silent_units
 from tf_lottery.registry import channel_role
-from tf_lottery.registry import evaluate
-from tf_lottery.registry import layer_kind
+from tf_lottery.registry import constant_channels
 from tf_lottery.registry import merge_constants
 from tf_lottery.registry import per_channel_axes
 from tf_lottery.registry import resized_config
@@ -425,8 +424,7 @@ def _constant_of(layer, inputs, ins, outputs, weights):
     Producers output their bias (after the activation) for units whose incoming
     weights are all pruned; a depthwise follower its bias where its kernel or
     input is zero; any other layer what its table entry's `constant` says, or by
-    default its role's: a pass or flatten its input, a follower evaluated on one
-    position, a merge the combination.
+    default its role's (`registry.constant_channels`).
     """
     if not ins or any(c is None for c in ins):
         return None
@@ -452,17 +450,7 @@ def _constant_of(layer, inputs, ins, outputs, weights):
         return _activation(layer, value)
     if role not in ("follow", "pass", "flatten", "merge", "concatenate"):
         return None
-    constant = layer_kind(layer).constant
-    if constant is None:
-        constant = evaluate if role in ("follow", "pass") else _ROLE_CONSTANTS[role]
-    return constant(layer, ins, weights, rank)
-
-
-_ROLE_CONSTANTS = {
-    "flatten": lambda layer, ins, weights, rank: ins[0],
-    "merge": merge_constants,
-    "concatenate": lambda layer, ins, weights, rank: np.concatenate(ins),
-}
+    return constant_channels(layer, role, ins, weights, rank)
 
 
 def _operation_constant(operation, inputs, ins, outputs):
