@@ -34,7 +34,6 @@ import numpy as np
 from tf_lottery import pruning
 from tf_lottery.latency import LatencyMeter
 from tf_lottery.latency import LatencyTable
-from tf_lottery.latency import litert_latency
 from tf_lottery.shrink import NothingToShrink
 from tf_lottery.shrink import ShrinkPlanner
 from tf_lottery.shrink import shrink
@@ -162,12 +161,6 @@ class Target:
         if self.kind == "params":
             return report.params_after
         return self.table.predict(report)
-
-    def measure(self, plain):
-        """Milliseconds of a plain Keras model in LiteRT here, timed alone."""
-        return litert_latency(
-            plain, threads=self.threads, repeats=self.repeats, invokes=self.invokes
-        )
 
     def meter(self, reference):
         """A `LatencyMeter` that times models against `reference`, the dense model."""
