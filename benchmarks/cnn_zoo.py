@@ -31,7 +31,7 @@ import tflite_bench  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from machine import cpu_name  # noqa: E402
-from tf_lottery.capture import captured_output  # noqa: E402
+from tf_lottery.export.capture import captured_output  # noqa: E402
 from models import CNN_ZOO  # noqa: E402
 from models import cnn_zoo_model  # noqa: E402
 from structured_bench import span  # noqa: E402

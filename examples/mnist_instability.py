@@ -27,7 +27,7 @@ from models import lenet_300_100  # noqa: E402
 import mnist  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery.paths import RunPaths  # noqa: E402
+from tf_lottery.experiments.paths import RunPaths  # noqa: E402
 
 flags.DEFINE_integer("rounds", 4, "Pruning rounds; 0.5^4 leaves 6% of the hidden weights.")
 flags.DEFINE_integer("epochs_per_round", 5, "Training epochs of each copy in each round.")

@@ -5,7 +5,7 @@ import tf_lottery  # noqa: F401
 import keras
 import numpy as np
 
-from tf_lottery.capture import captured_output
+from tf_lottery.export.capture import captured_output
 from tf_lottery.keras_private import flatten_layers
 
 # The backend's devices start with the first tensor, and log too (cuInit where the

@@ -1,6 +1,6 @@
 """Runs the seeds of a small lottery sweep in parallel with Ray, into one out_dir.
 
-Each seed is one unit of work (`out_dir/seed_<s>/`, see `tf_lottery.paths`): a
+Each seed is one unit of work (`out_dir/seed_<s>/`, see `tf_lottery.experiments.paths`): a
 Ray task calls `find_winning_ticket(..., seeds=(s,), out_dir=out_dir)`, and the
 tasks share nothing but the folder. When they are done, `collect_history`
 gathers every seed into one history, with mean, standard deviation and range
@@ -46,7 +46,7 @@ def run_seed(seed, out_dir, settings):
     from models import classifier_compile_kwargs
     from models import lenet_300_100
 
-    from tf_lottery.datasets import load_mnist
+    from mnist_data import load_mnist
 
     data = load_mnist(settings["data"], seed=settings["data_seed"])
     history = tf_lottery.find_winning_ticket(

@@ -227,3 +227,17 @@ def test_sparsity_logs_give_the_total_and_with_log_layers_each_layer_and_thresho
         assert logs.figures[f"threshold/{key}"] == pytest.approx(thresholds[key])
     assert logs.report.total == report.total
     assert keras.ops.convert_to_numpy(_kernel(model, "fc1").threshold.value) > 0
+
+
+@pytest.mark.parametrize(
+    "criterion, key",
+    [
+        (lambda: tl.UnitNorm(0.5), 1923299615),
+        (lambda: tl.BatchNormScale(0.25), 327094864),
+        (lambda: tl.PruneFraction(0.2), 412965961),
+    ],
+)
+def test_a_stage_key_is_the_one_stages_saved_before_the_modules_moved_hold(criterion, key):
+    # The keys tf_lottery 6654e2f computed, when UnitNorm lived in the module
+    # tf_lottery.structured: a model saved mid-stage then resumes its stage.
+    assert tl.IterativePruning(criterion(), every=2)._stage_key() == key

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tf_lottery as tl
-from tf_lottery.channels import channel_groups
+from tf_lottery.structured.channels import channel_groups
 from tf_lottery.keras_private import LayerScale
 
 L = keras.layers

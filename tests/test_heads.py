@@ -10,9 +10,9 @@ import pytest
 from conftest import check_computing_masks_changes_nothing
 
 import tf_lottery as tl
-from tf_lottery.channels import channel_groups
-from tf_lottery.heads import head_groups
-from tf_lottery.shrink import NothingToShrink
+from tf_lottery.structured.channels import channel_groups
+from tf_lottery.structured.heads import head_groups
+from tf_lottery.structured.shrink import NothingToShrink
 
 L = keras.layers
 WIDTH, HEADS, KEY_DIM, POSITIONS = 16, 4, 4, 6

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tf_lottery as tl
-from tf_lottery.history import METRICS
+from tf_lottery.experiments.history import METRICS
 
 
 def row(arm, round_index, seed, test, remaining=1.0, epoch=3, barrier=None):

@@ -17,8 +17,8 @@ import pytest
 
 import keras
 import tf_lottery as tl
-from tf_lottery import hub_units
-from tf_lottery.shrink import NothingToShrink
+from tf_lottery.structured import hub_units
+from tf_lottery.structured.shrink import NothingToShrink
 
 keras_hub = pytest.importorskip("keras_hub")
 from hub_models import MODELS  # noqa: E402

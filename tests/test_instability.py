@@ -13,7 +13,7 @@ from conftest import data
 from conftest import mlp
 
 import tf_lottery as tl
-from tf_lottery import instability as instability_module
+from tf_lottery.experiments import instability as instability_module
 
 FIT = {"batch_size": 32}
 

@@ -12,12 +12,12 @@ from conftest import data
 from conftest import mlp
 
 import tf_lottery as tl
-from tf_lottery import lottery
-from tf_lottery.artifacts import _state_variables
-from tf_lottery.artifacts import load_state
-from tf_lottery.artifacts import save_arrays
-from tf_lottery.paths import RunPaths
-from tf_lottery.run_config import RunConfig
+from tf_lottery.experiments import lottery
+from tf_lottery.experiments.artifacts import _state_variables
+from tf_lottery.experiments.artifacts import load_state
+from tf_lottery.experiments.artifacts import save_arrays
+from tf_lottery.experiments.paths import RunPaths
+from tf_lottery.experiments.run_config import RunConfig
 
 COMPILE = dict(
     optimizer="adam",

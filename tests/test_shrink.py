@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tf_lottery as tl
-from tf_lottery.shrink import ShrinkWarning
+from tf_lottery.structured.shrink import ShrinkWarning
 
 L = keras.layers
 
@@ -98,7 +98,7 @@ def test_export_converts_unshrunk_with_a_note_when_shrink_fails(tmp_path, monkey
     def failing_shrink(*args, **kwargs):
         raise RuntimeError("predictions differ")
 
-    monkeypatch.setattr("tf_lottery.tflite.shrink_model", failing_shrink)
+    monkeypatch.setattr("tf_lottery.export.tflite.shrink_model", failing_shrink)
     report = tl.export_tflite(model, str(tmp_path / "m.tflite"))
     assert report.shrink is None
     assert any("shrink() failed" in n and "predictions differ" in n for n in report.notes)

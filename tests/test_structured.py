@@ -9,7 +9,7 @@ from conftest import check_computing_masks_changes_nothing
 from conftest import compile_model
 
 import tf_lottery as tl
-from tf_lottery.channels import channel_groups
+from tf_lottery.structured.channels import channel_groups
 
 L = keras.layers
 

@@ -10,7 +10,7 @@ import pytest
 
 import tf_lottery as tl
 from tf_lottery import pruning
-from tf_lottery.shrink import ShrinkPlanner
+from tf_lottery.structured.shrink import ShrinkPlanner
 
 L = keras.layers
 
@@ -283,7 +283,7 @@ def _dense_and_half():
 
 
 def test_the_meter_times_in_alternating_pairs_so_a_drifting_load_cancels(monkeypatch):
-    from tf_lottery import latency
+    from tf_lottery.export import latency
 
     clock = _Clock()
     monkeypatch.setattr(latency, "_Loaded", clock.loaded(clock))
@@ -302,7 +302,7 @@ def test_the_meter_times_in_alternating_pairs_so_a_drifting_load_cancels(monkeyp
 
 
 def test_the_meter_adds_pairs_until_the_ratio_is_precise_or_the_cap(monkeypatch):
-    from tf_lottery import latency
+    from tf_lottery.export import latency
 
     clock = _Clock(noise=0.05)
     monkeypatch.setattr(latency, "_Loaded", clock.loaded(clock))
@@ -327,7 +327,7 @@ def test_the_meter_adds_pairs_until_the_ratio_is_precise_or_the_cap(monkeypatch)
     ],
 )
 def test_a_bad_meter_argument_is_named(monkeypatch, kwargs, words):
-    from tf_lottery import latency
+    from tf_lottery.export import latency
 
     monkeypatch.setattr(latency, "_Loaded", _Clock().loaded(_Clock()))
     with pytest.raises(ValueError, match=words):

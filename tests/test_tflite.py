@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import tf_lottery as tl
-from tf_lottery import tflite
-from tf_lottery.capture import captured_output
+from tf_lottery.export import tflite
+from tf_lottery.export.capture import captured_output
 
 pytestmark = pytest.mark.tensorflow
 

@@ -25,14 +25,14 @@ plain = tf_lottery.strip(model)
 import importlib
 import sys
 
-from tf_lottery.capture import captured_output as _captured_output
-from tf_lottery.capture import quiet_tensorflow_import as _quiet_tensorflow_import
-from tf_lottery.litert import run_tflite
-from tf_lottery.tflite_report import ExportReport
-from tf_lottery.tflite_report import TFLiteReport
-from tf_lottery.tflite_report import inspect_tflite
+from tf_lottery.export.capture import captured_output as _captured_output
+from tf_lottery.export.capture import quiet_tensorflow_import as _quiet_tensorflow_import
+from tf_lottery.export.litert import run_tflite
+from tf_lottery.export.report import ExportReport
+from tf_lottery.export.report import TFLiteReport
+from tf_lottery.export.report import inspect_tflite
 
-# The names that need Keras, by the module that defines them.
+# The names that need Keras, by the module that defines them (packages: docs/architecture.md).
 _KERAS_SIDE = {
     "callbacks": ["GradualPruning", "IterativePruning"],
     "criteria": [
@@ -44,33 +44,39 @@ _KERAS_SIDE = {
         "StdThreshold",
     ],
     "distillation": ["Distillation", "distillation_loss"],
-    "history": ["LotteryHistory", "RoundResult", "RoundSummary", "Statistic", "plot_history"],
-    "init_criteria": ["GraSP", "InitCriterion", "SNIP", "SynFlow"],
-    "instability": [
+    "experiments.history": [
+        "LotteryHistory",
+        "RoundResult",
+        "RoundSummary",
+        "Statistic",
+        "plot_history",
+    ],
+    "experiments.instability": [
         "InterpolationResult",
         "instability_analysis",
         "interpolate",
         "plot_interpolation",
     ],
-    "latency": ["LatencyMeter", "LatencyTable", "litert_latency"],
-    "lottery": ["collect_history", "find_winning_ticket", "load_round"],
+    "experiments.lottery": ["collect_history", "find_winning_ticket", "load_round"],
+    "experiments.sensitivity": ["SensitivityReport", "sensitivity"],
+    "export.latency": ["LatencyMeter", "LatencyTable", "litert_latency"],
+    "export.tflite": ["ExportError", "export_tflite"],
+    "init_criteria": ["GraSP", "InitCriterion", "SNIP", "SynFlow"],
     "oneshot": ["OneShotCriterion", "SparseGPT", "Wanda"],
-    "registry": ["LayerKind", "register_layer"],
     "pruning": ["apply_masks", "erk_targets", "prune", "reset_optimizer", "rewind"],
+    "registry": ["LayerKind", "register_layer"],
     "report": ["LayerSparsity", "SparsityReport", "sparsity"],
     "saving": ["load_model"],
     "schedules": ["ConstantSparsity", "EveryEpochs", "PolynomialDecay", "Schedule"],
-    "sensitivity": ["SensitivityReport", "sensitivity"],
-    "shrink": ["ShrinkReport", "shrink", "shrink_report"],
-    "structured": [
+    "structured.shrink": ["ShrinkReport", "shrink", "shrink_report"],
+    "structured.target": ["Target", "TargetReport", "target_report"],
+    "structured.units": [
         "BatchNormScale",
         "UnitActivation",
         "UnitCriterion",
         "UnitNorm",
         "UnitStdThreshold",
     ],
-    "target": ["Target", "TargetReport", "target_report"],
-    "tflite": ["ExportError", "export_tflite"],
     "transforms": ["strip", "wrap"],
     "wrapper": ["PruneWrapper", "RewindWrapper", "find_rewind_wrappers", "find_wrappers"],
 }
@@ -92,8 +98,8 @@ def _load_keras_side():
     """Imports the Keras half and binds its names in this package."""
     with _captured_output():
         modules = {name: importlib.import_module(f"tf_lottery.{name}") for name in _KERAS_SIDE}
-    # Bound after every import: importing the submodules `shrink` and
-    # `sensitivity` sets package attributes of those names to the modules.
+    # Bound after every import, so that no submodule's import rebinds a name
+    # (`tf_lottery.shrink` is the function; its module is `structured.shrink`).
     for module, names in _KERAS_SIDE.items():
         for name in names:
             globals()[name] = getattr(modules[module], name)

@@ -24,11 +24,11 @@ import sys
 import numpy as np
 
 import tf_lottery
-from tf_lottery import litert
-from tf_lottery.capture import captured_output
+from tf_lottery.export import litert
+from tf_lottery.export.capture import captured_output
 from tf_lottery.files import write_atomically
-from tf_lottery.samples import ModelInput
-from tf_lottery.samples import arrange
+from tf_lottery.export.samples import ModelInput
+from tf_lottery.export.samples import arrange
 from tf_lottery.model_file import check_model_file
 
 _DATA_HELP = (
@@ -204,7 +204,7 @@ def _export(args):
 
 
 def _inspect(args):
-    from tf_lottery.tflite_report import inspect_tflite
+    from tf_lottery.export.report import inspect_tflite
 
     try:
         print(inspect_tflite(args.file))

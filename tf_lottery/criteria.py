@@ -20,7 +20,7 @@ import warnings
 import keras
 import numpy as np
 
-from tf_lottery import tflite_blocks
+from tf_lottery.export import blocks as tflite_blocks
 from tf_lottery.selection import count_to_drop
 from tf_lottery.selection import drop_smallest
 from tf_lottery.selection import drop_smallest_across

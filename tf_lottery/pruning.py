@@ -127,7 +127,7 @@ def prune(model, criterion, *, layers=None, sparsity=None, target=None):
     targets = prune_targets(wrappers, layers)
     unit_masks = {}
     if target is not None:
-        from tf_lottery.target import target_masks  # it builds on this module
+        from tf_lottery.structured.target import target_masks  # it builds on this module
 
         masks, unit_masks = target_masks(model, criterion, targets, target, sparsity)
     elif sparsity is not None:

@@ -39,7 +39,7 @@ The channel roles:
 - `"concatenate"`: the inputs' channels side by side.
 - `"flatten"`: positions times channels on one axis, read by a Dense layer.
 - `"normalize"`: normalizes over the channels, so none can go alone.
-- `"attention"`: its units are heads (`tf_lottery.heads`); the widths it reads
+- `"attention"`: its units are heads (`tf_lottery.structured.heads`); the widths it reads
   and writes stay.
 - `None`: not known; the channels that reach it are kept, with one warning per
   kind of layer.

@@ -13,9 +13,9 @@ from tf_lottery.callbacks.drop_rule import DropRule
 from tf_lottery.callbacks.sparsity_logs import SparsityLogs
 from tf_lottery.criteria import check_criterion
 from tf_lottery.schedules import EveryEpochs
-from tf_lottery.target import check_target
-from tf_lottery.target import estimate
-from tf_lottery.target import prune_toward
+from tf_lottery.structured.target import check_target
+from tf_lottery.structured.target import estimate
+from tf_lottery.structured.target import prune_toward
 from tf_lottery.validators import check_bool
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_fraction
@@ -23,6 +23,10 @@ from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
 from tf_lottery.validators import is_int
 from tf_lottery.wrapper import assign_copy
+
+# Modules whose classes moved, by their new name: a criterion's stage key names the
+# module it was defined in, and stages saved before the move keep their keys.
+_MOVED_MODULES = {"tf_lottery.structured.units": "tf_lottery.structured"}
 
 
 class IterativePruning(keras.callbacks.Callback):
@@ -264,8 +268,11 @@ class IterativePruning(keras.callbacks.Callback):
     def _stage_key(self):
         """A nonzero int32 naming the criterion and schedule, to tell a resume from a new stage."""
         criterion = type(self.criterion)
+        # The unit criteria's module before the packages of issue 18, so that a
+        # stage saved before keeps its key.
+        module = _MOVED_MODULES.get(criterion.__module__, criterion.__module__)
         parts = [
-            f"{criterion.__module__}.{criterion.__qualname__}",
+            f"{module}.{criterion.__qualname__}",
             self.criterion.get_config(),
             self.schedule.get_config(),
             self.rewind,

@@ -15,15 +15,15 @@ import os
 import keras
 import numpy as np
 
-from tf_lottery.controls import check_controls
-from tf_lottery.controls import describe as describe_control
-from tf_lottery.controls import name_of
+from tf_lottery.experiments.controls import check_controls
+from tf_lottery.experiments.controls import describe as describe_control
+from tf_lottery.experiments.controls import name_of
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import check_criterion
 from tf_lottery.files import write_once
-from tf_lottery.instability import check_points
-from tf_lottery.paths import FORMAT
-from tf_lottery.target import check_target
+from tf_lottery.experiments.instability import check_points
+from tf_lottery.experiments.paths import FORMAT
+from tf_lottery.structured.target import check_target
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_int
 from tf_lottery.validators import is_int
@@ -51,7 +51,7 @@ class RunConfig:
     test_data: object = _field("Evaluated after every epoch, if given.")
     criterion: object = _field("Prunes each round; `None` for `PruneFraction(0.2)`.")
     rewind: object = _field("'init', an epoch count k < epochs_per_round, or None.", "init")
-    controls: tuple = _field("Arms trained beside the ticket (`tf_lottery.controls`).", ())
+    controls: tuple = _field("Arms trained beside the ticket (`tf_lottery.experiments.controls`).", ())
     compile_kwargs: dict = _field("Keyword arguments of `model.compile`, if build_model does not.")
     fit_kwargs: dict = _field("Extra keyword arguments of `model.fit`.")
     instability_points: int = _field("Points of the error-barrier path per round, or None.")
@@ -81,7 +81,7 @@ class RunConfig:
 
     @property
     def arms(self):
-        """Each control by its arm name (see `tf_lottery.controls`)."""
+        """Each control by its arm name (see `tf_lottery.experiments.controls`)."""
         return {name_of(c): c for c in self.controls}
 
     def settings(self):

@@ -34,25 +34,25 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from tf_lottery import flatbuffer
-from tf_lottery import litert
-from tf_lottery.capture import captured_output
+from tf_lottery.export import flatbuffer
+from tf_lottery.export import litert
+from tf_lottery.export.capture import captured_output
 from tf_lottery.files import write_atomically
-from tf_lottery.litert import run_tflite
-from tf_lottery.samples import ModelInput
-from tf_lottery.samples import arrange
-from tf_lottery.samples import random_inputs
-from tf_lottery.samples import take
-from tf_lottery.tflite_report import ExportReport
-from tf_lottery.tflite_report import TensorEncoding
-from tf_lottery.tflite_report import TFLiteReport
-from tf_lottery.tflite_report import describe
-from tf_lottery.tflite_report import inspect_tflite
+from tf_lottery.export.litert import run_tflite
+from tf_lottery.export.samples import ModelInput
+from tf_lottery.export.samples import arrange
+from tf_lottery.export.samples import random_inputs
+from tf_lottery.export.samples import take
+from tf_lottery.export.report import ExportReport
+from tf_lottery.export.report import TensorEncoding
+from tf_lottery.export.report import TFLiteReport
+from tf_lottery.export.report import describe
+from tf_lottery.export.report import inspect_tflite
 from tf_lottery import keras_private
-from tf_lottery.shrink import NothingToShrink
-from tf_lottery.shrink import ShrinkWarning
-from tf_lottery.shrink import shrink as shrink_model
-from tf_lottery.shrink import shrink_report
+from tf_lottery.structured.shrink import NothingToShrink
+from tf_lottery.structured.shrink import ShrinkWarning
+from tf_lottery.structured.shrink import shrink as shrink_model
+from tf_lottery.structured.shrink import shrink_report
 from tf_lottery.transforms import strip
 from tf_lottery.wrapper import find_wrappers
 

@@ -35,19 +35,19 @@ from tf_lottery.calibration import calibration_batches
 from tf_lottery.calibration import collect
 from tf_lottery.calibration import kernel_layout
 from tf_lottery.calibration import to_matrix
-from tf_lottery.channels import channel_groups
-from tf_lottery.channels import per_kind_warning
-from tf_lottery.channels import unknown_kinds
+from tf_lottery.structured.channels import channel_groups
+from tf_lottery.structured.channels import per_kind_warning
+from tf_lottery.structured.channels import unknown_kinds
 from tf_lottery.registry import per_channel_axes
 from tf_lottery.registry import without_units
 from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_quality
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
-from tf_lottery.heads import head_groups
-from tf_lottery.hub_units import attention_groups
-from tf_lottery.hub_units import attention_note
-from tf_lottery.hub_units import feed_forward_groups
+from tf_lottery.structured.heads import head_groups
+from tf_lottery.structured.hub_units import attention_groups
+from tf_lottery.structured.hub_units import attention_note
+from tf_lottery.structured.hub_units import feed_forward_groups
 from tf_lottery.selection import count_to_drop
 from tf_lottery.selection import drop_smallest
 from tf_lottery.selection import drop_smallest_across
@@ -112,7 +112,7 @@ class UnitCriterion(Criterion):
     """
 
     uses_model = True
-    # Whether the criterion scores attention heads too (`tf_lottery.heads`).
+    # Whether the criterion scores attention heads too (`tf_lottery.structured.heads`).
     prunes_heads = True
     # Whether `rate` says how many units each group loses.
     by_rate = True

@@ -2,12 +2,12 @@
 
 `find_winning_ticket` runs the experiment the way open_lth does: round 0 trains
 the dense network; each later round prunes the previous round's trained weights,
-rewinds the survivors and trains again. Controls (see `tf_lottery.controls`)
+rewinds the survivors and trains again. Controls (see `tf_lottery.experiments.controls`)
 train beside the ticket from the same seed, each round at the ticket's sparsity
 of that round. With `seeds=(...)` the experiment runs once per seed, each in a
 folder of its own, and the history summarizes the seeds.
 
-Every round is kept on disk (see `tf_lottery.paths`, which also says what a unit
+Every round is kept on disk (see `tf_lottery.experiments.paths`, which also says what a unit
 of work is). A run started again with the same `out_dir` skips the rounds it
 already finished, and processes may run different seeds into one `out_dir` at
 the same time; `collect_history` gathers whatever has finished.
@@ -17,16 +17,16 @@ import dataclasses
 import json
 import os
 
-from tf_lottery.controls import arm_names
-from tf_lottery.controls import name_of
-from tf_lottery.history import LotteryHistory
-from tf_lottery.history import RoundResult
-from tf_lottery.history import plot_history  # noqa: F401  (tf_lottery.lottery.plot_history)
-from tf_lottery.paths import TICKET
-from tf_lottery.paths import RunPaths
-from tf_lottery.run_config import KEEP_WEIGHTS  # noqa: F401  (tf_lottery.lottery.KEEP_WEIGHTS)
-from tf_lottery.run_config import RunConfig
-from tf_lottery.seed_run import SeedRun
+from tf_lottery.experiments.controls import arm_names
+from tf_lottery.experiments.controls import name_of
+from tf_lottery.experiments.history import LotteryHistory
+from tf_lottery.experiments.history import RoundResult
+from tf_lottery.experiments.history import plot_history  # noqa: F401  (tf_lottery.experiments.lottery.plot_history)
+from tf_lottery.experiments.paths import TICKET
+from tf_lottery.experiments.paths import RunPaths
+from tf_lottery.experiments.run_config import KEEP_WEIGHTS  # noqa: F401  (tf_lottery.experiments.lottery.KEEP_WEIGHTS)
+from tf_lottery.experiments.run_config import RunConfig
+from tf_lottery.experiments.seed_run import SeedRun
 from tf_lottery.validators import check_int
 
 
@@ -269,7 +269,7 @@ def find_winning_ticket(
         epochs_per_round: Training epochs in every round.
         rewind: `"init"`, an epoch count `k < epochs_per_round`, or `None`.
             Defaults to `"init"`.
-        controls: Arms to train beside the ticket (see `tf_lottery.controls`):
+        controls: Arms to train beside the ticket (see `tf_lottery.experiments.controls`):
             `"reinit"` (the ticket's masks, new random weights), `"random_prune"`
             (random masks, the ticket's per-layer sparsity), `"random_global"`
             and `"random_even"` (random masks, the ticket's overall sparsity,
@@ -278,7 +278,7 @@ def find_winning_ticket(
             `tf_lottery.SynFlow()` or `tf_lottery.GraSP(data=...)` (θ0 pruned to
             the ticket's overall sparsity, their own per-layer spread). Each at
             most once. Defaults to `()`.
-        out_dir: Folder for the artifacts (see `tf_lottery.paths`). Started again
+        out_dir: Folder for the artifacts (see `tf_lottery.experiments.paths`). Started again
             with the same settings, the run skips finished rounds; with other
             settings it is refused. `rounds` may grow to extend a run, and
             `seeds` to add seeds.
@@ -294,7 +294,7 @@ def find_winning_ticket(
             second copy from the round's starting point (same masks, another
             data order) and records the error barrier along the straight line
             between the two networks at this many points (see
-            `tf_lottery.instability`), in `RoundResult.error_barrier` and the
+            `tf_lottery.experiments.instability`), in `RoundResult.error_barrier` and the
             round's instability.json. Doubles the training time. Defaults to
             `None`.
         target: A `tf_lottery.Target` (MACs, parameters or latency after

@@ -16,22 +16,22 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
-from tf_lottery.channels import BINARY_OPERATIONS
-from tf_lottery.channels import UNARY_OPERATIONS
-from tf_lottery.channels import channel_groups
-from tf_lottery.channels import per_kind_warning
-from tf_lottery.channels import unknown_kinds
-from tf_lottery.channels import walk_graph
-from tf_lottery.heads import head_count
-from tf_lottery.heads import head_groups
-from tf_lottery.heads import silent_units
+from tf_lottery.structured.channels import BINARY_OPERATIONS
+from tf_lottery.structured.channels import UNARY_OPERATIONS
+from tf_lottery.structured.channels import channel_groups
+from tf_lottery.structured.channels import per_kind_warning
+from tf_lottery.structured.channels import unknown_kinds
+from tf_lottery.structured.channels import walk_graph
+from tf_lottery.structured.heads import head_count
+from tf_lottery.structured.heads import head_groups
+from tf_lottery.structured.heads import silent_units
 from tf_lottery.registry import channel_role
 from tf_lottery.registry import constant_channels
 from tf_lottery.registry import merge_constants
 from tf_lottery.registry import per_channel_axes
 from tf_lottery.registry import resized_config
 from tf_lottery.registry import unit_count_key
-from tf_lottery.samples import random_inputs
+from tf_lottery.export.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
 from tf_lottery.transforms import strip
 from tf_lottery.validators import check_choice
@@ -188,8 +188,8 @@ def shrink_report(before, after):
 
 
 def _hub_units():
-    # Imported on use: tf_lottery.hub_units builds on this module.
-    from tf_lottery import hub_units
+    # Imported on use: tf_lottery.structured.hub_units builds on this module.
+    from tf_lottery.structured import hub_units
 
     return hub_units
 
@@ -274,7 +274,7 @@ def shrink(model, *, align=1, verbose=0):
     Channels joined by a residual `Add` (or another elementwise merge, operator
     nodes such as `x * y` included) go together; `Concatenate`, `Flatten`,
     pooling, padding, activations, squeeze-excite, LayerScale, grouped and
-    depthwise convolutions are followed (see `tf_lottery.channels`). A group of
+    depthwise convolutions are followed (see `tf_lottery.structured.channels`). A group of
     channels that reaches a layer the analysis does not know (a `Lambda`, a
     custom layer, a subclassed model inside) or the model's output is left as it
     is, with one warning per kind of layer. Weights are copied by position. The
@@ -283,7 +283,7 @@ def shrink(model, *, align=1, verbose=0):
 
     A KerasHub Backbone or Task (`CausalLM`, `TextClassifier`) is rebuilt
     from its config with fewer feed-forward units in its transformer blocks,
-    as many in every block (see `tf_lottery.hub_units.shrink_blocks`); its
+    as many in every block (see `tf_lottery.structured.hub_units.shrink_blocks`); its
     class, `generate()` and preprocessor stay.
 
     Args:

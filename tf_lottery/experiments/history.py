@@ -14,7 +14,7 @@ import numpy as np
 
 from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
-from tf_lottery.paths import TICKET
+from tf_lottery.experiments.paths import TICKET
 
 # The measurements summarized across seeds, in the order of the files' columns.
 METRICS = (
@@ -46,7 +46,7 @@ class RoundResult:
         seed: The run's seed. Defaults to `0`.
         error_barrier: With `instability_points`, the error barrier between this
             round's network and a copy trained from the same start on another
-            data order (see `tf_lottery.instability`); otherwise `None`.
+            data order (see `tf_lottery.experiments.instability`); otherwise `None`.
     """
 
     arm: str

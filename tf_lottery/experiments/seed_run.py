@@ -2,7 +2,7 @@
 
 `find_winning_ticket` makes one per seed; `load_round` makes one to rebuild a
 finished round. Every model comes from the run's `build_model` and is matched
-to the run's first model by position (see `tf_lottery.artifacts`).
+to the run's first model by position (see `tf_lottery.experiments.artifacts`).
 """
 
 import dataclasses
@@ -16,27 +16,27 @@ import keras
 import numpy as np
 
 from tf_lottery import pruning
-from tf_lottery.artifacts import check_layers
-from tf_lottery.artifacts import copy_unit_masks
-from tf_lottery.artifacts import describe_layers
-from tf_lottery.artifacts import load_state
-from tf_lottery.artifacts import masks_of
-from tf_lottery.artifacts import save_arrays
-from tf_lottery.artifacts import save_state
-from tf_lottery.artifacts import set_masks
-from tf_lottery.artifacts import thresholds_of
-from tf_lottery.controls import random_masks
-from tf_lottery.controls import remaining
-from tf_lottery.evaluation import evaluate_metric
+from tf_lottery.experiments.artifacts import check_layers
+from tf_lottery.experiments.artifacts import copy_unit_masks
+from tf_lottery.experiments.artifacts import describe_layers
+from tf_lottery.experiments.artifacts import load_state
+from tf_lottery.experiments.artifacts import masks_of
+from tf_lottery.experiments.artifacts import save_arrays
+from tf_lottery.experiments.artifacts import save_state
+from tf_lottery.experiments.artifacts import set_masks
+from tf_lottery.experiments.artifacts import thresholds_of
+from tf_lottery.experiments.controls import random_masks
+from tf_lottery.experiments.controls import remaining
+from tf_lottery.experiments.evaluation import evaluate_metric
 from tf_lottery.files import write_atomically
 from tf_lottery.init_criteria import InitCriterion
-from tf_lottery.instability import interpolate
-from tf_lottery.paths import TICKET
-from tf_lottery.paths import RunPaths
+from tf_lottery.experiments.instability import interpolate
+from tf_lottery.experiments.paths import TICKET
+from tf_lottery.experiments.paths import RunPaths
 from tf_lottery.report import sparsity
-from tf_lottery.run_config import RunConfig
-from tf_lottery.target import estimate
-from tf_lottery.target import prune_toward
+from tf_lottery.experiments.run_config import RunConfig
+from tf_lottery.structured.target import estimate
+from tf_lottery.structured.target import prune_toward
 from tf_lottery.transforms import wrap
 from tf_lottery.validators import is_int
 from tf_lottery.wrapper import find_rewind_wrappers

@@ -14,12 +14,12 @@ import re
 
 import numpy as np
 
-from tf_lottery.capture import captured_output
-from tf_lottery.flatbuffer import check_identifier
-from tf_lottery.flatbuffer import natural_key
-from tf_lottery.samples import ModelInput
-from tf_lottery.samples import another_order
-from tf_lottery.samples import arrange
+from tf_lottery.export.capture import captured_output
+from tf_lottery.export.flatbuffer import check_identifier
+from tf_lottery.export.flatbuffer import natural_key
+from tf_lottery.export.samples import ModelInput
+from tf_lottery.export.samples import another_order
+from tf_lottery.export.samples import arrange
 
 
 class LiteRTError(RuntimeError):

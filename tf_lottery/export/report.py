@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from tf_lottery import flatbuffer
+from tf_lottery.export import flatbuffer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,7 +141,7 @@ class LatencyTable:
             if not isinstance(config, dict) or "layers" not in config:
                 raise ValueError(
                     f'{path} holds no latency table: expected a JSON object with "layers". '
-                    "See tf_lottery.latency for the format."
+                    "See tf_lottery.export.latency for the format."
                 )
             return cls(**config)
         if path.endswith(".csv"):
@@ -231,8 +231,8 @@ class _Loaded:
     """One model converted to float32 .tflite, loaded in LiteRT at batch 1, inputs set."""
 
     def __init__(self, model, threads):
-        from tf_lottery import litert
-        from tf_lottery.tflite import _convert
+        from tf_lottery.export import litert
+        from tf_lottery.export.tflite import _convert
 
         content, _ = _convert(model, None, False, None)
         self.interpreter = litert.load(content, num_threads=threads)

@@ -32,12 +32,12 @@ import keras
 import numpy as np
 
 from tf_lottery import pruning
-from tf_lottery.latency import LatencyMeter
-from tf_lottery.latency import LatencyTable
-from tf_lottery.shrink import NothingToShrink
-from tf_lottery.shrink import ShrinkPlanner
-from tf_lottery.shrink import shrink
-from tf_lottery.shrink import shrink_report
+from tf_lottery.export.latency import LatencyMeter
+from tf_lottery.export.latency import LatencyTable
+from tf_lottery.structured.shrink import NothingToShrink
+from tf_lottery.structured.shrink import ShrinkPlanner
+from tf_lottery.structured.shrink import shrink
+from tf_lottery.structured.shrink import shrink_report
 from tf_lottery.transforms import strip
 from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int

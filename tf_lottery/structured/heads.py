@@ -22,7 +22,7 @@ only thinned stays.
 
 Attention layers inside other layers (a KerasHub `TransformerEncoder`, say)
 are not graph nodes and are not listed here: their block decides their sizes.
-`tf_lottery.hub_units` makes a `HeadGroup` of the attention inside a KerasHub
+`tf_lottery.structured.hub_units` makes a `HeadGroup` of the attention inside a KerasHub
 block whose heads can be units (Gemma's).
 """
 
@@ -33,8 +33,8 @@ import keras
 import numpy as np
 
 from tf_lottery.calibration import kernel_layout
-from tf_lottery.channels import UnitSlice
-from tf_lottery.channels import walk_graph
+from tf_lottery.structured.channels import UnitSlice
+from tf_lottery.structured.channels import walk_graph
 
 L = keras.layers
 
@@ -221,7 +221,7 @@ def head_groups(model):
     Example:
 
     ```python
-    for group in tf_lottery.heads.head_groups(model):
+    for group in tf_lottery.structured.heads.head_groups(model):
         print(group.name, group.size)
     ```
     """

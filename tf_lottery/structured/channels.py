@@ -26,7 +26,7 @@ number of channels goes from every group; with `groups=C`, a depthwise
 convolution, a follower), `Rescaling` and
 `Normalization`. `LayerNormalization` normalizes over the channels, so it
 blocks them. So does an attention layer, whose units are its heads
-(`tf_lottery.heads`), with a known reason rather than as an unknown layer.
+(`tf_lottery.structured.heads`), with a known reason rather than as an unknown layer.
 
 The analysis sees through `PruneWrapper` and `RewindWrapper`, and into nested
 Sequential and Functional models: units inside one are pruned and removed like
@@ -178,7 +178,7 @@ class ChannelGroup:
         blocked: Why the group cannot be pruned; empty if it can.
         tie: Groups with the same tie (not `None`) lose as many units as each
             other: the blocks of one KerasHub backbone share one
-            `intermediate_dim` (see `tf_lottery.hub_units`).
+            `intermediate_dim` (see `tf_lottery.structured.hub_units`).
         masks_consumers: Whether unit criteria mask the consumers' kernel rows
             with each unit, as one unit of a feed-forward network is its up
             and gate columns and its down row. Defaults to `False`: in a graph,
@@ -315,7 +315,7 @@ def channel_groups(model):
     Example:
 
     ```python
-    for group in tf_lottery.channels.channel_groups(model):
+    for group in tf_lottery.structured.channels.channel_groups(model):
         print(group.name, group.size, group.blocked or "prunable")
     ```
     """

@@ -37,7 +37,7 @@ except masks and the wrappers' θ0 and rewind-point copies (those come from
 initial.npz and rewind_point.npz), in the order of `model.weights`. A round's
 start weights are not stored: they are θ0 (or the rewind point, or a seeded
 reinitialization) times its masks. Layers are matched by position, so names in
-the files are those of the run's first model (see `tf_lottery.artifacts`).
+the files are those of the run's first model (see `tf_lottery.experiments.artifacts`).
 
 A round's folder is written under a temporary name of its own process
 (`round_N.partial-<random>`) and renamed when complete, so a folder that exists

@@ -16,7 +16,7 @@ import numpy as np
 from tf_lottery import pruning
 from tf_lottery.criteria import PruneFraction
 from tf_lottery.criteria import StdThreshold
-from tf_lottery.evaluation import evaluate_metric
+from tf_lottery.experiments.evaluation import evaluate_metric
 from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
 from tf_lottery.report import count_nonzero

@@ -43,16 +43,16 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
-from tf_lottery.channels import ChannelGroup
-from tf_lottery.channels import Consumer
-from tf_lottery.channels import UnitSlice
-from tf_lottery.heads import HeadGroup
-from tf_lottery.heads import silent_units
+from tf_lottery.structured.channels import ChannelGroup
+from tf_lottery.structured.channels import Consumer
+from tf_lottery.structured.channels import UnitSlice
+from tf_lottery.structured.heads import HeadGroup
+from tf_lottery.structured.heads import silent_units
 from tf_lottery.in_place import _sublayers
-from tf_lottery.shrink import LayerShrink
-from tf_lottery.shrink import NothingToShrink
-from tf_lottery.shrink import ShrinkReport
-from tf_lottery.shrink import _check_same_predictions
+from tf_lottery.structured.shrink import LayerShrink
+from tf_lottery.structured.shrink import NothingToShrink
+from tf_lottery.structured.shrink import ShrinkReport
+from tf_lottery.structured.shrink import _check_same_predictions
 from tf_lottery.transforms import strip
 from tf_lottery.wrapper import find_rewind_wrappers
 
@@ -214,7 +214,7 @@ def _sublayer(block, attribute, what="feed-forward projection", kernel=True):
             f"BLOCKS says that layer '{block.path}' ({type(block).__name__}) keeps its "
             f"{what} in attribute '{attribute}', but it has no layer"
             + (" with a kernel" if kernel else "")
-            + " there. Correct its entry in tf_lottery.hub_units.BLOCKS."
+            + " there. Correct its entry in tf_lottery.structured.hub_units.BLOCKS."
         )
     return layer
 
@@ -308,7 +308,7 @@ def feed_forward_groups(model):
     Example:
 
     ```python
-    for group in tf_lottery.hub_units.feed_forward_groups(causal_lm):
+    for group in tf_lottery.structured.hub_units.feed_forward_groups(causal_lm):
         print(group.name, group.size)
     ```
     """
@@ -334,7 +334,7 @@ def attention_groups(model):
     Example:
 
     ```python
-    for group in tf_lottery.hub_units.attention_groups(gemma_lm):
+    for group in tf_lottery.structured.hub_units.attention_groups(gemma_lm):
         print(group.name, group.size)
     ```
     """
@@ -351,7 +351,7 @@ def attention_note(model):
         "such a block computes head_dim = hidden_dim // num_heads, so a config with fewer "
         "heads would change the size of every head, not drop some"
         if all(b.kind.head_dim_key is None for b in blocks if b.heads is None)
-        else "tf_lottery.hub_units.BLOCKS does not say where their heads are"
+        else "tf_lottery.structured.hub_units.BLOCKS does not say where their heads are"
     )
     return (
         f"the attention heads of its {'/'.join(whole)} blocks whole, pruning their "
@@ -448,7 +448,7 @@ def _check_config(config, backbone, key, units, what, per_unit=1):
         raise ValueError(
             f"shrink() sets '{key}' in the config of Backbone '{backbone.name}' to change the "
             f"number of {what}, but its config gives {key}={given!r} for blocks of {units} "
-            f"{what}. Correct the entry of its blocks in tf_lottery.hub_units.BLOCKS."
+            f"{what}. Correct the entry of its blocks in tf_lottery.structured.hub_units.BLOCKS."
         )
 
 
