@@ -10,6 +10,7 @@ import pytest
 
 import tf_lottery as tl
 from tf_lottery.export import tflite
+from tf_lottery.export import verify
 from tf_lottery.export.capture import captured_output
 
 pytestmark = pytest.mark.tensorflow
@@ -121,7 +122,7 @@ def test_a_failed_export_writes_nothing_and_keeps_the_old_file(tmp_path, monkeyp
     def broken_convert(*args, **kwargs):
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setattr(tflite, "_convert_saved", broken_convert)
+    monkeypatch.setattr(tflite, "convert_saved", broken_convert)
     with pytest.raises(tl.ExportError, match="converter crashed"):
         tl.export_tflite(model, path)
     monkeypatch.undo()
@@ -140,7 +141,7 @@ def test_a_failed_export_writes_nothing_and_keeps_the_old_file(tmp_path, monkeyp
 def test_verification_mismatch_is_an_error(tmp_path, monkeypatch):
     model = pruned_mlp("tflite-float")
     path = os.path.join(tmp_path, "m.tflite")
-    monkeypatch.setattr(tflite, "_verify", lambda *a: (False, "max |error| 1.0"))
+    monkeypatch.setattr(tflite, "check_file", lambda *a: (False, "max |error| 1.0"))
     with pytest.raises(tl.ExportError, match="does not match the Keras model"):
         tl.export_tflite(model, path)
     assert not os.path.exists(path)
@@ -288,15 +289,15 @@ def test_quantized_verification_needs_enough_inputs_with_a_clear_top_class():
     expected[:3, 0] += 1.0  # ... except for 3 inputs
     broken = -expected  # a file computing nonsense ...
     broken[:3] = expected[:3]  # ... that gets the 3 clear ones right
-    ok, line = tflite._compare(expected, broken, "int8", 0.95, step=0.0)
+    ok, line = verify._compare(expected, broken, "int8", 0.95, step=0.0)
     assert not ok and "max |error|" in line
     assert "only 3 of 300 inputs have a clear top class" in line
     # A margin of 0.1 is clear in float, not against an int8 output step of 0.06.
     expected = scores(0.1)
     close = expected + np.random.default_rng(1).uniform(-0.01, 0.01, expected.shape)
-    ok, line = tflite._compare(expected, close, "int8", 0.95, step=0.0)
+    ok, line = verify._compare(expected, close, "int8", 0.95, step=0.0)
     assert ok and "of the 300 of 300 inputs with a clear top class" in line
-    ok, line = tflite._compare(expected, close, "int8", 0.95, step=0.06)
+    ok, line = verify._compare(expected, close, "int8", 0.95, step=0.06)
     assert ok and "only 0 of 300 inputs have a clear top class" in line
 
 

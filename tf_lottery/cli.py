@@ -26,9 +26,9 @@ import numpy as np
 import tf_lottery
 from tf_lottery.export import litert
 from tf_lottery.export.capture import captured_output
-from tf_lottery.files import write_atomically
 from tf_lottery.export.samples import ModelInput
 from tf_lottery.export.samples import arrange
+from tf_lottery.files import write_atomically
 from tf_lottery.model_file import check_model_file
 
 _DATA_HELP = (

@@ -12,9 +12,9 @@ import json
 
 import numpy as np
 
+from tf_lottery.experiments.paths import TICKET
 from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
-from tf_lottery.experiments.paths import TICKET
 
 # The measurements summarized across seeds, in the order of the files' columns.
 METRICS = (
@@ -309,7 +309,6 @@ def plot_history(history, path, error_bars="range"):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib import ticker
 
     summary = history.summary()

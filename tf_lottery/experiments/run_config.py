@@ -15,14 +15,14 @@ import os
 import keras
 import numpy as np
 
+from tf_lottery.criteria import PruneFraction
+from tf_lottery.criteria import check_criterion
 from tf_lottery.experiments.controls import check_controls
 from tf_lottery.experiments.controls import describe as describe_control
 from tf_lottery.experiments.controls import name_of
-from tf_lottery.criteria import PruneFraction
-from tf_lottery.criteria import check_criterion
-from tf_lottery.files import write_once
 from tf_lottery.experiments.instability import check_points
 from tf_lottery.experiments.paths import FORMAT
+from tf_lottery.files import write_once
 from tf_lottery.structured.target import check_target
 from tf_lottery.validators import check_choice
 from tf_lottery.validators import check_int

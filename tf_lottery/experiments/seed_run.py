@@ -28,13 +28,13 @@ from tf_lottery.experiments.artifacts import thresholds_of
 from tf_lottery.experiments.controls import random_masks
 from tf_lottery.experiments.controls import remaining
 from tf_lottery.experiments.evaluation import evaluate_metric
-from tf_lottery.files import write_atomically
-from tf_lottery.init_criteria import InitCriterion
 from tf_lottery.experiments.instability import interpolate
 from tf_lottery.experiments.paths import TICKET
 from tf_lottery.experiments.paths import RunPaths
-from tf_lottery.report import sparsity
 from tf_lottery.experiments.run_config import RunConfig
+from tf_lottery.files import write_atomically
+from tf_lottery.init_criteria import InitCriterion
+from tf_lottery.report import sparsity
 from tf_lottery.structured.target import estimate
 from tf_lottery.structured.target import prune_toward
 from tf_lottery.transforms import wrap

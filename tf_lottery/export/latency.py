@@ -232,9 +232,9 @@ class _Loaded:
 
     def __init__(self, model, threads):
         from tf_lottery.export import litert
-        from tf_lottery.export.tflite import _convert
+        from tf_lottery.export.convert import convert
 
-        content, _ = _convert(model, None, False, None)
+        content, _ = convert(model, None, False, None)
         self.interpreter = litert.load(content, num_threads=threads)
         for detail in self.interpreter.get_input_details():
             self.interpreter.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])

@@ -43,12 +43,12 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
+from tf_lottery.in_place import _sublayers
 from tf_lottery.structured.channels import ChannelGroup
 from tf_lottery.structured.channels import Consumer
 from tf_lottery.structured.channels import UnitSlice
 from tf_lottery.structured.heads import HeadGroup
 from tf_lottery.structured.heads import silent_units
-from tf_lottery.in_place import _sublayers
 from tf_lottery.structured.shrink import LayerShrink
 from tf_lottery.structured.shrink import NothingToShrink
 from tf_lottery.structured.shrink import ShrinkReport

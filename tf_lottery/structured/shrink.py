@@ -16,6 +16,13 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
+from tf_lottery.export.samples import random_inputs
+from tf_lottery.registry import channel_role
+from tf_lottery.registry import constant_channels
+from tf_lottery.registry import merge_constants
+from tf_lottery.registry import per_channel_axes
+from tf_lottery.registry import resized_config
+from tf_lottery.registry import unit_count_key
 from tf_lottery.structured.channels import BINARY_OPERATIONS
 from tf_lottery.structured.channels import UNARY_OPERATIONS
 from tf_lottery.structured.channels import channel_groups
@@ -25,13 +32,6 @@ from tf_lottery.structured.channels import walk_graph
 from tf_lottery.structured.heads import head_count
 from tf_lottery.structured.heads import head_groups
 from tf_lottery.structured.heads import silent_units
-from tf_lottery.registry import channel_role
-from tf_lottery.registry import constant_channels
-from tf_lottery.registry import merge_constants
-from tf_lottery.registry import per_channel_axes
-from tf_lottery.registry import resized_config
-from tf_lottery.registry import unit_count_key
-from tf_lottery.export.samples import random_inputs
 from tf_lottery.transforms import fresh_copy
 from tf_lottery.transforms import strip
 from tf_lottery.validators import check_choice
