@@ -70,13 +70,8 @@ _KERAS_SIDE = {
     "schedules": ["ConstantSparsity", "EveryEpochs", "PolynomialDecay", "Schedule"],
     "structured.shrink": ["ShrinkReport", "shrink", "shrink_report"],
     "structured.target": ["Target", "TargetReport", "target_report"],
-    "structured.units": [
-        "BatchNormScale",
-        "UnitActivation",
-        "UnitCriterion",
-        "UnitNorm",
-        "UnitStdThreshold",
-    ],
+    "structured.unit_criterion": ["UnitCriterion"],
+    "structured.units": ["BatchNormScale", "UnitActivation", "UnitNorm", "UnitStdThreshold"],
     "transforms": ["strip", "wrap"],
     "wrapper": ["PruneWrapper", "RewindWrapper", "find_rewind_wrappers", "find_wrappers"],
 }

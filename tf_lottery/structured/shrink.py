@@ -23,6 +23,7 @@ from tf_lottery.structured.channels import per_kind_warning
 from tf_lottery.structured.channels import unknown_kinds
 from tf_lottery.structured.heads import head_count
 from tf_lottery.structured.heads import head_groups
+from tf_lottery.structured.hub_units import feed_forward_blocks
 from tf_lottery.structured.rebuild import Plan
 from tf_lottery.structured.rebuild import rebuild
 from tf_lottery.structured.removable import channel_constants
@@ -165,9 +166,10 @@ def shrink_report(before, after):
         a KerasHub model, one row per layer whose size changed and one for
         every other layer, multiply-accumulates counted per token.
     """
-    hub_units = _hub_units()
-    if hub_units.feed_forward_blocks(before):
-        return hub_units.report(strip(before) if find_rewind_wrappers(before) else before, after)
+    if feed_forward_blocks(before):
+        return _hub_shrink().report(
+            strip(before) if find_rewind_wrappers(before) else before, after
+        )
     before = strip(before) if find_rewind_wrappers(before) else before
     rows = []
     for old, new in zip(_graph_layers(before), _graph_layers(after)):
@@ -184,11 +186,11 @@ def shrink_report(before, after):
     return ShrinkReport(tuple(rows))
 
 
-def _hub_units():
-    # Imported on use: tf_lottery.structured.hub_units builds on this module.
-    from tf_lottery.structured import hub_units
+def _hub_shrink():
+    # Imported on use: tf_lottery.structured.hub_shrink builds on this module.
+    from tf_lottery.structured import hub_shrink
 
-    return hub_units
+    return hub_shrink
 
 
 class _AllZero:
@@ -280,7 +282,7 @@ def shrink(model, *, align=1, verbose=0):
 
     A KerasHub Backbone or Task (`CausalLM`, `TextClassifier`) is rebuilt
     from its config with fewer feed-forward units in its transformer blocks,
-    as many in every block (see `tf_lottery.structured.hub_units.shrink_blocks`); its
+    as many in every block (see `tf_lottery.structured.hub_shrink.shrink_blocks`); its
     class, `generate()` and preprocessor stay.
 
     Args:
@@ -311,8 +313,8 @@ def shrink(model, *, align=1, verbose=0):
         )
     align = check_int(align, "align", minimum=1, meaning="TFLite's sparse block size, 4 or 16")
     check_choice(verbose, "verbose", (0, 1))
-    if _hub_units().feed_forward_blocks(model):
-        return _hub_units().shrink_blocks(model, verbose=verbose)
+    if feed_forward_blocks(model):
+        return _hub_shrink().shrink_blocks(model, verbose=verbose)
     plain = strip(model) if find_rewind_wrappers(model) else model
     groups = channel_groups(plain)
     _warn_blocked(groups)
