@@ -182,6 +182,49 @@ def _needs_in_place(model):
     return False
 
 
+def _layers_to_prune(model, exclude):
+    """The names of the layers `wrap` prunes: trainable prunable layers not in `exclude`.
+
+    Raises a ValueError if `exclude` names other layers or nothing is left to
+    prune, and warns of frozen layers, which stay unwrapped.
+    """
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    exclude = set(exclude)
+    layers = keras_private.flatten_layers(model)
+    candidates = [layer for layer in layers if is_prunable(layer) and prunable_weights(layer)]
+    frozen = {layer.name for layer in candidates if not layer.trainable}
+    prunable = {layer.name for layer in candidates} - frozen
+    unknown = sorted(exclude - prunable - frozen)
+    if unknown:
+        raise ValueError(
+            f"exclude names layers that are not prunable layers of model '{model.name}': "
+            f"{unknown}. Prunable layers: {sorted(prunable | frozen)}. "
+            f"Received: exclude={sorted(exclude)}"
+        )
+    if not prunable - exclude:
+        if prunable:
+            reason = f"all its prunable layers are excluded. Received: exclude={sorted(exclude)}"
+        elif frozen:
+            reason = (
+                f"its prunable layers {sorted(frozen)} are frozen (trainable=False), and "
+                "wrap() leaves frozen layers as they are. Set layer.trainable = True on "
+                "the layers to prune before calling wrap()."
+            )
+        else:
+            reason = "it has no Dense, convolution, Embedding, attention or RNN layer."
+        raise ValueError(f"Model '{model.name}' has nothing to prune: {reason}")
+    if frozen - exclude:
+        warnings.warn(
+            f"wrap() leaves the frozen (trainable=False) layers {sorted(frozen - exclude)} "
+            "unwrapped: they are not pruned, and count as dense in tf_lottery.sparsity(). "
+            "To prune one, set its trainable = True before wrap(); to keep a wrapped layer "
+            "fixed while others prune, use IterativePruning(frozen=[...]).",
+            stacklevel=3,
+        )
+    return prunable - exclude
+
+
 def wrap(model, *, exclude=(), in_place=None, keep="rewind"):
     """Returns `model` ready to prune: every prunable layer with masks and θ0.
 
@@ -272,40 +315,7 @@ def wrap(model, *, exclude=(), in_place=None, keep="rewind"):
             "subclass, or holds prunable layers inside composite layers, so a copy would "
             "lose its class or miss those layers. Use in_place=True (the default for it)."
         )
-    if isinstance(exclude, str):
-        exclude = (exclude,)
-    exclude = set(exclude)
-    layers = keras_private.flatten_layers(model)
-    candidates = [layer for layer in layers if is_prunable(layer) and prunable_weights(layer)]
-    frozen = {layer.name for layer in candidates if not layer.trainable}
-    prunable = {layer.name for layer in candidates} - frozen
-    unknown = sorted(exclude - prunable - frozen)
-    if unknown:
-        raise ValueError(
-            f"exclude names layers that are not prunable layers of model '{model.name}': "
-            f"{unknown}. Prunable layers: {sorted(prunable | frozen)}. "
-            f"Received: exclude={sorted(exclude)}"
-        )
-    if not prunable - exclude:
-        if prunable:
-            reason = f"all its prunable layers are excluded. Received: exclude={sorted(exclude)}"
-        elif frozen:
-            reason = (
-                f"its prunable layers {sorted(frozen)} are frozen (trainable=False), and "
-                "wrap() leaves frozen layers as they are. Set layer.trainable = True on "
-                "the layers to prune before calling wrap()."
-            )
-        else:
-            reason = "it has no Dense, convolution, Embedding, attention or RNN layer."
-        raise ValueError(f"Model '{model.name}' has nothing to prune: {reason}")
-    if frozen - exclude:
-        warnings.warn(
-            f"wrap() leaves the frozen (trainable=False) layers {sorted(frozen - exclude)} "
-            "unwrapped: they are not pruned, and count as dense in tf_lottery.sparsity(). "
-            "To prune one, set its trainable = True before wrap(); to keep a wrapped layer "
-            "fixed while others prune, use IterativePruning(frozen=[...]).",
-            stacklevel=2,
-        )
+    to_prune = _layers_to_prune(model, exclude)
 
     # Each copy is paired with its original as clone_model makes it: weights
     # then go to the right layer whatever order the layers were created in.
@@ -325,7 +335,7 @@ def wrap(model, *, exclude=(), in_place=None, keep="rewind"):
         # Built like the original, so layers whose build takes more than one
         # shape (MultiHeadAttention) are ready before the wrapper builds.
         copy.build_from_config(layer.get_build_config())
-        if layer.name in prunable - exclude:
+        if layer.name in to_prune:
             return PruneWrapper(copy, keep=keep)
         return RewindWrapper(copy, keep=keep)
 

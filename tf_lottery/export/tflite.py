@@ -56,6 +56,10 @@ from tf_lottery.structured.shrink import ShrinkWarning
 from tf_lottery.structured.shrink import shrink as shrink_model
 from tf_lottery.structured.shrink import shrink_report
 from tf_lottery.transforms import strip
+from tf_lottery.validators import check_bool
+from tf_lottery.validators import check_choice
+from tf_lottery.validators import check_int
+from tf_lottery.validators import check_number
 from tf_lottery.wrapper import find_wrappers
 
 __all__ = [
@@ -80,19 +84,6 @@ _MAX_SAMPLES = 1000
 _RANDOM_SAMPLES = 300
 
 
-def _check_options(shrink, batch_size, select_tf_ops):
-    for name, value in (("shrink", shrink), ("select_tf_ops", select_tf_ops)):
-        if not isinstance(value, bool):
-            raise ValueError(f"Expected {name} to be True or False. Received: {name}={value!r}")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(
-            "Expected batch_size to be a positive integer (the file's fixed batch size) or "
-            f"None. Received: batch_size={batch_size!r}"
-        )
-
-
 def _shrunk(model, quantize):
     """`(model, ShrinkReport or None, notes)`: `model` without its dead units, if any.
 
@@ -115,16 +106,9 @@ def _shrunk(model, quantize):
 
 
 def _check_arguments(model, path, quantize, tolerance, fallback, per_channel):
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(
-            f"Expected quantize to be one of {QUANTIZE_MODES}. Received: quantize={quantize!r}"
-        )
-    if not isinstance(per_channel, bool):
-        raise ValueError(
-            f"Expected per_channel to be True or False. Received: per_channel={per_channel!r}"
-        )
-    if fallback not in ("dense", "error"):
-        raise ValueError(f"Expected fallback='dense' or 'error'. Received: fallback={fallback!r}")
+    check_choice(quantize, "quantize", QUANTIZE_MODES)
+    check_bool(per_channel, "per_channel")
+    check_choice(fallback, "fallback", ("dense", "error"))
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise ValueError(f"Expected path to be a file path. Received: path={path!r}")
     directory = os.path.dirname(os.path.abspath(path))
@@ -132,12 +116,57 @@ def _check_arguments(model, path, quantize, tolerance, fallback, per_channel):
         raise ValueError(f"The folder of path does not exist. Received: path={os.fspath(path)!r}")
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a Keras model. Received: model of type {type(model).__name__}")
-    if tolerance is not None and (
-        isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0
-    ):
+    if tolerance is not None:
+        check_number(tolerance, "tolerance")
+
+
+def _check_options(shrink, batch_size, select_tf_ops, unpruned):
+    check_bool(shrink, "shrink")
+    check_bool(select_tf_ops, "select_tf_ops")
+    check_int(
+        batch_size, "batch_size", minimum=1, allow_none=True, meaning="the file's fixed batch size"
+    )
+    if unpruned is not None and not isinstance(unpruned, keras.Model):
         raise ValueError(
-            f"Expected tolerance to be a non-negative number. Received: tolerance={tolerance!r}"
+            "Expected unpruned to be the Keras model before pruning, or None. Received: "
+            f"unpruned of type {type(unpruned).__name__}"
         )
+
+
+def _both_encodings(name, plain, quantize, calibration, per_channel, select_tf_ops):
+    """`((sparse bytes, notes), (dense bytes, notes))`, converted from one SavedModel."""
+    try:
+        with saved_model(plain) as source:
+            return [
+                convert_saved(
+                    source, plain, quantize, sparse, calibration, per_channel, select_tf_ops
+                )
+                for sparse in (True, False)
+            ]
+    except Exception as error:
+        raise ExportError(
+            f"The TFLite converter failed on model '{name}': {error}" + converter_hint(error, plain)
+        ) from error
+
+
+def _verified(
+    plain, content, checked, quantize, tolerance, calibration, per_channel, unpruned, note
+):
+    """The verification line for the file's outputs on `checked`, `note` added; an ExportError
+    if they differ."""
+    ok, verification = check_file(plain, *checked, content, quantize, tolerance)
+    verification += note
+    if ok:
+        return verification
+    cause = ""
+    if quantize in QUANTIZED:
+        cause = quantization_or_pruning(
+            unpruned, quantize, calibration, checked, per_channel, plain
+        )
+    raise ExportError(
+        f"The .tflite file does not match the Keras model: {verification}.{cause} "
+        "No file was written. Check representative_data, or raise tolerance."
+    )
 
 
 def export_tflite(
@@ -245,12 +274,7 @@ def export_tflite(
     ```
     """
     _check_arguments(model, path, quantize, tolerance, fallback, per_channel)
-    _check_options(shrink, batch_size, select_tf_ops)
-    if unpruned is not None and not isinstance(unpruned, keras.Model):
-        raise ValueError(
-            "Expected unpruned to be the Keras model before pruning, or None. Received: "
-            f"unpruned of type {type(unpruned).__name__}"
-        )
+    _check_options(shrink, batch_size, select_tf_ops, unpruned)
     check_converter_available()
     if quantize == "int8" and representative_data is None:
         raise ValueError(
@@ -270,19 +294,9 @@ def export_tflite(
         representative_data, keras_inputs(plain), "representative_data", _MAX_SAMPLES, orders
     )
     calibration, held_out = split_held_out(data, quantize)
-    try:
-        with saved_model(plain) as source:
-            sparse, sparse_notes = convert_saved(
-                source, plain, quantize, True, calibration, per_channel, select_tf_ops
-            )
-            dense, dense_notes = convert_saved(
-                source, plain, quantize, False, calibration, per_channel, select_tf_ops
-            )
-    except Exception as error:
-        raise ExportError(
-            f"The TFLite converter failed on model '{model.name}': {error}"
-            + converter_hint(error, plain)
-        ) from error
+    (sparse, sparse_notes), (dense, dense_notes) = _both_encodings(
+        model.name, plain, quantize, calibration, per_channel, select_tf_ops
+    )
     inputs = data if data is not None else random_inputs(plain, _RANDOM_SAMPLES)
     if select_tf_ops:
         # LiteRT's Python package has no Flex delegate: the file cannot run here.
@@ -299,20 +313,21 @@ def export_tflite(
     verification = None
     if verify:
         checked = [x[held_out] for x in inputs], [o[held_out] for o in outputs]
-        ok, verification = check_file(plain, *checked, content, quantize, tolerance)
+        calibrated = ""
         if held_out != slice(None):
             total = len(inputs[0])
-            verification += f"; calibrated on the other {len(calibration[0])} of {total} inputs"
-        if not ok:
-            cause = ""
-            if quantize in QUANTIZED:
-                cause = quantization_or_pruning(
-                    unpruned, quantize, calibration, checked, per_channel, plain
-                )
-            raise ExportError(
-                f"The .tflite file does not match the Keras model: {verification}.{cause} "
-                "No file was written. Check representative_data, or raise tolerance."
-            )
+            calibrated = f"; calibrated on the other {len(calibration[0])} of {total} inputs"
+        verification = _verified(
+            plain,
+            content,
+            checked,
+            quantize,
+            tolerance,
+            calibration,
+            per_channel,
+            unpruned,
+            calibrated,
+        )
     write_atomically(path, content)
     flat = flatbuffer.read(content)
     inspected = describe(
