@@ -281,14 +281,8 @@ def _non_negative_float(text):
     return value
 
 
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="tf-lottery",
-        description="\n\n".join(__doc__.split("\n\n")[:2]),
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_export(commands):
+    """The `export` command and its options."""
     export = _command(
         commands,
         "export",
@@ -354,6 +348,17 @@ def _parser():
         help="let the converter keep TensorFlow ops that TFLite lacks; the file then needs "
         "the Flex delegate, which LiteRT's Python package lacks, so it is not checked here",
     )
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="tf-lottery",
+        description="\n\n".join(__doc__.split("\n\n")[:2]),
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_export(commands)
     inspect = _command(
         commands,
         "inspect",
