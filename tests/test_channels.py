@@ -266,9 +266,63 @@ def test_a_users_layer_joins_the_layer_table_with_one_entry(monkeypatch):
     )
 
 
+class _Projection(L.Layer):
+    """A user's Dense: a kernel [in, out] and a bias; the library knows nothing of it."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel) + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@pytest.mark.parametrize("kernel_input", ["rows", "channels"])
+def test_a_users_producer_says_how_its_kernel_reads_a_flattened_input(monkeypatch, kernel_input):
+    from tf_lottery import registry
+
+    monkeypatch.setattr(registry, "_TABLE", dict(registry._TABLE))  # undone after the test
+    tl.register_layer(
+        _Projection,
+        tl.LayerKind(
+            prunable=("kernel",), channels="produce", units="units", kernel_input=kernel_input
+        ),
+    )
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    x = L.Flatten()(L.Conv2D(8, 3, padding="same", name="conv")(inputs))
+    model = tl.wrap(keras.Model(inputs, L.Dense(2, name="out")(_Projection(6, name="proj")(x))))
+    if kernel_input == "channels":  # a kernel read per channel cannot take 16 positions of each
+        assert _groups(model)["conv"].blocked
+        return
+    tl.prune(model, tl.UnitNorm(0.5), layers=["conv"])
+    small = tl.shrink(model)  # checks its own predictions
+    kept = np.flatnonzero(_numpy(tl.find_wrappers(model)[0].unit_mask))
+    assert small.get_layer("conv").filters == 4
+    # Row p * 8 + c of the kernel reads channel c at position p: 16 positions, 4 channels kept.
+    rows = [p * 8 + c for p in range(16) for c in kept]
+    proj = [w for w in tl.find_wrappers(model) if w.target_name == "proj"][0].layer
+    np.testing.assert_array_equal(_numpy(small.get_layer("proj").kernel), _numpy(proj.kernel)[rows])
+
+
 @pytest.mark.parametrize(
     "call, words",
     [
+        (
+            lambda: tl.LayerKind(channels="produce", units="units", kernel_input="cols"),
+            "Received: kernel_input='cols'",
+        ),
+        (
+            lambda: tl.LayerKind(channels="pass", kernel_input="rows"),
+            "Received: kernel_input='rows'",
+        ),
         (lambda: tl.register_layer("Scale", tl.LayerKind()), "Received: cls='Scale'"),
         (lambda: tl.register_layer(_ChannelScale, {"channels": "pass"}), "Received: kind="),
         (lambda: tl.LayerKind(channels="scale"), "Received: channels='scale'"),

@@ -60,6 +60,7 @@ from tf_lottery import keras_private
 L = keras.layers
 
 ROLES = ("produce", "follow", "pass", "merge", "concatenate", "flatten", "normalize", "attention")
+KERNEL_INPUTS = ("rows", "channels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,12 @@ class LayerKind:
             its weights by name as numpy arrays. Defaults by role: a pass or a
             follower is evaluated on one position, a flatten gives its input, a
             merge or a concatenation combines its inputs' constants.
+        kernel_input: For a producer, how its kernel reads the input channels,
+            which `shrink` slices: `"rows"`, a kernel `[in, out]` whose rows may
+            be a Flatten's positions times its channels (Dense), or
+            `"channels"`, a kernel `[..., in per group, out]` read per group
+            (the convolutions). Defaults to `"channels"` for a producer (see
+            `structured.kernels`).
     """
 
     prunable: tuple = ()
@@ -99,6 +106,7 @@ class LayerKind:
     resize: Callable = None
     when: Callable = None
     constant: Callable = None
+    kernel_input: str = None
 
     def __post_init__(self):
         if self.channels is not None and self.channels not in ROLES:
@@ -110,6 +118,19 @@ class LayerKind:
             raise ValueError(
                 "A producer needs units=, the config key of its unit count (e.g. 'units' or "
                 f"'filters'). Received: units={self.units!r}"
+            )
+        if self.channels == "produce":
+            if self.kernel_input is None:
+                object.__setattr__(self, "kernel_input", "channels")
+            if self.kernel_input not in KERNEL_INPUTS:
+                raise ValueError(
+                    f"Expected kernel_input to be one of {KERNEL_INPUTS} (how a producer's "
+                    f"kernel reads its input). Received: kernel_input={self.kernel_input!r}"
+                )
+        elif self.kernel_input is not None:
+            raise ValueError(
+                "kernel_input says how a producer's kernel reads its input; this entry has "
+                f"channels={self.channels!r}. Received: kernel_input={self.kernel_input!r}"
             )
         if self.channels == "follow" and self.per_channel is None:
             raise ValueError(
@@ -417,7 +438,7 @@ def _pass(constant=_identity, when=channels_last):
 
 _CONVOLUTIONS = (L.Conv1D, L.Conv2D, L.Conv3D)
 _ENTRIES = {
-    L.Dense: _producer("units"),
+    L.Dense: _producer("units", kernel_input="rows"),
     **{
         c: _producer(
             "filters",

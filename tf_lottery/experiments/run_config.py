@@ -51,7 +51,9 @@ class RunConfig:
     test_data: object = _field("Evaluated after every epoch, if given.")
     criterion: object = _field("Prunes each round; `None` for `PruneFraction(0.2)`.")
     rewind: object = _field("'init', an epoch count k < epochs_per_round, or None.", "init")
-    controls: tuple = _field("Arms trained beside the ticket (`tf_lottery.experiments.controls`).", ())
+    controls: tuple = _field(
+        "Arms trained beside the ticket (`tf_lottery.experiments.controls`).", ()
+    )
     compile_kwargs: dict = _field("Keyword arguments of `model.compile`, if build_model does not.")
     fit_kwargs: dict = _field("Extra keyword arguments of `model.fit`.")
     instability_points: int = _field("Points of the error-barrier path per round, or None.")

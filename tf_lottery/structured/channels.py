@@ -43,6 +43,7 @@ import numpy as np
 from tf_lottery import keras_private
 from tf_lottery.registry import channel_role
 from tf_lottery.registry import unit_count_key
+from tf_lottery.structured.kernels import kernel_reader
 from tf_lottery.wrapper import RewindWrapper
 
 L = keras.layers
@@ -414,7 +415,7 @@ def _describe_call(spaces, layer, inputs, ins, outputs):
 def _produce(spaces, layer, inputs, ins, outputs):
     """A Dense or convolution layer: it reads its input's channels and makes new ones."""
     first = ins[0]
-    if first.positions > 1 and not isinstance(layer, L.Dense):
+    if first.positions > 1 and not kernel_reader(layer).flattened:
         return _unknown(spaces, layer, ins, outputs)
     if getattr(layer, "groups", 1) > 1 and len(first.segments) > 1:
         # Each group of a grouped convolution must lose as many channels as the

@@ -12,8 +12,8 @@ from tf_lottery import keras_private
 from tf_lottery.registry import per_channel_axes
 from tf_lottery.registry import resized_config
 from tf_lottery.registry import unit_count_key
+from tf_lottery.structured.kernels import kernel_reader
 from tf_lottery.structured.removable import input_constant
-from tf_lottery.structured.removable import reads
 from tf_lottery.transforms import fresh_copy
 
 L = keras.layers
@@ -74,25 +74,17 @@ class Plan:
             keep = self.keep_channels.setdefault(id(follower), np.ones(width, bool))
             keep[[offset + c for c in removed]] = False
         for consumer in group.consumers:
-            kernel = self.values[id(consumer.layer)]["kernel"]
-            rows = kernel.shape[0] if isinstance(consumer.layer, L.Dense) else consumer.width
-            keep = self.keep_in.setdefault(id(consumer.layer), np.ones(rows, bool))
+            layer, reader = consumer.layer, kernel_reader(consumer.layer)
+            kernel = self.values[id(layer)]["kernel"]
+            keep = self.keep_in.setdefault(id(layer), np.ones(reader.size(kernel, consumer), bool))
             constant = input_constant(consumer, constants)
-            fold = self.bias_fold.setdefault(id(consumer.layer), np.zeros(kernel.shape[-1]))
+            fold = self.bias_fold.setdefault(id(layer), np.zeros(kernel.shape[-1]))
             for channel in removed:
+                reader.drop(keep, consumer, channel)
                 value = constant[consumer.offset + channel]
-                if isinstance(consumer.layer, L.Dense):
-                    rows_of = consumer.rows(channel)
-                    keep[rows_of] = False
-                    if not np.isnan(value) and value != 0:
-                        fold += value * kernel[rows_of, :].sum(axis=0)
-                else:
-                    index = consumer.offset + channel
-                    keep[index] = False
-                    if not np.isnan(value) and value != 0:
-                        row, columns = reads(consumer.layer, kernel, index)
-                        read = kernel[..., row, columns]
-                        fold[columns] += value * read.reshape(-1, read.shape[-1]).sum(0)
+                if not np.isnan(value) and value != 0:
+                    read, columns = reader.read(layer, kernel, consumer, channel)
+                    fold[columns] += value * read.reshape(-1, read.shape[-1]).sum(0)
 
     def new_units(self, layer):
         keep = self.keep_out.get(id(layer))
@@ -132,22 +124,9 @@ class Plan:
                 if axis is not None:
                     weights[name] = np.take(weights[name], kept, axis=axis)
         if key in self.keep_in:
-            keep = self.keep_in[key]
-            kernel = weights["kernel"]
-            if isinstance(layer, L.Dense):
-                weights["kernel"] = kernel[keep]
-            else:  # per group of a grouped convolution: its rows, its block of columns
-                per_group, groups = kernel.shape[-2], getattr(layer, "groups", 1)
-                width = kernel.shape[-1] // groups
-                weights["kernel"] = np.concatenate(
-                    [
-                        kernel[..., keep[g * per_group : (g + 1) * per_group], :][
-                            ..., g * width : (g + 1) * width
-                        ]
-                        for g in range(groups)
-                    ],
-                    axis=-1,
-                )
+            weights["kernel"] = kernel_reader(layer).kept(
+                layer, weights["kernel"], self.keep_in[key]
+            )
         if self.adds_bias(layer):
             names.append("bias")  # Keras layers create their bias after their kernel
             weights["bias"] = np.zeros(weights["kernel"].shape[-1], weights["kernel"].dtype)

@@ -19,6 +19,7 @@ from tf_lottery.structured.channels import BINARY_OPERATIONS
 from tf_lottery.structured.channels import UNARY_OPERATIONS
 from tf_lottery.structured.channels import walk_graph
 from tf_lottery.structured.heads import silent_units
+from tf_lottery.structured.kernels import kernel_reader
 
 L = keras.layers
 
@@ -112,33 +113,13 @@ def _operation_constant(operation, inputs, ins, outputs):
     return np.where(nan, np.nan, result) if result.shape == nan.shape else None
 
 
-def foldable(layer):
-    if isinstance(layer, L.Dense):
-        return True
-    return layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
-
-
 def input_constant(consumer, constants):
     return constants[keras_private.tensor_key(consumer.tensor)]
 
 
-def reads(layer, kernel, index):
-    """`(row, columns)` of a convolution's kernel that read its input channel `index`.
-
-    A grouped convolution's kernel holds the input channels of one group in its
-    rows, and each group's output units in a block of its columns.
-    """
-    groups = getattr(layer, "groups", 1)
-    per_group, width = kernel.shape[-2], kernel.shape[-1] // groups
-    group = index // per_group
-    return index % per_group, slice(group * width, (group + 1) * width)
-
-
 def _rows_unused(consumer, kernel, channel):
-    if isinstance(consumer.layer, L.Dense):
-        return not np.any(kernel[consumer.rows(channel), :])
-    row, columns = reads(consumer.layer, kernel, consumer.offset + channel)
-    return not np.any(kernel[..., row, columns])
+    read, _ = kernel_reader(consumer.layer).read(consumer.layer, kernel, consumer, channel)
+    return not np.any(read)
 
 
 def _conv_group_of(group):
@@ -218,7 +199,9 @@ def removable_channels(group, values, constants, align=1):
             if _rows_unused(consumer, kernel, channel):
                 continue
             value = input_constant(consumer, constants)[consumer.offset + channel]
-            if np.isnan(value) or (value != 0 and not foldable(consumer.layer)):
+            if np.isnan(value) or (
+                value != 0 and not kernel_reader(consumer.layer).foldable(consumer.layer)
+            ):
                 ok = False
                 break
         if ok:
