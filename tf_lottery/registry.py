@@ -56,6 +56,7 @@ import keras
 import numpy as np
 
 from tf_lottery import keras_private
+from tf_lottery.validators import check_choice
 
 L = keras.layers
 
@@ -109,11 +110,7 @@ class LayerKind:
     kernel_input: str = None
 
     def __post_init__(self):
-        if self.channels is not None and self.channels not in ROLES:
-            raise ValueError(
-                f"Expected channels to be one of {ROLES} or None. Received: "
-                f"channels={self.channels!r}"
-            )
+        check_choice(self.channels, "channels", (*ROLES, None))
         if self.channels == "produce" and not self.units:
             raise ValueError(
                 "A producer needs units=, the config key of its unit count (e.g. 'units' or "
@@ -122,11 +119,12 @@ class LayerKind:
         if self.channels == "produce":
             if self.kernel_input is None:
                 object.__setattr__(self, "kernel_input", "channels")
-            if self.kernel_input not in KERNEL_INPUTS:
-                raise ValueError(
-                    f"Expected kernel_input to be one of {KERNEL_INPUTS} (how a producer's "
-                    f"kernel reads its input). Received: kernel_input={self.kernel_input!r}"
-                )
+            check_choice(
+                self.kernel_input,
+                "kernel_input",
+                KERNEL_INPUTS,
+                meaning="how a producer's kernel reads its input",
+            )
         elif self.kernel_input is not None:
             raise ValueError(
                 "kernel_input says how a producer's kernel reads its input; this entry has "

@@ -19,7 +19,8 @@ def is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _fail(argument, expected, value, meaning=""):
+def fail(argument, expected, value, meaning=""):
+    """Raises the one ValueError every check raises: `Expected {argument} to be {expected}.`"""
     if meaning:
         expected += f" ({meaning})"
     raise ValueError(f"Expected {argument} to be {expected}. Received: {argument}={value!r}")
@@ -33,7 +34,7 @@ def check_int(value, argument, *, minimum=0, allow_none=False, meaning=""):
         expected = {0: "a non-negative integer", 1: "a positive integer"}.get(
             minimum, f"an integer >= {minimum}"
         )
-        _fail(argument, expected + (" or None" if allow_none else ""), value, meaning)
+        fail(argument, expected + (" or None" if allow_none else ""), value, meaning)
     return int(value)
 
 
@@ -43,9 +44,7 @@ def check_number(value, argument, *, positive=False, meaning=""):
     `meaning` says what the number stands for in the message.
     """
     if not is_number(value) or not (value > 0 if positive else value >= 0):
-        _fail(
-            argument, "a positive number" if positive else "a non-negative number", value, meaning
-        )
+        fail(argument, "a positive number" if positive else "a non-negative number", value, meaning)
     return float(value)
 
 
@@ -56,35 +55,35 @@ def check_fraction(value, argument, *, allow_zero=False, allow_none=False, meani
     if not (is_number(value) and (0 <= value if allow_zero else 0 < value) and value < 1):
         interval = "in [0, 1)" if allow_zero else "strictly between 0 and 1"
         expected = f"a number {interval}" + (f" ({meaning})" if meaning else "")
-        _fail(argument, expected + (", or None" if allow_none else ""), value)
+        fail(argument, expected + (", or None" if allow_none else ""), value)
     return float(value)
 
 
 def check_weight(value, argument, *, meaning=""):
     """A number in [0, 1], returned as a float: the weight of one term of two."""
     if not (is_number(value) and 0 <= value <= 1):
-        _fail(argument, "a number in [0, 1]", value, meaning)
+        fail(argument, "a number in [0, 1]", value, meaning)
     return float(value)
 
 
 def check_bool(value, argument):
     """`True` or `False`."""
     if not isinstance(value, bool):
-        _fail(argument, "True or False", value)
+        fail(argument, "True or False", value)
     return value
 
 
 def check_choice(value, argument, choices, *, meaning=""):
     """One of `choices`, compared with `==`."""
     if value not in choices:
-        _fail(argument, " or ".join(repr(c) for c in choices), value, meaning)
+        fail(argument, " or ".join(repr(c) for c in choices), value, meaning)
     return value
 
 
 def check_instance(value, argument, types, expected):
     """An instance of `types`; `expected` says in words what to pass instead."""
     if not isinstance(value, types):
-        _fail(argument, expected, value)
+        fail(argument, expected, value)
     return value
 
 
@@ -97,5 +96,5 @@ def check_per_layer(per_layer, argument, check_value):
     if per_layer is None:
         return {}
     if not isinstance(per_layer, dict):
-        _fail(argument, "a dict from layer name to value", per_layer)
+        fail(argument, "a dict from layer name to value", per_layer)
     return {name: check_value(v, f"{argument}[{name!r}]") for name, v in per_layer.items()}

@@ -15,6 +15,7 @@ import numpy as np
 from tf_lottery.experiments.paths import TICKET
 from tf_lottery.files import save_figure
 from tf_lottery.files import write_atomically
+from tf_lottery.validators import check_choice
 
 # The measurements summarized across seeds, in the order of the files' columns.
 METRICS = (
@@ -301,10 +302,7 @@ def plot_history(history, path, error_bars="range"):
     tf_lottery.plot_history(history, "runs/lenet/lottery.png", error_bars="std")
     ```
     """
-    if error_bars not in ERROR_BARS:
-        raise ValueError(
-            f"Expected error_bars to be one of {ERROR_BARS}. Received: error_bars={error_bars!r}"
-        )
+    check_choice(error_bars, "error_bars", ERROR_BARS)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -54,23 +54,19 @@ import numpy as np
 from tf_lottery.files import write_atomically
 from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
-
-
-def _fail(argument, expected, value):
-    raise ValueError(f"Expected {argument} to be {expected}. Received: {argument}={value!r}")
+from tf_lottery.validators import check_number
+from tf_lottery.validators import fail
 
 
 def _non_negative(value, argument):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        _fail(argument, "a non-negative number of milliseconds", value)
-    return float(value)
+    return check_number(value, argument, meaning="milliseconds")
 
 
 def _layer_cost(name, entry):
     """A table entry, checked: `{"ms_per_mac": x}` or `{"units": [...], "ms": [...]}`."""
     argument = f"layers[{name!r}]"
     if not isinstance(entry, dict) or not (set(entry) & {"ms_per_mac", "units"}):
-        _fail(argument, 'a dict with "ms_per_mac", or "units" and "ms"', entry)
+        fail(argument, 'a dict with "ms_per_mac", or "units" and "ms"', entry)
     if "ms_per_mac" in entry:
         return {"ms_per_mac": _non_negative(entry["ms_per_mac"], f"{argument}['ms_per_mac']")}
     units, ms = entry.get("units"), entry.get("ms")
@@ -82,7 +78,7 @@ def _layer_cost(name, entry):
         or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units)
         or list(units) != sorted(set(units))
     ):
-        _fail(
+        fail(
             argument,
             '"units" (increasing positive unit counts) and "ms" (one time each), of one length',
             entry,
@@ -119,12 +115,12 @@ class LatencyTable:
 
     def __init__(self, layers, *, fixed_ms=0.0, default_ms_per_mac=0.0, device=""):
         if not isinstance(layers, dict):
-            _fail("layers", "a dict from layer name to its cost", layers)
+            fail("layers", "a dict from layer name to its cost", layers)
         self.layers = {str(name): _layer_cost(name, entry) for name, entry in layers.items()}
         self.fixed_ms = _non_negative(fixed_ms, "fixed_ms")
         self.default_ms_per_mac = _non_negative(default_ms_per_mac, "default_ms_per_mac")
         if not isinstance(device, str):
-            _fail("device", "a string saying what the table was measured on", device)
+            fail("device", "a string saying what the table was measured on", device)
         self.device = device
 
     @classmethod
