@@ -89,6 +89,49 @@ def test_global_scope_equals_hand_computation():
     assert mb.tolist() == [[1, 0, 1]]
 
 
+def test_global_scope_normalized_by_each_tensors_mean_equals_hand_computation():
+    a = np.array([[0.1, 0.9], [0.4, 0.2]], dtype="float32")  # mean 0.4
+    b = np.array([[30.0, 5.0, 80.0, 45.0]], dtype="float32")  # mean 40
+    criterion = tl.PruneFraction(3 / 8, scope="global", normalize="mean")
+    (ma, ta), (mb, tb) = criterion.compute_masks([target(a, layer="a"), target(b, layer="b")])
+    # Scores over the means: a 0.25 2.25 1.0 0.5, b 0.75 0.125 2.0 1.125; the smallest 3
+    # (0.125, 0.25, 0.5) go. Raw magnitude would take all three from a.
+    assert ma.tolist() == [[0, 1], [1, 0]]
+    assert mb.tolist() == [[1, 0, 1, 1]]
+    # Each tensor's threshold is the cut (0.5) in its own units.
+    assert math.isclose(ta, 0.2, rel_tol=1e-6) and math.isclose(tb, 20.0, rel_tol=1e-6)
+    (raw_a, _), (raw_b, _) = tl.PruneFraction(3 / 8, scope="global").compute_masks(
+        [target(a, layer="a"), target(b, layer="b")]
+    )
+    assert raw_a.sum() == 1 and raw_b.all()
+
+
+def test_normalized_global_scope_spreads_a_target_sparsity_whatever_the_layers_scale():
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(40, 30)).astype("float32")
+    large = 100 * rng.normal(size=(40, 30)).astype("float32")
+    tensors = [target(small, layer="small"), target(large, layer="large")]
+    criterion = tl.PruneFraction(scope="global", normalize="mean")
+    pruned = [1 - m.mean() for m, _ in criterion.compute_target_masks(tensors, 0.6)]
+    assert abs(sum(pruned) / 2 - 0.6) < 1e-3 and all(abs(p - 0.6) < 0.05 for p in pruned)
+    raw = [
+        1 - m.mean() for m, _ in tl.PruneFraction(scope="global").compute_target_masks(tensors, 0.6)
+    ]
+    assert raw[0] > 0.99 and raw[1] < 0.25
+
+
+def test_normalize_is_a_global_option_and_in_the_config_only_when_set():
+    for scope in ("layer", "erk"):
+        with pytest.raises(ValueError, match=f"Received: scope='{scope}', normalize='mean'"):
+            tl.PruneFraction(scope=scope, normalize="mean")
+    with pytest.raises(ValueError, match="Received: normalize='max'"):
+        tl.PruneFraction(scope="global", normalize="max")
+    assert "normalize" not in tl.PruneFraction(scope="global").get_config()
+    criterion = tl.PruneFraction(0.3, scope="global", normalize="mean")
+    again = tl.PruneFraction.from_config(criterion.get_config())
+    assert again.normalize == "mean" and again.get_config() == criterion.get_config()
+
+
 def test_global_and_layer_scope_agree_on_one_tensor():
     weight = np.random.default_rng(1).normal(size=(8, 8)).astype("float32")
     (local,) = masks(tl.PruneFraction(0.4), target(weight))

@@ -132,6 +132,12 @@ def _units(weight, mask, block, pooling):
     return (sums / counts).astype(np.float32), alive
 
 
+def _mean_survivor(scores, alive):
+    """The mean score of a tensor's surviving units (1 where none survive or all score 0)."""
+    mean = float(np.mean(scores[alive], dtype=np.float64)) if alive.any() else 0.0
+    return mean if mean > 0 else 1.0
+
+
 def _with_sparsity(targets, sparsity):
     """`targets` with their `sparsity` set: one value, a dict by layer, or a list."""
     values = target_sparsities([(t.layer, t.name) for t in targets], sparsity)
@@ -424,12 +430,19 @@ class PruneFraction(Criterion):
         output_rate: Rate of the output layer; `None` means `rate / 2`. Only
             with `scope="layer"`. Defaults to `None`.
         block_pooling: `"avg"` or `"max"`, see `Criterion`. Defaults to `"avg"`.
+        normalize: How each tensor's scores are scaled before the global
+            ranking: `None`, raw magnitude, as in Frankle & Carbin, where a layer
+            of large weights keeps more of them; or `"mean"`, each score divided
+            by the mean score of its tensor's survivors, as the unit criteria
+            rank units across layers, so that a layer's scale does not decide
+            how much of it goes. Only with `scope="global"`. Defaults to `None`.
 
     Example:
 
     ```python
     criterion = tf_lottery.PruneFraction(0.2)              # 20% per round, 10% output
     global_criterion = tf_lottery.PruneFraction(0.2, scope="global")
+    scale_free = tf_lottery.PruneFraction(0.2, scope="global", normalize="mean")
     # With a schedule: every layer to 80% sparsity by step 2000.
     pruning = tf_lottery.GradualPruning(
         tf_lottery.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=2000),
@@ -447,10 +460,21 @@ class PruneFraction(Criterion):
         block=(1, 1),
         output_rate=None,
         block_pooling="avg",
+        normalize=None,
     ):
         super().__init__(block, block_pooling)
         self.rate = _check_rate(rate, "rate")
         self.scope = check_choice(scope, "scope", ("layer", "global", "erk"))
+        self.normalize = check_choice(
+            normalize, "normalize", (None, "mean"), meaning="how scores are scaled per tensor"
+        )
+        if normalize is not None and scope != "global":
+            raise ValueError(
+                "normalize scales each tensor's scores for a ranking across tensors, which "
+                f"only scope='global' makes; with scope={scope!r} each tensor is ranked on its "
+                f"own. Use scope='global', or leave normalize out. Received: scope={scope!r}, "
+                f"normalize={normalize!r}"
+            )
         self.per_layer = check_per_layer(per_layer, "per_layer", _check_rate)
         self.output_rate = None if output_rate is None else _check_rate(output_rate, "output_rate")
         for argument, given in (
@@ -528,24 +552,33 @@ class PruneFraction(Criterion):
         def parts():
             for index, target in enumerate(targets):
                 unit = self._with_units(target)
-                yield unit, self.scores(unit, (seed, index)), unit.alive
+                scores, scale = self.scores(unit, (seed, index)), 1.0
+                if self.normalize == "mean":
+                    scale = _mean_survivor(scores, unit.alive)
+                    scores = scores / scale
+                yield (unit, scale), scores, unit.alive
 
         sparsity = targets[0].sparsity if targets else None
 
         def count(alive, units):
             return count_to_drop(alive, units, self.rate, sparsity)
 
-        for unit, keep, cut in drop_smallest_across(parts, count):
-            yield self._finish(unit, keep, cut)
+        for (unit, scale), keep, cut in drop_smallest_across(parts, count):
+            yield self._finish(unit, keep, cut * scale)  # the cut in this tensor's own units
 
     def get_config(self):
-        return {
+        config = {
             "rate": self.rate,
             "scope": self.scope,
             "per_layer": dict(self.per_layer),
             **super().get_config(),
             "output_rate": self.output_rate,
         }
+        if self.normalize is not None:
+            # Left out at its default, so that the settings of lottery runs
+            # written before the option existed still match.
+            config["normalize"] = self.normalize
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")
