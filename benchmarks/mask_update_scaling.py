@@ -2,7 +2,8 @@
 
 Models are stacks of square Dense layers (--width; 1000 gives one layer per million
 weights), never trained. For each size, scope and
-criterion, one `tf_lottery.prune` round is timed (median of --repeats, bare) and
+criterion (--criteria), one `tf_lottery.prune` round is timed (median of --repeats, bare),
+each from the same dense weights (masks set to ones and weights rewound to θ0 first), and
 one more round's memory measured two ways: the peak of numpy allocations (tracemalloc) and the
 peak rise of the process's resident memory (sampled every 2 ms), both in copies
 of the prunable weights (4 bytes each). The cost should grow linearly (or
@@ -14,6 +15,7 @@ weights, and gives the resident memory that `wrap` added (default keep, one
 saved copy and a uint8 mask per weight) in copies of the prunable weights.
 
     python benchmarks/mask_update_scaling.py [--sizes=1,10,50,100 --repeats=3]
+    python benchmarks/mask_update_scaling.py --sizes=50 --criteria=global
     KERAS_BACKEND=jax python benchmarks/mask_update_scaling.py    # or torch
 """
 
@@ -36,15 +38,21 @@ from machine import cpu_name  # noqa: E402
 
 flags.DEFINE_list("sizes", ["1", "10", "50", "100"], "Millions of prunable weights.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds per setting (median).")
+flags.DEFINE_list(
+    "criteria", ["std", "layer", "global"], "Criteria to time: std, layer and/or global."
+)
 flags.DEFINE_integer(
     "width", 1000, "Width of the square Dense layers (1000: one layer per million)."
 )
 FLAGS = flags.FLAGS
 
 CRITERIA = {
-    "StdThreshold(0.5)": lambda: tf_lottery.StdThreshold(0.5),
-    "PruneFraction(0.2), layer": lambda: tf_lottery.PruneFraction(0.2),
-    "PruneFraction(0.2), global": lambda: tf_lottery.PruneFraction(0.2, scope="global"),
+    "std": ("StdThreshold(0.5)", lambda: tf_lottery.StdThreshold(0.5)),
+    "layer": ("PruneFraction(0.2), layer", lambda: tf_lottery.PruneFraction(0.2)),
+    "global": (
+        "PruneFraction(0.2), global",
+        lambda: tf_lottery.PruneFraction(0.2, scope="global"),
+    ),
 }
 
 
@@ -97,14 +105,21 @@ def main(argv):
         keras.utils.set_random_seed(0)
         model, count, wrapped = model_with(million, FLAGS.width)
         copy = 4 * count
-        for name, make in CRITERIA.items():
+        for key in FLAGS.criteria:
+            if key not in CRITERIA:
+                raise ValueError(f"Expected --criteria from {sorted(CRITERIA)}. Received: {key!r}")
+            name, make = CRITERIA[key]
             seconds, numpy_peaks, resident_peaks = [], [], []
             # Rounds timed bare, then one more measured for memory: tracemalloc and
             # the sampling thread slow a round by 20-35% at 50M weights.
             for repeat in range(FLAGS.repeats + 1):
+                # Every round starts from the same dense weights: masks back to
+                # ones and weights back to θ0, so that a round never sees the
+                # zeros (ties at the cut) that the rounds before it left.
                 for wrapper in tf_lottery.find_wrappers(model):
                     mask = wrapper.masks["kernel"]
                     mask.assign(np.ones(mask.shape, mask.dtype))
+                tf_lottery.rewind(model)
                 if repeat < FLAGS.repeats:
                     start = time.perf_counter()
                     tf_lottery.prune(model, make())
