@@ -42,6 +42,7 @@ keep, cut = selection.drop_smallest(scores, np.ones(4, bool), 2)
 """
 
 import math
+import sys
 
 import numpy as np
 
@@ -64,16 +65,23 @@ def drop_smallest(scores, alive, count):
         The boolean keep-flags, a subset of `alive`, and the cut: the largest
         score dropped, or NaN if none is.
     """
-    keep = alive.copy()
-    count = min(count, int(alive.sum()))
+    alive_count = int(np.count_nonzero(alive))
+    count = min(count, alive_count)
     if count <= 0:
-        return keep, math.nan
-    cut = cut_of(scores[alive], count)
-    below = alive & (scores < cut)
-    keep &= ~below
-    at_cut = np.flatnonzero(alive & (scores == cut))
-    keep.flat[at_cut[: count - int(below.sum())]] = False
-    return keep, float(cut)
+        return alive.copy(), math.nan
+    # Where every unit survives (a first round), one plain copy of the scores
+    # is cheaper than gathering them.
+    survivors = scores.reshape(-1).copy() if alive_count == alive.size else scores[alive]
+    cut = cut_of(survivors, count)
+    del survivors
+    dropped = np.less_equal(scores, cut)
+    dropped &= alive
+    # Units at the cut beyond `count` stay: the last ones, so the first go.
+    staying = int(np.count_nonzero(dropped)) - count
+    if staying > 0:
+        at_cut = np.flatnonzero(dropped & (scores == cut))
+        dropped.flat[at_cut[at_cut.size - staying :]] = False
+    return alive & ~dropped, float(cut)
 
 
 def cut_of(alive_scores, count):
@@ -104,29 +112,92 @@ def drop_smallest_across(parts, count, ties="first"):
         dropped.
     """
     check_choice(ties, "ties", ("first", "all"))
-    gathered, units = [], 0
+    survivors, units = [], 0
     for _, scores, alive in parts():
-        gathered.append(scores[alive])
+        # A tensor whose units all survive is read as it is, not gathered.
+        survivors.append(scores.reshape(-1) if alive.all() else scores[alive])
         units += alive.size
-    alive_scores = np.concatenate(gathered) if gathered else np.zeros(0)
-    del gathered
+    alive_count = sum(s.size for s in survivors)
     if callable(count):
-        count = count(alive_scores.size, units)
-    count = min(count, alive_scores.size)
-    # How many of the units scoring the cut still go, in order.
+        count = count(alive_count, units)
+    count = min(count, alive_count)
     if count > 0:
-        cut = float(cut_of(alive_scores, count))
-        below = int(np.count_nonzero(alive_scores < cut))
-        at_cut_dropped = alive_scores.size if ties == "all" else count - below
+        cut, below, at_cut = _cut_across(survivors, count)
+        cut = float(cut)
+        # How many of the units scoring the cut still go, in order; `at_cut`:
+        # how many score it in the tensors still to come.
+        going = alive_count if ties == "all" else count - below
     else:
-        cut, at_cut_dropped = -np.inf, 0
-    del alive_scores
+        cut, going, at_cut = -np.inf, 0, 0
+    del survivors
     for item, scores, alive in parts():
-        keep = alive & (scores > cut)
-        at_cut = np.flatnonzero(alive & (scores == cut))
-        keep.flat[at_cut[at_cut_dropped:]] = True
-        at_cut_dropped = max(0, at_cut_dropped - at_cut.size)
+        if going == 0:
+            keep = alive & (scores >= cut)
+        elif ties == "all" or going == at_cut:  # every unit at the cut from here on goes
+            keep = alive & (scores > cut)
+        else:
+            keep = alive & (scores > cut)
+            ties_here = np.flatnonzero(alive & (scores == cut))
+            keep.flat[ties_here[going:]] = True
+            going = max(0, going - ties_here.size)
+            at_cut = None if at_cut is None else at_cut - ties_here.size
         yield item, keep, cut if count > 0 else math.nan
+
+
+# From this many surviving units on, the global cut is found through a
+# histogram of the scores' high bits instead of a partition of all of them.
+_HISTOGRAM_FROM = 1 << 22
+
+
+def _cut_across(survivors, count):
+    """The `count`-th smallest of the concatenated `survivors` (1-D arrays), exactly.
+
+    Non-negative floats (magnitudes, random draws) order as their bit
+    patterns do, so one histogram of each score's high 16 bits, summed over
+    the tensors, says which bin holds the cut and how many lie below that
+    bin; only the scores inside that bin are then partitioned. That avoids a
+    concatenated copy of every surviving score and a partition of all of
+    them. Other scores (negative, mixed dtypes, a cut that is not finite) are
+    concatenated and partitioned.
+
+    Returns:
+        The cut, how many survivors score below it and how many score it
+        (`None` where the tensors' dtypes differ: each tensor then compares
+        its scores with the cut in its own dtype, so the count may differ).
+    """
+    high = _high_bits(survivors) if sum(s.size for s in survivors) >= _HISTOGRAM_FROM else None
+    if high is not None:
+        counts = sum(np.bincount(h, minlength=1 << 16) for h in high)
+        if not counts[1 << 15 :].any():  # no sign bit set: the bits order as the values
+            cumulative = np.cumsum(counts)
+            bin_ = int(np.searchsorted(cumulative, count))
+            below_bin = int(cumulative[bin_ - 1]) if bin_ else 0
+            in_bin = np.concatenate([s[h == bin_] for s, h in zip(survivors, high)])
+            cut = cut_of(in_bin, count - below_bin)
+            if np.isfinite(cut):
+                below = below_bin + int(np.count_nonzero(in_bin < cut))
+                return cut, below, int(np.count_nonzero(in_bin == cut))
+    alive_scores = np.concatenate(survivors) if survivors else np.zeros(0)
+    cut = cut_of(alive_scores, count)
+    below = int(np.count_nonzero(alive_scores < cut))
+    if len({s.dtype for s in survivors}) > 1:
+        return cut, below, None
+    return cut, below, int(np.count_nonzero(alive_scores == cut))
+
+
+def _high_bits(arrays):
+    """The high 16 bits of each float in `arrays` (all of one IEEE float dtype), as uint16
+    views; `None` for other dtypes."""
+    dtype = arrays[0].dtype if arrays else None
+    if (
+        dtype not in (np.float16, np.float32, np.float64)
+        or not dtype.isnative
+        or any(a.dtype != dtype for a in arrays)
+    ):
+        return None
+    step = dtype.itemsize // 2
+    first = step - 1 if sys.byteorder == "little" else 0
+    return [np.ascontiguousarray(a).view(np.uint16)[first::step] for a in arrays]
 
 
 def keep_best_across(scores, alive, count):
