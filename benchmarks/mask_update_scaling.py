@@ -89,17 +89,28 @@ def lottery_parts(model, repeats):
     return float(np.median(rewinds[1:])), resets[0], float(np.median(resets[1:]))
 
 
+def _threads():
+    """The torch threads, on PyTorch: its thread pool decides its times on a busy machine."""
+    if keras.backend.backend() != "torch":
+        return ""
+    import torch
+
+    return f", {torch.get_num_threads()} torch threads"
+
+
 def main(argv):
     del argv
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__} on "
         f"{keras.backend.backend()}; {FLAGS.width}x{FLAGS.width} Dense layers; median of "
-        f"{FLAGS.repeats} rounds.\n"
+        f"{FLAGS.repeats} rounds{_threads()}. CPU seconds count every thread of the process; "
+        "the load average is the 1-minute one as the row ends.\n"
     )
     print(
-        "| prunable weights | criterion | seconds | ns / weight | numpy peak (copies) | resident peak rise (copies) |"
+        "| prunable weights | criterion | seconds | CPU seconds | ns / weight | "
+        "numpy peak (copies) | resident peak rise (copies) | load average |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     others = []
     for million in (float(s) for s in FLAGS.sizes):
         keras.utils.set_random_seed(0)
@@ -109,7 +120,7 @@ def main(argv):
             if key not in CRITERIA:
                 raise ValueError(f"Expected --criteria from {sorted(CRITERIA)}. Received: {key!r}")
             name, make = CRITERIA[key]
-            seconds, numpy_peaks, resident_peaks = [], [], []
+            seconds, cpu_seconds, numpy_peaks, resident_peaks = [], [], [], []
             # Rounds timed bare, then one more measured for memory: tracemalloc and
             # the sampling thread slow a round by 20-35% at 50M weights.
             for repeat in range(FLAGS.repeats + 1):
@@ -121,9 +132,10 @@ def main(argv):
                     mask.assign(np.ones(mask.shape, mask.dtype))
                 tf_lottery.rewind(model)
                 if repeat < FLAGS.repeats:
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     tf_lottery.prune(model, make())
                     seconds.append(time.perf_counter() - start)
+                    cpu_seconds.append(time.process_time() - cpu_start)
                     continue
                 tracemalloc.start()
                 with PeakResident() as resident:
@@ -133,8 +145,10 @@ def main(argv):
                 resident_peaks.append((resident.peak - resident.start) / copy)
             median = float(np.median(seconds))
             print(
-                f"| {count:,} | {name} | {median:.2f} | {median / count * 1e9:.1f} | "
-                f"{max(numpy_peaks):.2f} | {max(resident_peaks):.2f} |",
+                f"| {count:,} | {name} | {median:.2f} | {np.median(cpu_seconds):.2f} | "
+                f"{median / count * 1e9:.1f} | "
+                f"{max(numpy_peaks):.2f} | {max(resident_peaks):.2f} | "
+                f"{os.getloadavg()[0]:.1f} |",
                 flush=True,
             )
         rewind, first_reset, reset = lottery_parts(model, FLAGS.repeats)
