@@ -53,11 +53,15 @@ def test_global_selection_is_local_selection_over_the_concatenated_scores(sizes,
     fraction=st.floats(0, 1),
     kind=st.sampled_from(["few", "magnitudes", "zeros", "signed", "nan", "float64", "mixed"]),
     ties=st.sampled_from(["first", "all"]),
+    switch=st.sampled_from([0, 30]),
 )
-def test_the_histogram_finds_the_same_global_cut_as_a_partition(sizes, seed, fraction, kind, ties):
+def test_the_histogram_finds_the_same_global_cut_as_a_partition(
+    sizes, seed, fraction, kind, ties, switch
+):
     # Large rounds find the cut through a histogram of the scores' high bits;
     # here it is forced on small tensors and must give what a partition gives,
-    # falling back where the bits do not order as the values (signs, NaN).
+    # reading the scores again where the bits do not order them (signs, NaN,
+    # mixed dtypes).
     rng = np.random.default_rng(seed)
     values = {
         "few": lambda n: rng.integers(0, 4, n).astype(np.float32),
@@ -77,7 +81,8 @@ def test_the_histogram_finds_the_same_global_cut_as_a_partition(sizes, seed, fra
 
     partitioned = list(selection.drop_smallest_across(parts, count, ties))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(selection, "_HISTOGRAM_FROM", 0)
+        # From the first tensor on, or after a few kept ones.
+        patch.setattr(selection, "_HISTOGRAM_FROM", switch)
         histogram = list(selection.drop_smallest_across(parts, count, ties))
     for (_, keep, cut), (_, expected, expected_cut) in zip(histogram, partitioned):
         np.testing.assert_array_equal(keep, expected)

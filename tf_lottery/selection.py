@@ -93,12 +93,16 @@ def cut_of(alive_scores, count):
 def drop_smallest_across(parts, count, ties="first"):
     """`drop_smallest` over several tensors at once, as if their scores were one array.
 
-    The tensors are read twice, one at a time: a first pass gathers the
-    surviving scores to find the cut, a second gives each tensor its keep-flags.
+    The tensors are read one at a time: a first pass gathers the surviving
+    scores to find the cut, a second gives each tensor its keep-flags. In a
+    large round (`_HISTOGRAM_FROM` survivors) the first pass keeps a histogram
+    of the scores' high bits instead, and one more read in between gathers the
+    few scores inside the bin that holds the cut, so that a round holds about
+    one tensor's scores whatever the model's size.
 
     Args:
         parts: A callable returning a fresh iterable of `(item, scores, alive)`,
-            one per tensor; it is called twice. `item` is handed back with the
+            one per tensor; it is called two or three times. `item` is handed back with the
             tensor's result, e.g. the tensor itself.
         count: How many alive units to drop over all tensors, or a callable
             `count(alive, units)` from the number of alive units and of all units.
@@ -112,17 +116,12 @@ def drop_smallest_across(parts, count, ties="first"):
         dropped.
     """
     check_choice(ties, "ties", ("first", "all"))
-    survivors, units = [], 0
-    for _, scores, alive in parts():
-        # A tensor whose units all survive is read as it is, not gathered.
-        survivors.append(scores.reshape(-1) if alive.all() else scores[alive])
-        units += alive.size
-    alive_count = sum(s.size for s in survivors)
+    alive_count, units, survivors, histogram = _first_pass(parts)
     if callable(count):
         count = count(alive_count, units)
     count = min(count, alive_count)
     if count > 0:
-        cut, below, at_cut = _cut_across(survivors, count)
+        cut, below, at_cut = _cut_across(parts, survivors, histogram, count)
         cut = float(cut)
         # How many of the units scoring the cut still go, in order; `at_cut`:
         # how many score it in the tensors still to come.
@@ -144,39 +143,72 @@ def drop_smallest_across(parts, count, ties="first"):
         yield item, keep, cut if count > 0 else math.nan
 
 
-# From this many surviving units on, the global cut is found through a
-# histogram of the scores' high bits instead of a partition of all of them.
+# From this many surviving units on, a global round keeps a histogram of the
+# scores' high bits instead of the scores themselves.
 _HISTOGRAM_FROM = 1 << 22
 
 
-def _cut_across(survivors, count):
-    """The `count`-th smallest of the concatenated `survivors` (1-D arrays), exactly.
+def _first_pass(parts):
+    """Reads every tensor once: how many units survive and how many there are in all.
 
-    Non-negative floats (magnitudes, random draws) order as their bit
-    patterns do, so one histogram of each score's high 16 bits, summed over
-    the tensors, says which bin holds the cut and how many lie below that
-    bin; only the scores inside that bin are then partitioned. That avoids a
-    concatenated copy of every surviving score and a partition of all of
-    them. Other scores (negative, mixed dtypes, a cut that is not finite) are
-    concatenated and partitioned.
+    Also the surviving scores, or, once more than `_HISTOGRAM_FROM` survive and
+    they are floats of one dtype, only a `_HighBits` histogram of them, so that
+    a large round never holds every surviving score.
+
+    Returns:
+        `(alive_count, units, survivors, histogram)`: `survivors` (a list of
+        1-D arrays) is `None` where the histogram took them, and both are `None`
+        where a histogram took some and then met scores it cannot order (another
+        dtype), so that they must be read again.
+    """
+    survivors, histogram, alive_count, units = [], None, 0, 0
+    switch = True  # to a histogram, once there are enough survivors
+    for _, scores, alive in parts():
+        units += alive.size
+        # A tensor whose units all survive is read as it is, not gathered.
+        piece = scores.reshape(-1) if alive.all() else scores[alive]
+        alive_count += piece.size
+        if survivors is not None:
+            survivors.append(piece)
+            if switch and alive_count >= _HISTOGRAM_FROM:
+                histogram = _HighBits.of(survivors)
+                survivors = None if histogram else survivors
+                switch = False
+        elif histogram is not None and not histogram.add(piece):
+            histogram = None
+    return alive_count, units, survivors, histogram
+
+
+def _cut_across(parts, survivors, histogram, count):
+    """The `count`-th smallest surviving score of all tensors, exactly.
+
+    From the `survivors` where they were kept; else from the `histogram`,
+    which says which bin holds the cut and how many lie below that bin, so
+    that a second read gathers only the scores inside that bin. Scores the bits
+    cannot order (negative, mixed dtypes, a cut that is not finite) are read
+    again, concatenated and partitioned.
 
     Returns:
         The cut, how many survivors score below it and how many score it
         (`None` where the tensors' dtypes differ: each tensor then compares
         its scores with the cut in its own dtype, so the count may differ).
     """
-    high = _high_bits(survivors) if sum(s.size for s in survivors) >= _HISTOGRAM_FROM else None
-    if high is not None:
-        counts = sum(np.bincount(h, minlength=1 << 16) for h in high)
-        if not counts[1 << 15 :].any():  # no sign bit set: the bits order as the values
-            cumulative = np.cumsum(counts)
-            bin_ = int(np.searchsorted(cumulative, count))
-            below_bin = int(cumulative[bin_ - 1]) if bin_ else 0
-            in_bin = np.concatenate([s[h == bin_] for s, h in zip(survivors, high)])
-            cut = cut_of(in_bin, count - below_bin)
-            if np.isfinite(cut):
-                below = below_bin + int(np.count_nonzero(in_bin < cut))
-                return cut, below, int(np.count_nonzero(in_bin == cut))
+    if histogram is not None and histogram.orders():
+        cumulative = np.cumsum(histogram.counts)
+        bin_ = int(np.searchsorted(cumulative, count))
+        below_bin = int(cumulative[bin_ - 1]) if bin_ else 0
+        in_bin = np.concatenate(
+            [
+                scores.reshape(-1)[(histogram.bits(scores) == bin_) & alive.reshape(-1)]
+                for _, scores, alive in parts()
+            ]
+        )
+        cut = cut_of(in_bin, count - below_bin)
+        if np.isfinite(cut):
+            below = below_bin + int(np.count_nonzero(in_bin < cut))
+            return cut, below, int(np.count_nonzero(in_bin == cut))
+    if survivors is None:
+        survivors = [scores[alive] for _, scores, alive in parts()]
     alive_scores = np.concatenate(survivors) if survivors else np.zeros(0)
     cut = cut_of(alive_scores, count)
     below = int(np.count_nonzero(alive_scores < cut))
@@ -185,19 +217,42 @@ def _cut_across(survivors, count):
     return cut, below, int(np.count_nonzero(alive_scores == cut))
 
 
-def _high_bits(arrays):
-    """The high 16 bits of each float in `arrays` (all of one IEEE float dtype), as uint16
-    views; `None` for other dtypes."""
-    dtype = arrays[0].dtype if arrays else None
-    if (
-        dtype not in (np.float16, np.float32, np.float64)
-        or not dtype.isnative
-        or any(a.dtype != dtype for a in arrays)
-    ):
-        return None
-    step = dtype.itemsize // 2
-    first = step - 1 if sys.byteorder == "little" else 0
-    return [np.ascontiguousarray(a).view(np.uint16)[first::step] for a in arrays]
+class _HighBits:
+    """A histogram of the high 16 bits of floats of one IEEE dtype.
+
+    Non-negative floats (magnitudes, random draws) order as their bit patterns
+    do, so the bins order as the values: `orders()` says whether no sign bit
+    was seen.
+    """
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.counts = np.zeros(1 << 16, np.int64)
+        self._step = dtype.itemsize // 2
+        self._first = self._step - 1 if sys.byteorder == "little" else 0
+
+    @classmethod
+    def of(cls, arrays):
+        """The histogram of `arrays`, or `None` unless they are floats of one dtype."""
+        dtype = arrays[0].dtype
+        if dtype not in (np.float16, np.float32, np.float64) or not dtype.isnative:
+            return None
+        histogram = cls(dtype)
+        return histogram if all(histogram.add(a) for a in arrays) else None
+
+    def bits(self, array):
+        """The high 16 bits of each float of `array`, flat, as a uint16 view."""
+        return np.ascontiguousarray(array).reshape(-1).view(np.uint16)[self._first :: self._step]
+
+    def add(self, array):
+        """Counts `array`; False, counting nothing, if it has another dtype."""
+        if array.dtype != self.dtype:
+            return False
+        self.counts += np.bincount(self.bits(array), minlength=1 << 16)
+        return True
+
+    def orders(self):
+        return not self.counts[1 << 15 :].any()
 
 
 def keep_best_across(scores, alive, count):
