@@ -90,12 +90,20 @@ def lottery_parts(model, repeats):
 
 
 def _threads():
-    """The torch threads, on PyTorch: its thread pool decides its times on a busy machine."""
+    """The torch threads, on PyTorch: its thread pool decides its times on a busy machine.
+
+    OpenMP threads that wait actively (the default) made a round 2-5x slower
+    on 2 cores shared with other processes; `OMP_WAIT_POLICY=PASSIVE` or
+    `OMP_NUM_THREADS=1` gave it back.
+    """
     if keras.backend.backend() != "torch":
         return ""
     import torch
 
-    return f", {torch.get_num_threads()} torch threads"
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    return f", {torch.get_num_threads()} torch threads" + (
+        f", OMP_WAIT_POLICY={policy}" if policy else ""
+    )
 
 
 def main(argv):
