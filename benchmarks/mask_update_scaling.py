@@ -2,7 +2,8 @@
 
 Models are stacks of square Dense layers (--width; 1000 gives one layer per million
 weights), never trained. For each size, scope and
-criterion, one `tf_lottery.prune` round is timed (median of --repeats, bare) and
+criterion (--criteria), one `tf_lottery.prune` round is timed (median of --repeats, bare),
+each from the same dense weights (masks set to ones and weights rewound to θ0 first), and
 one more round's memory measured two ways: the peak of numpy allocations (tracemalloc) and the
 peak rise of the process's resident memory (sampled every 2 ms), both in copies
 of the prunable weights (4 bytes each). The cost should grow linearly (or
@@ -14,6 +15,7 @@ weights, and gives the resident memory that `wrap` added (default keep, one
 saved copy and a uint8 mask per weight) in copies of the prunable weights.
 
     python benchmarks/mask_update_scaling.py [--sizes=1,10,50,100 --repeats=3]
+    python benchmarks/mask_update_scaling.py --sizes=50 --criteria=global
     KERAS_BACKEND=jax python benchmarks/mask_update_scaling.py    # or torch
 """
 
@@ -36,15 +38,21 @@ from machine import cpu_name  # noqa: E402
 
 flags.DEFINE_list("sizes", ["1", "10", "50", "100"], "Millions of prunable weights.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds per setting (median).")
+flags.DEFINE_list(
+    "criteria", ["std", "layer", "global"], "Criteria to time: std, layer and/or global."
+)
 flags.DEFINE_integer(
     "width", 1000, "Width of the square Dense layers (1000: one layer per million)."
 )
 FLAGS = flags.FLAGS
 
 CRITERIA = {
-    "StdThreshold(0.5)": lambda: tf_lottery.StdThreshold(0.5),
-    "PruneFraction(0.2), layer": lambda: tf_lottery.PruneFraction(0.2),
-    "PruneFraction(0.2), global": lambda: tf_lottery.PruneFraction(0.2, scope="global"),
+    "std": ("StdThreshold(0.5)", lambda: tf_lottery.StdThreshold(0.5)),
+    "layer": ("PruneFraction(0.2), layer", lambda: tf_lottery.PruneFraction(0.2)),
+    "global": (
+        "PruneFraction(0.2), global",
+        lambda: tf_lottery.PruneFraction(0.2, scope="global"),
+    ),
 }
 
 
@@ -81,34 +89,61 @@ def lottery_parts(model, repeats):
     return float(np.median(rewinds[1:])), resets[0], float(np.median(resets[1:]))
 
 
+def _threads():
+    """The torch threads, on PyTorch: its thread pool decides its times on a busy machine.
+
+    OpenMP threads that wait actively (the default) made a round 2-5x slower
+    on 2 cores shared with other processes; `OMP_WAIT_POLICY=PASSIVE` or
+    `OMP_NUM_THREADS=1` gave it back.
+    """
+    if keras.backend.backend() != "torch":
+        return ""
+    import torch
+
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    return f", {torch.get_num_threads()} torch threads" + (
+        f", OMP_WAIT_POLICY={policy}" if policy else ""
+    )
+
+
 def main(argv):
     del argv
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__} on "
         f"{keras.backend.backend()}; {FLAGS.width}x{FLAGS.width} Dense layers; median of "
-        f"{FLAGS.repeats} rounds.\n"
+        f"{FLAGS.repeats} rounds{_threads()}. CPU seconds count every thread of the process; "
+        "the load average is the 1-minute one as the row ends.\n"
     )
     print(
-        "| prunable weights | criterion | seconds | ns / weight | numpy peak (copies) | resident peak rise (copies) |"
+        "| prunable weights | criterion | seconds | CPU seconds | ns / weight | "
+        "numpy peak (copies) | resident peak rise (copies) | load average |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     others = []
     for million in (float(s) for s in FLAGS.sizes):
         keras.utils.set_random_seed(0)
         model, count, wrapped = model_with(million, FLAGS.width)
         copy = 4 * count
-        for name, make in CRITERIA.items():
-            seconds, numpy_peaks, resident_peaks = [], [], []
+        for key in FLAGS.criteria:
+            if key not in CRITERIA:
+                raise ValueError(f"Expected --criteria from {sorted(CRITERIA)}. Received: {key!r}")
+            name, make = CRITERIA[key]
+            seconds, cpu_seconds, numpy_peaks, resident_peaks = [], [], [], []
             # Rounds timed bare, then one more measured for memory: tracemalloc and
             # the sampling thread slow a round by 20-35% at 50M weights.
             for repeat in range(FLAGS.repeats + 1):
+                # Every round starts from the same dense weights: masks back to
+                # ones and weights back to θ0, so that a round never sees the
+                # zeros (ties at the cut) that the rounds before it left.
                 for wrapper in tf_lottery.find_wrappers(model):
                     mask = wrapper.masks["kernel"]
                     mask.assign(np.ones(mask.shape, mask.dtype))
+                tf_lottery.rewind(model)
                 if repeat < FLAGS.repeats:
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     tf_lottery.prune(model, make())
                     seconds.append(time.perf_counter() - start)
+                    cpu_seconds.append(time.process_time() - cpu_start)
                     continue
                 tracemalloc.start()
                 with PeakResident() as resident:
@@ -118,8 +153,10 @@ def main(argv):
                 resident_peaks.append((resident.peak - resident.start) / copy)
             median = float(np.median(seconds))
             print(
-                f"| {count:,} | {name} | {median:.2f} | {median / count * 1e9:.1f} | "
-                f"{max(numpy_peaks):.2f} | {max(resident_peaks):.2f} |",
+                f"| {count:,} | {name} | {median:.2f} | {np.median(cpu_seconds):.2f} | "
+                f"{median / count * 1e9:.1f} | "
+                f"{max(numpy_peaks):.2f} | {max(resident_peaks):.2f} | "
+                f"{os.getloadavg()[0]:.1f} |",
                 flush=True,
             )
         rewind, first_reset, reset = lottery_parts(model, FLAGS.repeats)

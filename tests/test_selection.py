@@ -46,6 +46,49 @@ def test_global_selection_is_local_selection_over_the_concatenated_scores(sizes,
     np.testing.assert_array_equal(np.concatenate([keep for _, keep, _ in parts]), flat)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+    seed=st.integers(0, 2**16),
+    fraction=st.floats(0, 1),
+    kind=st.sampled_from(["few", "magnitudes", "zeros", "signed", "nan", "float64", "mixed"]),
+    ties=st.sampled_from(["first", "all"]),
+    switch=st.sampled_from([0, 30]),
+)
+def test_the_histogram_finds_the_same_global_cut_as_a_partition(
+    sizes, seed, fraction, kind, ties, switch
+):
+    # Large rounds find the cut through a histogram of the scores' high bits;
+    # here it is forced on small tensors and must give what a partition gives,
+    # reading the scores again where the bits do not order them (signs, NaN,
+    # mixed dtypes).
+    rng = np.random.default_rng(seed)
+    values = {
+        "few": lambda n: rng.integers(0, 4, n).astype(np.float32),
+        "magnitudes": lambda n: np.abs(rng.standard_normal(n)).astype(np.float32),
+        "zeros": lambda n: np.where(rng.random(n) < 0.5, 0, rng.random(n)).astype(np.float32),
+        "signed": lambda n: rng.standard_normal(n).astype(np.float32),
+        "nan": lambda n: np.where(rng.random(n) < 0.2, np.nan, rng.random(n)).astype(np.float32),
+        "float64": lambda n: rng.random(n) * 1e-3,
+        "mixed": lambda n: rng.random(n).astype(rng.choice([np.float32, np.float64])),
+    }[kind]
+    scores = [values(size) for size in sizes]
+    alive = [rng.random(size) < 0.8 for size in sizes]
+    count = int(fraction * sum(int(a.sum()) for a in alive))
+
+    def parts():
+        return ((i, s, a) for i, (s, a) in enumerate(zip(scores, alive)))
+
+    partitioned = list(selection.drop_smallest_across(parts, count, ties))
+    with pytest.MonkeyPatch.context() as patch:
+        # From the first tensor on, or after a few kept ones.
+        patch.setattr(selection, "_HISTOGRAM_FROM", switch)
+        histogram = list(selection.drop_smallest_across(parts, count, ties))
+    for (_, keep, cut), (_, expected, expected_cut) in zip(histogram, partitioned):
+        np.testing.assert_array_equal(keep, expected)
+        assert cut == expected_cut or (math.isnan(cut) and math.isnan(expected_cut))
+
+
 def test_counts_rates_targets_and_round_to():
     assert selection.count_to_drop(5, 10, rate=0.5) == 2  # round half to even
     assert selection.count_to_drop(7, 10, rate=0.5) == 4

@@ -296,8 +296,9 @@ class Criterion:
                     stacklevel=3,
                 )
         element_keep = expand_blocks(keep, target.block, target.weight.shape)
-        # One new array: the old mask where kept, zero elsewhere.
-        return np.where(element_keep, target.mask, target.mask.dtype.type(0)), threshold
+        # One new array: the old mask where kept, zero elsewhere (a product keeps
+        # the mask's dtype and is many times faster than np.where).
+        return np.multiply(target.mask, element_keep), threshold
 
     def get_config(self):
         config = {"block": list(self.block) if isinstance(self.block, tuple) else self.block}
@@ -375,7 +376,9 @@ class StdThreshold(Criterion):
 
     def compute_mask(self, target):
         s = self.per_layer.get(target.layer, self.quality)
-        survivors = target.weight[target.mask > 0]
+        # All alive (a first round): the weights as they are, not a gathered copy.
+        survives = target.mask > 0
+        survivors = target.weight.reshape(-1) if survives.all() else target.weight[survives]
         if self.fixed_std and not math.isnan(target.threshold) and not target.mask.all():
             threshold = target.threshold
         else:

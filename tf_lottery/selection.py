@@ -42,6 +42,7 @@ keep, cut = selection.drop_smallest(scores, np.ones(4, bool), 2)
 """
 
 import math
+import sys
 
 import numpy as np
 
@@ -64,16 +65,23 @@ def drop_smallest(scores, alive, count):
         The boolean keep-flags, a subset of `alive`, and the cut: the largest
         score dropped, or NaN if none is.
     """
-    keep = alive.copy()
-    count = min(count, int(alive.sum()))
+    alive_count = int(np.count_nonzero(alive))
+    count = min(count, alive_count)
     if count <= 0:
-        return keep, math.nan
-    cut = cut_of(scores[alive], count)
-    below = alive & (scores < cut)
-    keep &= ~below
-    at_cut = np.flatnonzero(alive & (scores == cut))
-    keep.flat[at_cut[: count - int(below.sum())]] = False
-    return keep, float(cut)
+        return alive.copy(), math.nan
+    # Where every unit survives (a first round), one plain copy of the scores
+    # is cheaper than gathering them.
+    survivors = scores.reshape(-1).copy() if alive_count == alive.size else scores[alive]
+    cut = cut_of(survivors, count)
+    del survivors
+    dropped = np.less_equal(scores, cut)
+    dropped &= alive
+    # Units at the cut beyond `count` stay: the last ones, so the first go.
+    staying = int(np.count_nonzero(dropped)) - count
+    if staying > 0:
+        at_cut = np.flatnonzero(dropped & (scores == cut))
+        dropped.flat[at_cut[at_cut.size - staying :]] = False
+    return alive & ~dropped, float(cut)
 
 
 def cut_of(alive_scores, count):
@@ -85,12 +93,16 @@ def cut_of(alive_scores, count):
 def drop_smallest_across(parts, count, ties="first"):
     """`drop_smallest` over several tensors at once, as if their scores were one array.
 
-    The tensors are read twice, one at a time: a first pass gathers the
-    surviving scores to find the cut, a second gives each tensor its keep-flags.
+    The tensors are read one at a time: a first pass gathers the surviving
+    scores to find the cut, a second gives each tensor its keep-flags. In a
+    large round (`_HISTOGRAM_FROM` survivors) the first pass keeps a histogram
+    of the scores' high bits instead, and one more read in between gathers the
+    few scores inside the bin that holds the cut, so that a round holds about
+    one tensor's scores whatever the model's size.
 
     Args:
         parts: A callable returning a fresh iterable of `(item, scores, alive)`,
-            one per tensor; it is called twice. `item` is handed back with the
+            one per tensor; it is called two or three times. `item` is handed back with the
             tensor's result, e.g. the tensor itself.
         count: How many alive units to drop over all tensors, or a callable
             `count(alive, units)` from the number of alive units and of all units.
@@ -104,29 +116,143 @@ def drop_smallest_across(parts, count, ties="first"):
         dropped.
     """
     check_choice(ties, "ties", ("first", "all"))
-    gathered, units = [], 0
-    for _, scores, alive in parts():
-        gathered.append(scores[alive])
-        units += alive.size
-    alive_scores = np.concatenate(gathered) if gathered else np.zeros(0)
-    del gathered
+    alive_count, units, survivors, histogram = _first_pass(parts)
     if callable(count):
-        count = count(alive_scores.size, units)
-    count = min(count, alive_scores.size)
-    # How many of the units scoring the cut still go, in order.
+        count = count(alive_count, units)
+    count = min(count, alive_count)
     if count > 0:
-        cut = float(cut_of(alive_scores, count))
-        below = int(np.count_nonzero(alive_scores < cut))
-        at_cut_dropped = alive_scores.size if ties == "all" else count - below
+        cut, below, at_cut = _cut_across(parts, survivors, histogram, count)
+        cut = float(cut)
+        # How many of the units scoring the cut still go, in order; `at_cut`:
+        # how many score it in the tensors still to come.
+        going = alive_count if ties == "all" else count - below
     else:
-        cut, at_cut_dropped = -np.inf, 0
-    del alive_scores
+        cut, going, at_cut = -np.inf, 0, 0
+    del survivors
     for item, scores, alive in parts():
-        keep = alive & (scores > cut)
-        at_cut = np.flatnonzero(alive & (scores == cut))
-        keep.flat[at_cut[at_cut_dropped:]] = True
-        at_cut_dropped = max(0, at_cut_dropped - at_cut.size)
+        if going == 0:
+            keep = alive & (scores >= cut)
+        elif ties == "all" or going == at_cut:  # every unit at the cut from here on goes
+            keep = alive & (scores > cut)
+        else:
+            keep = alive & (scores > cut)
+            ties_here = np.flatnonzero(alive & (scores == cut))
+            keep.flat[ties_here[going:]] = True
+            going = max(0, going - ties_here.size)
+            at_cut = None if at_cut is None else at_cut - ties_here.size
         yield item, keep, cut if count > 0 else math.nan
+
+
+# From this many surviving units on, a global round keeps a histogram of the
+# scores' high bits instead of the scores themselves.
+_HISTOGRAM_FROM = 1 << 22
+
+
+def _first_pass(parts):
+    """Reads every tensor once: how many units survive and how many there are in all.
+
+    Also the surviving scores, or, once more than `_HISTOGRAM_FROM` survive and
+    they are floats of one dtype, only a `_HighBits` histogram of them, so that
+    a large round never holds every surviving score.
+
+    Returns:
+        `(alive_count, units, survivors, histogram)`: `survivors` (a list of
+        1-D arrays) is `None` where the histogram took them, and both are `None`
+        where a histogram took some and then met scores it cannot order (another
+        dtype), so that they must be read again.
+    """
+    survivors, histogram, alive_count, units = [], None, 0, 0
+    switch = True  # to a histogram, once there are enough survivors
+    for _, scores, alive in parts():
+        units += alive.size
+        # A tensor whose units all survive is read as it is, not gathered.
+        piece = scores.reshape(-1) if alive.all() else scores[alive]
+        alive_count += piece.size
+        if survivors is not None:
+            survivors.append(piece)
+            if switch and alive_count >= _HISTOGRAM_FROM:
+                histogram = _HighBits.of(survivors)
+                survivors = None if histogram else survivors
+                switch = False
+        elif histogram is not None and not histogram.add(piece):
+            histogram = None
+    return alive_count, units, survivors, histogram
+
+
+def _cut_across(parts, survivors, histogram, count):
+    """The `count`-th smallest surviving score of all tensors, exactly.
+
+    From the `survivors` where they were kept; else from the `histogram`,
+    which says which bin holds the cut and how many lie below that bin, so
+    that a second read gathers only the scores inside that bin. Scores the bits
+    cannot order (negative, mixed dtypes, a cut that is not finite) are read
+    again, concatenated and partitioned.
+
+    Returns:
+        The cut, how many survivors score below it and how many score it
+        (`None` where the tensors' dtypes differ: each tensor then compares
+        its scores with the cut in its own dtype, so the count may differ).
+    """
+    if histogram is not None and histogram.orders():
+        cumulative = np.cumsum(histogram.counts)
+        bin_ = int(np.searchsorted(cumulative, count))
+        below_bin = int(cumulative[bin_ - 1]) if bin_ else 0
+        in_bin = np.concatenate(
+            [
+                scores.reshape(-1)[(histogram.bits(scores) == bin_) & alive.reshape(-1)]
+                for _, scores, alive in parts()
+            ]
+        )
+        cut = cut_of(in_bin, count - below_bin)
+        if np.isfinite(cut):
+            below = below_bin + int(np.count_nonzero(in_bin < cut))
+            return cut, below, int(np.count_nonzero(in_bin == cut))
+    if survivors is None:
+        survivors = [scores[alive] for _, scores, alive in parts()]
+    alive_scores = np.concatenate(survivors) if survivors else np.zeros(0)
+    cut = cut_of(alive_scores, count)
+    below = int(np.count_nonzero(alive_scores < cut))
+    if len({s.dtype for s in survivors}) > 1:
+        return cut, below, None
+    return cut, below, int(np.count_nonzero(alive_scores == cut))
+
+
+class _HighBits:
+    """A histogram of the high 16 bits of floats of one IEEE dtype.
+
+    Non-negative floats (magnitudes, random draws) order as their bit patterns
+    do, so the bins order as the values: `orders()` says whether no sign bit
+    was seen.
+    """
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.counts = np.zeros(1 << 16, np.int64)
+        self._step = dtype.itemsize // 2
+        self._first = self._step - 1 if sys.byteorder == "little" else 0
+
+    @classmethod
+    def of(cls, arrays):
+        """The histogram of `arrays`, or `None` unless they are floats of one dtype."""
+        dtype = arrays[0].dtype
+        if dtype not in (np.float16, np.float32, np.float64) or not dtype.isnative:
+            return None
+        histogram = cls(dtype)
+        return histogram if all(histogram.add(a) for a in arrays) else None
+
+    def bits(self, array):
+        """The high 16 bits of each float of `array`, flat, as a uint16 view."""
+        return np.ascontiguousarray(array).reshape(-1).view(np.uint16)[self._first :: self._step]
+
+    def add(self, array):
+        """Counts `array`; False, counting nothing, if it has another dtype."""
+        if array.dtype != self.dtype:
+            return False
+        self.counts += np.bincount(self.bits(array), minlength=1 << 16)
+        return True
+
+    def orders(self):
+        return not self.counts[1 << 15 :].any()
 
 
 def keep_best_across(scores, alive, count):
