@@ -175,3 +175,63 @@ def test_with_sparsity_copies_and_config_round_trips():
     assert snip.get_config() == {"sparsity": 0.5, "batches": 2, "loss": "mse"}
     synflow = tl.SynFlow(0.9, iterations=7, input_shape=(5,))
     assert tl.SynFlow.from_config(synflow.get_config()).get_config() == synflow.get_config()
+
+
+def _snip_model():
+    from conftest import compile_model
+    from conftest import data
+
+    keras.utils.set_random_seed(3)
+    model = tl.wrap(mlp())
+    compile_model(model)
+    return model, data()
+
+
+def test_a_scorer_ranks_the_weights_that_prune_fraction_selects_per_layer():
+    model, (x, y) = _snip_model()
+    snip = tl.SNIP(data=(x, y))
+    expected = scores(snip, model)
+    tl.prune(model, tl.PruneFraction(0.5, output_rate=0.25, scorer=snip))
+    for wrapper, score, kept in zip(tl.find_wrappers(model), expected, (0.5, 0.75)):
+        # Each layer keeps its own best by SNIP's saliency: 50% of fc1, 75% of out.
+        mask = keras.ops.convert_to_numpy(wrapper.masks["kernel"]) > 0
+        np.testing.assert_array_equal(mask, top(score, round(kept * score.size)))
+
+
+def test_a_scorer_with_the_global_scope_and_a_target_is_the_scorers_own_one_shot_ranking():
+    model, (x, y) = _snip_model()
+    twin, _ = _snip_model()  # the same seed: the same weights
+    tl.prune(model, tl.SNIP(0.8, data=(x, y)))
+    criterion = tl.PruneFraction(scope="global", scorer=tl.SNIP(data=(x, y)))
+    tl.prune(twin, criterion, sparsity=0.8)
+    for ours, theirs in zip(tl.find_wrappers(twin), tl.find_wrappers(model)):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(ours.masks["kernel"]),
+            keras.ops.convert_to_numpy(theirs.masks["kernel"]),
+        )
+
+
+def test_a_scorer_needs_the_model_and_its_config_names_it():
+    model, (x, y) = _snip_model()
+    snip = tl.SNIP(data=(x, y))
+    criterion = tl.PruneFraction(0.5, scorer=snip)
+    assert criterion.uses_model and not tl.PruneFraction(0.5).uses_model
+    with pytest.raises(ValueError, match=r"call tf_lottery.prune\(model, criterion\)"):
+        list(criterion.compute_masks(prune_targets(tl.find_wrappers(model))))
+    assert criterion.get_config()["scorer"] == {"class": "SNIP", **snip.get_config()}
+    with pytest.raises(ValueError, match="build the criterion again with scorer="):
+        tl.PruneFraction.from_config(criterion.get_config())
+    with pytest.raises(ValueError, match=r"Received: scorer=PruneFraction"):
+        tl.PruneFraction(scorer=tl.PruneFraction())
+    assert "scorer" not in tl.PruneFraction(0.5).get_config()
+
+
+def test_a_scorer_follows_a_schedule_of_gradual_pruning():
+    model, (x, y) = _snip_model()
+    criterion = tl.PruneFraction(scorer=tl.SNIP(data=(x[:64], y[:64])))
+    schedule = tl.ConstantSparsity(0.5, begin_step=0, frequency=2)
+    model.fit(
+        x, y, epochs=1, batch_size=32, verbose=0, callbacks=[tl.GradualPruning(schedule, criterion)]
+    )
+    for wrapper in tl.find_wrappers(model):
+        assert keras.ops.convert_to_numpy(wrapper.masks["kernel"]).mean() == 0.5

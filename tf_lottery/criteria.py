@@ -132,6 +132,33 @@ def _units(weight, mask, block, pooling):
     return (sums / counts).astype(np.float32), alive
 
 
+def _check_scorer(scorer):
+    if scorer is None:
+        return None
+    from tf_lottery.init_criteria import InitCriterion  # it builds on this module
+
+    return check_instance(
+        scorer,
+        "scorer",
+        InitCriterion,
+        "None or a criterion of pruning at initialization whose scores rank the weights, "
+        "e.g. tf_lottery.SNIP(data=(x, y))",
+    )
+
+
+def _pooled(scores, block, pooling):
+    """A scorer's scores per unit: as they are, or the mean (or max) of each block."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if block == (1, 1):
+        return scores
+    if pooling == "max":
+        # Padding must never win: the smallest score stands in for it.
+        return reduce_blocks(scores - scores.min(), block, np.max) + scores.min()
+    sums = reduce_blocks(scores, block, np.sum)
+    counts = reduce_blocks(np.ones_like(scores), block, np.sum)
+    return sums / counts
+
+
 def _mean_survivor(scores, alive):
     """The mean score of a tensor's surviving units (1 where none survive or all score 0)."""
     mean = float(np.mean(scores[alive], dtype=np.float64)) if alive.any() else 0.0
@@ -260,7 +287,7 @@ class Criterion:
             target = self._with_units(target)
             yield self._finish(target, *self.compute_mask(target))
 
-    def compute_target_masks(self, targets, sparsity):
+    def compute_target_masks(self, targets, sparsity, model=None):
         """Yields (new 0/1 mask, threshold) for each `PruneTarget`, pruning to a target.
 
         Instead of one round of its rule, the criterion prunes each tensor until
@@ -271,9 +298,14 @@ class Criterion:
             targets: The `PruneTarget`s, as for `compute_masks`.
             sparsity: A fraction in [0, 1) for every tensor, a dict from layer
                 name to a fraction, or a list with one fraction per target.
+            model: The model, for a criterion that `uses_model`.
         """
         self.check_target()
-        yield from self.compute_masks(_with_sparsity(targets, sparsity))
+        targets = _with_sparsity(targets, sparsity)
+        if self.uses_model:
+            yield from self.compute_masks(targets, model=model)
+        else:
+            yield from self.compute_masks(targets)
 
     def _with_units(self, target):
         target = dataclasses.replace(target, weight=_read(target.weight), mask=_read(target.mask))
@@ -439,6 +471,13 @@ class PruneFraction(Criterion):
             by the mean score of its tensor's survivors, as the unit criteria
             rank units across layers, so that a layer's scale does not decide
             how much of it goes. Only with `scope="global"`. Defaults to `None`.
+        scorer: Scores to rank by instead of magnitude: a criterion of pruning
+            at initialization (`tf_lottery.SNIP`, `GraSP`, `SynFlow`, or an
+            `InitCriterion` of your own), whose `scores(model, targets, masks)`
+            are then selected as this criterion selects (per layer, global, ERK,
+            a schedule's target), larger kept. Its own `sparsity` is not used,
+            and `SynFlow` gives its one-shot scores. `tf_lottery.prune` then
+            needs the model, as it has. Defaults to `None`: magnitude.
 
     Example:
 
@@ -446,6 +485,9 @@ class PruneFraction(Criterion):
     criterion = tf_lottery.PruneFraction(0.2)              # 20% per round, 10% output
     global_criterion = tf_lottery.PruneFraction(0.2, scope="global")
     scale_free = tf_lottery.PruneFraction(0.2, scope="global", normalize="mean")
+    # SNIP's saliency |g * w| on a batch, 50% of each layer pruned by it.
+    snip_per_layer = tf_lottery.PruneFraction(
+        0.5, output_rate=0.5, scorer=tf_lottery.SNIP(data=(x[:256], y[:256])))
     # With a schedule: every layer to 80% sparsity by step 2000.
     pruning = tf_lottery.GradualPruning(
         tf_lottery.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=2000),
@@ -464,8 +506,11 @@ class PruneFraction(Criterion):
         output_rate=None,
         block_pooling="avg",
         normalize=None,
+        scorer=None,
     ):
         super().__init__(block, block_pooling)
+        self.scorer = _check_scorer(scorer)
+        self._given = {}  # (layer, weight name) -> the scorer's scores, during a round
         self.rate = _check_rate(rate, "rate")
         self.scope = check_choice(scope, "scope", ("layer", "global", "erk"))
         self.normalize = check_choice(
@@ -525,7 +570,12 @@ class PruneFraction(Criterion):
         count = count_to_drop(alive, target.alive.size, rate, target.sparsity)
         return drop_smallest(self.scores(target, (self._draw_seed(),)), target.alive, count)
 
-    def compute_target_masks(self, targets, sparsity):
+    @property
+    def uses_model(self):
+        """Whether scores come from the model (a `scorer`), so that `prune` passes it."""
+        return self.scorer is not None
+
+    def compute_target_masks(self, targets, sparsity, model=None):
         if self.scope != "layer" and isinstance(sparsity, (dict, list, tuple)):
             raise ValueError(
                 f"scope={self.scope!r} spreads one overall target over the layers; per-layer "
@@ -534,15 +584,42 @@ class PruneFraction(Criterion):
         if self.scope == "erk":
             check_fraction(sparsity, "sparsity", allow_zero=True)
             sparsity = erk_sparsities([t.weight.shape for t in targets], sparsity)
-        yield from super().compute_target_masks(targets, sparsity)
+        yield from super().compute_target_masks(targets, sparsity, model=model)
 
-    def compute_masks(self, targets):
+    def compute_masks(self, targets, model=None):
+        if self.scorer is None:
+            yield from self._masks(targets)
+            return
+        if model is None:
+            raise ValueError(
+                f"{self!r} ranks by its scorer's scores, which come from the whole model: "
+                "call tf_lottery.prune(model, criterion), not criterion.compute_masks(targets)."
+            )
+        self.check(targets)
+        masks = [_read(t.mask) for t in targets]
+        scores = self.scorer.checked_scores(model, targets, masks)
+        self._given = {(t.layer, t.name): s for t, s in zip(targets, scores)}
+        try:
+            yield from self._masks(targets)
+        finally:
+            self._given = {}
+
+    def _with_units(self, target):
+        unit = super()._with_units(target)
+        given = self._given.get((target.layer, target.name))
+        if given is None:
+            return unit
+        return dataclasses.replace(unit, scores=_pooled(given, unit.block, self.block_pooling))
+
+    def _masks(self, targets):
         if self.scope == "erk" and targets and targets[0].sparsity is None:
             alive, units = 0, 0
             for target in targets:  # one tensor at a time
                 unit = self._with_units(target)
                 alive, units = alive + int(unit.alive.sum()), units + unit.alive.size
-            yield from self.compute_target_masks(targets, round_target(alive, units, self.rate))
+            sparsity = round_target(alive, units, self.rate)
+            shapes = [t.weight.shape for t in targets]
+            yield from self._masks(_with_sparsity(targets, erk_sparsities(shapes, sparsity)))
             return
         if self.scope != "global":
             yield from super().compute_masks(targets)
@@ -581,7 +658,19 @@ class PruneFraction(Criterion):
             # Left out at its default, so that the settings of lottery runs
             # written before the option existed still match.
             config["normalize"] = self.normalize
+        if self.scorer is not None:  # what it is; its data is not part of a config
+            config["scorer"] = {"class": type(self.scorer).__name__, **self.scorer.get_config()}
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        if config.get("scorer") is not None:
+            raise ValueError(
+                f"{cls.__name__}'s config names its scorer ({config['scorer']}), but a scorer "
+                "holds its data, which no config keeps: build the criterion again with "
+                "scorer=..."
+            )
+        return super().from_config(config)
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")

@@ -132,6 +132,8 @@ def prune(model, criterion, *, layers=None, sparsity=None, target=None):
         from tf_lottery.structured.target import target_masks  # it builds on this module
 
         masks, unit_masks = target_masks(model, criterion, targets, target, sparsity)
+    elif sparsity is not None and criterion.uses_model:
+        masks = criterion.compute_target_masks(targets, sparsity, model=model)
     elif sparsity is not None:
         masks = criterion.compute_target_masks(targets, sparsity)
     elif hasattr(criterion, "compute_unit_masks"):
