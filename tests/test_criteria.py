@@ -7,7 +7,7 @@ import pytest
 
 import tf_lottery as tl
 from tf_lottery.criteria import PruneTarget
-from tf_lottery.criteria import erk_sparsities
+from tf_lottery.selection import erk_sparsities
 
 
 def target(weight, mask=None, layer="fc", name="kernel", layer_type="Dense", **kwargs):

@@ -35,14 +35,7 @@ from tf_lottery.export.report import inspect_tflite
 # The names that need Keras, by the module that defines them (packages: docs/architecture.md).
 _KERAS_SIDE = {
     "callbacks": ["GradualPruning", "IterativePruning"],
-    "criteria": [
-        "Criterion",
-        "NMSparsity",
-        "PruneFraction",
-        "PruneTarget",
-        "RandomPrune",
-        "StdThreshold",
-    ],
+    "criteria": ["Criterion", "NMSparsity", "PruneTarget", "StdThreshold"],
     "distillation": ["Distillation", "distillation_loss"],
     "experiments.history": [
         "LotteryHistory",
@@ -61,6 +54,7 @@ _KERAS_SIDE = {
     "experiments.sensitivity": ["SensitivityReport", "sensitivity"],
     "export.latency": ["LatencyMeter", "LatencyTable", "litert_latency"],
     "export.tflite": ["ExportError", "export_tflite"],
+    "fraction": ["PruneFraction", "RandomPrune"],
     "init_criteria": ["GraSP", "InitCriterion", "SNIP", "SynFlow"],
     "oneshot": ["OneShotCriterion", "SparseGPT", "Wanda"],
     "pruning": ["apply_masks", "erk_targets", "prune", "reset_optimizer", "rewind"],

@@ -6,7 +6,7 @@ from tf_lottery import pruning
 from tf_lottery.callbacks import freezing
 from tf_lottery.callbacks.scheduled_masks import ScheduledMasks
 from tf_lottery.callbacks.sparsity_logs import SparsityLogs
-from tf_lottery.criteria import PruneFraction
+from tf_lottery.fraction import PruneFraction
 from tf_lottery.criteria import check_criterion
 from tf_lottery.schedules import Schedule
 from tf_lottery.validators import check_bool

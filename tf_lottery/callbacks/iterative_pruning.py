@@ -26,7 +26,10 @@ from tf_lottery.wrapper import assign_copy
 
 # Modules whose classes moved, by their new name: a criterion's stage key names the
 # module it was defined in, and stages saved before the move keep their keys.
-_MOVED_MODULES = {"tf_lottery.structured.units": "tf_lottery.structured"}
+_MOVED_MODULES = {
+    "tf_lottery.structured.units": "tf_lottery.structured",
+    "tf_lottery.fraction": "tf_lottery.criteria",
+}
 
 
 class IterativePruning(keras.callbacks.Callback):

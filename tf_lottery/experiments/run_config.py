@@ -15,7 +15,7 @@ import os
 import keras
 import numpy as np
 
-from tf_lottery.criteria import PruneFraction
+from tf_lottery.fraction import PruneFraction
 from tf_lottery.criteria import check_criterion
 from tf_lottery.experiments.controls import check_controls
 from tf_lottery.experiments.controls import describe as describe_control

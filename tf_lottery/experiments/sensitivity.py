@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from tf_lottery import pruning
-from tf_lottery.criteria import PruneFraction
+from tf_lottery.fraction import PruneFraction
 from tf_lottery.criteria import StdThreshold
 from tf_lottery.experiments.evaluation import evaluate_metric
 from tf_lottery.files import save_figure

@@ -4,7 +4,7 @@ import keras
 
 from tf_lottery import keras_private
 from tf_lottery.criteria import NMSparsity
-from tf_lottery.criteria import PruneFraction
+from tf_lottery.fraction import PruneFraction
 from tf_lottery.registry import is_prunable
 from tf_lottery.schedules import ConstantSparsity
 from tf_lottery.schedules import Schedule
