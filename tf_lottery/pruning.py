@@ -56,14 +56,17 @@ def prune_targets(wrappers, layers=None, *, owner=None, values=False):
         for masked in wrapper.masked_weights
     ]
     thresholds = [m.threshold for _, _, m in chosen]
-    if owner is None:
+    weights = [(m.variable, m.mask) for _, _, m in chosen]
+    if values and batched.size(v for v, _ in weights) <= batched.BATCH_WEIGHTS:
+        flat = [v for pair in weights for v in pair]
+        flat = batched.read(owner, "weights, masks and thresholds", flat + thresholds)
+        count = len(thresholds)
+        weights = list(zip(flat[: 2 * count : 2], flat[1 : 2 * count : 2]))
+        thresholds = [_threshold(t) for t in flat[2 * count :]]
+    elif owner is None:
         thresholds = [read_threshold(t) for t in thresholds]
     else:
         thresholds = [_threshold(t) for t in batched.read(owner, "thresholds", thresholds)]
-    weights = [(m.variable, m.mask) for _, _, m in chosen]
-    if values and batched.size(v for v, _ in weights) <= batched.BATCH_WEIGHTS:
-        flat = batched.read(owner, "weights and masks", [v for pair in weights for v in pair])
-        weights = list(zip(flat[::2], flat[1::2]))
     return [
         PruneTarget(
             layer=wrapper.target_name,

@@ -334,7 +334,8 @@ class IterativePruning(keras.callbacks.Callback):
         due, _ = self.schedule(epoch + 1)
         if not due or self.drop_rule.stopped:
             return
-        state = f"round {self.stage_rounds} ({self._logs.report.sparsity:.2%} sparse)"
+        rounds = self.stage_rounds  # read once: a read of the wrappers' counters
+        state = f"round {rounds} ({self._logs.report.sparsity:.2%} sparse)"
         if not self.drop_rule.allows(self.model, epoch, logs, state):
             if self.drop_rule.restore_best:
                 self._reset_optimizer()
@@ -342,7 +343,7 @@ class IterativePruning(keras.callbacks.Callback):
             if self.verbose:
                 print(self.drop_rule.stopped + ".")
             return
-        if self._should_prune():
+        if self._should_prune(rounds):
             self._prune_round(epoch)
 
     def _layers_to_prune(self):
@@ -361,8 +362,8 @@ class IterativePruning(keras.callbacks.Callback):
             names.append(name)
         return names
 
-    def _should_prune(self):
-        if self.rounds is not None and self.stage_rounds >= self.rounds:
+    def _should_prune(self, rounds):
+        if self.rounds is not None and rounds >= self.rounds:
             return False
         if self.target_sparsity is not None and self._logs.report.sparsity >= self.target_sparsity:
             return False
