@@ -59,7 +59,7 @@ def _entry(owner, kind, name, variables):
     return entry
 
 
-def _compiles():
+def compiles():
     """Whether groups are compiled here: on TensorFlow, and on JAX in one process
     (in several, every process would have to place the inputs alike)."""
     if _BACKEND == "jax":
@@ -84,7 +84,7 @@ def run(owner, name, reads, writes, body, inputs=()):
         inputs: numpy arrays (not Python numbers, which would retrace); their
             shapes and dtypes must stay the same from call to call.
     """
-    entry = _entry(owner, "run", name, [*reads, *writes]) if _compiles() else None
+    entry = _entry(owner, "run", name, [*reads, *writes]) if compiles() else None
     if entry is None or entry[0] < 2:
         for variable, value in zip(writes, body([v.value for v in reads], tuple(inputs))):
             variable.assign(value)

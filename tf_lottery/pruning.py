@@ -174,7 +174,7 @@ def prune(model, criterion, *, layers=None, sparsity=None, target=None):
         masks = criterion.compute_masks(targets, model=model)
     else:
         masks = criterion.compute_masks(targets)
-    if plain:
+    if plain and batched.compiles():  # PyTorch multiplies each weight in place instead
         return _write_masks_together(model, wrappers, layers, targets, masks)
     return write_masks(model, wrappers, layers, targets, masks, unit_masks)
 
