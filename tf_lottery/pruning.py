@@ -4,11 +4,13 @@
 custom training loop or an experiment runner can do the same steps itself.
 """
 
+import math
 import weakref
 
 import keras
 import numpy as np
 
+from tf_lottery import batched
 from tf_lottery import keras_private
 
 from tf_lottery.criteria import PruneTarget
@@ -16,12 +18,13 @@ from tf_lottery.criteria import check_criterion as check_criterion_type
 from tf_lottery.selection import erk_sparsities
 from tf_lottery.wrapper import _IN_PLACE
 from tf_lottery.wrapper import _multiply_in_place
-from tf_lottery.wrapper import assign_copy
 from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.registry import input_axes
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
+from tf_lottery.wrapper import NO_THRESHOLD
 from tf_lottery.wrapper import read_threshold
+from tf_lottery.wrapper import rewound
 from tf_lottery.wrapper import write_threshold
 
 
@@ -37,34 +40,58 @@ def require_wrappers(model, caller):
     return wrappers
 
 
-def prune_targets(wrappers, layers=None):
+def prune_targets(wrappers, layers=None, *, owner=None, values=False):
     """The `PruneTarget`s of `wrappers`, in order; the last wrapper is the output.
 
     The targets carry the variables, not their values: a criterion reads each
     tensor when its turn comes. With `layers` (names), only those layers' targets.
+    With `owner` (the model) the thresholds are read in one call, and with
+    `values=True` the weights and masks too, as numpy arrays, where the model is
+    small enough (see `tf_lottery.batched`).
     """
+    chosen = [
+        (index, wrapper, masked)
+        for index, wrapper in enumerate(wrappers)
+        if layers is None or wrapper.target_name in layers
+        for masked in wrapper.masked_weights
+    ]
+    thresholds = [m.threshold for _, _, m in chosen]
+    weights = [(m.variable, m.mask) for _, _, m in chosen]
+    if values and batched.size(v for v, _ in weights) <= batched.BATCH_WEIGHTS:
+        flat = [v for pair in weights for v in pair]
+        flat = batched.read(owner, "weights, masks and thresholds", flat + thresholds)
+        count = len(thresholds)
+        weights = list(zip(flat[: 2 * count : 2], flat[1 : 2 * count : 2]))
+        thresholds = [_threshold(t) for t in flat[2 * count :]]
+    elif owner is None:
+        thresholds = [read_threshold(t) for t in thresholds]
+    else:
+        thresholds = [_threshold(t) for t in batched.read(owner, "thresholds", thresholds)]
     return [
         PruneTarget(
             layer=wrapper.target_name,
             name=masked.name,
             layer_type=type(wrapper.layer).__name__,
-            weight=masked.variable,
-            mask=masked.mask,
-            threshold=read_threshold(masked.threshold),
+            weight=weight,
+            mask=mask,
+            threshold=threshold,
             is_output=index == len(wrappers) - 1,
             input_axes=input_axes(wrapper.layer, masked.variable),
         )
-        for index, wrapper in enumerate(wrappers)
-        if layers is None or wrapper.target_name in layers
-        for masked in wrapper.masked_weights
+        for (index, wrapper, masked), (weight, mask), threshold in zip(chosen, weights, thresholds)
     ]
+
+
+def _threshold(value):
+    value = float(value)
+    return math.nan if value == NO_THRESHOLD else value
 
 
 def check_criterion(criterion, wrappers):
     """Raises a ValueError if `criterion` does not fit the wrapped layers."""
     check_criterion_type(criterion)
     check_layer_names("per_layer", getattr(criterion, "per_layer", {}), wrappers)
-    criterion.check(prune_targets(wrappers))
+    criterion.check(prune_targets(wrappers, owner=wrappers[0]))
 
 
 def check_layer_names(argument, given, wrappers):
@@ -126,7 +153,12 @@ def prune(model, criterion, *, layers=None, sparsity=None, target=None):
     wrappers = require_wrappers(model, "tf_lottery.prune()")
     layers = _check_layers(layers, wrappers)
     check_criterion(criterion, wrappers)
-    targets = prune_targets(wrappers, layers)
+    # Criteria that read one tensor at a time get the values of a small model
+    # read in one call; those that read the model (SNIP, Wanda, unit criteria)
+    # read as they go.
+    plain = target is None and not criterion.uses_model
+    plain = plain and not hasattr(criterion, "compute_unit_masks")
+    targets = prune_targets(wrappers, layers, owner=model, values=plain)
     unit_masks = {}
     if target is not None:
         from tf_lottery.structured.target import target_masks  # it builds on this module
@@ -142,7 +174,46 @@ def prune(model, criterion, *, layers=None, sparsity=None, target=None):
         masks = criterion.compute_masks(targets, model=model)
     else:
         masks = criterion.compute_masks(targets)
+    if plain and batched.compiles():  # PyTorch multiplies each weight in place instead
+        return _write_masks_together(model, wrappers, layers, targets, masks)
     return write_masks(model, wrappers, layers, targets, masks, unit_masks)
+
+
+def _write_masks_together(model, wrappers, layers, targets, masks):
+    """`write_masks` for a criterion that only yields masks and thresholds: the
+    masks of a small model are written in one call, after all are computed."""
+    chosen = [w for w in wrappers if layers is None or w.target_name in layers]
+    masked = [m for w in chosen for m in w.masked_weights]
+    if batched.size(m.variable for m in masked) > batched.BATCH_WEIGHTS:
+        return write_masks(model, wrappers, layers, targets, masks, {})
+    results = list(masks)
+    if any(len(result) > 2 for result in results):  # it moves the survivors too
+        return write_masks(model, wrappers, layers, targets, results, {})
+    thresholds = [threshold for _, threshold in results]
+    stored = [NO_THRESHOLD if math.isnan(t) else t for t in thresholds]
+    counters = [w.pruning_round for w in chosen]
+    weights = [m.variable for m in masked]
+    batched.run(
+        model,
+        "masks",
+        weights + counters,
+        [m.mask for m in masked] + [m.threshold for m in masked] + weights + counters,
+        _masked_values,
+        (tuple(mask for mask, _ in results), np.array(stored, "float32")),
+    )
+    return {f"{t.layer}/{t.name}": threshold for t, threshold in zip(targets, thresholds)}
+
+
+def _masked_values(values, inputs):
+    """New masks, thresholds, masked weights and round counters, for `batched.run`."""
+    masks, thresholds = inputs
+    weights, counters = values[: len(masks)], values[len(masks) :]
+    return [
+        *(keras.ops.convert_to_tensor(m) for m in masks),
+        *(thresholds[i] for i in range(len(masks))),
+        *(keras.ops.multiply(w, keras.ops.cast(m, w.dtype)) for w, m in zip(weights, masks)),
+        *(c + 1 for c in counters),
+    ]
 
 
 def write_masks(model, wrappers, layers, targets, masks, unit_masks):
@@ -249,7 +320,8 @@ def rewind(model, to="initial", *, layers=None):
     wrappers = [w for w in wrappers if selected is None or w.target_name in selected]
     if to not in REWIND_TARGETS:
         raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
-    missing = [w.target_name for w in wrappers if to == "rewind_point" and not w.has_rewind_point]
+    epochs = rewind_epochs(model, wrappers)
+    missing = [w.target_name for w in wrappers if to == "rewind_point" and epochs.get(w, -1) < 0]
     if missing:
         raise ValueError(
             f"Layers {missing} have no rewind point saved yet. Save one with "
@@ -258,9 +330,29 @@ def rewind(model, to="initial", *, layers=None):
         )
     # Every wrapper is asked before any rewinds, so that a refusal changes nothing.
     for wrapper in wrappers:
-        wrapper.check_rewind(to)
-    for wrapper in wrappers:
-        wrapper.rewind(to)
+        wrapper.check_rewind(to, rewind_epoch=epochs.get(wrapper, -1))
+    saved = [s for w in wrappers for s in w.saved_weights]
+    if batched.size(s.variable for s in saved) > batched.BATCH_WEIGHTS:
+        for wrapper in wrappers:
+            wrapper.rewind(to)
+        return
+    masked = [s.mask is not None for s in saved]
+    reads = [v for s in saved for v in (getattr(s, to), s.mask) if v is not None]
+
+    def values(current, inputs):
+        current = iter(current)
+        return [rewound(next(current), next(current) if m else None) for m in masked]
+
+    batched.run(model, f"rewind to {to}", reads, [s.variable for s in saved], values)
+
+
+def rewind_epochs(model, wrappers):
+    """A dict from each built wrapper of `wrappers` that keeps copies to the epoch
+    of its rewind point (-1 for none), read in one call: each read of a scalar
+    variable is a backend operation."""
+    built = [w for w in wrappers if w.built and w.keep != "masks"]
+    epochs = batched.read(model, "rewind epochs", [w.rewind_epoch for w in built])
+    return {w: int(epoch) for w, epoch in zip(built, epochs)}
 
 
 def rewindable(model):
@@ -304,14 +396,28 @@ def reset_optimizer(optimizer):
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     if not optimizer.built:
         return
-    for variable, initial in zip(optimizer.variables, _initial_state(optimizer)):
-        # A learning rate that is a variable (not a schedule) is kept.
-        if variable.name == "learning_rate":
-            continue
-        if isinstance(initial, np.ndarray):
-            assign_copy(variable, initial)
-        else:  # a slot that starts constant (zeros, Adagrad's 0.1): no copy kept
-            variable.assign(keras.ops.full(variable.shape, initial, variable.dtype))
+    # A learning rate that is a variable (not a schedule) is kept.
+    pairs = [
+        (variable, initial)
+        for variable, initial in zip(optimizer.variables, _initial_state(optimizer))
+        if variable.name != "learning_rate"
+    ]
+    arrays = tuple(initial for _, initial in pairs if isinstance(initial, np.ndarray))
+    # Each variable's start: an input array, or a constant (zeros, Adagrad's 0.1),
+    # of which no copy is kept.
+    starts = [
+        None if isinstance(initial, np.ndarray) else (tuple(v.shape), initial, v.dtype)
+        for v, initial in pairs
+    ]
+
+    def values(current, inputs):
+        given = iter(inputs)
+        return [
+            keras.ops.copy(next(given)) if start is None else keras.ops.full(*start)
+            for start in starts
+        ]
+
+    batched.run(optimizer, "reset", [], [v for v, _ in pairs], values, arrays)
 
 
 # optimizer -> (its variables' shapes, their initial values): a fresh twin is

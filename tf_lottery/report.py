@@ -5,6 +5,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tf_lottery import batched
 from tf_lottery import keras_private
 from tf_lottery.registry import is_prunable
 from tf_lottery.registry import prunable_weights
@@ -98,13 +99,26 @@ def count_nonzero(variable):
     return int(np.count_nonzero(keras.ops.convert_to_numpy(variable.value)))
 
 
-def _row(name, variables, counted, wrapped):
-    return LayerSparsity(
-        name,
-        sum(int(np.prod(v.shape)) for v in variables),
-        sum(count_nonzero(v) for v in counted),
-        wrapped=wrapped,
-    )
+def _rows(model, specs):
+    """`LayerSparsity` rows of `specs` (name, variables, wrapped); the variables of a
+    small model are read in one call (see `tf_lottery.batched`)."""
+    variables = [v for _, group, _ in specs for v in group]
+    count = count_nonzero
+    if batched.size(variables) <= batched.BATCH_WEIGHTS:
+        values = iter(batched.read(model, "sparsity", variables))
+
+        def count(variable):
+            return int(np.count_nonzero(next(values)))
+
+    return [
+        LayerSparsity(
+            name,
+            sum(int(np.prod(v.shape)) for v in group),
+            sum(count(v) for v in group),
+            wrapped=wrapped,
+        )
+        for name, group, wrapped in specs
+    ]
 
 
 def sparsity(model, *, per_weight=False):
@@ -142,12 +156,11 @@ def sparsity(model, *, per_weight=False):
         if isinstance(layer, PruneWrapper):
             if per_weight:
                 rows.extend(
-                    _row(f"{layer.target_name}/{m.name}", [m.mask], [m.mask], True)
-                    for m in layer.masked_weights
+                    (f"{layer.target_name}/{m.name}", [m.mask], True) for m in layer.masked_weights
                 )
             else:
                 masks = [m.mask for m in layer.masked_weights]
-                rows.append(_row(layer.target_name, masks, masks, True))
+                rows.append((layer.target_name, masks, True))
         elif id(layer) not in inside and is_prunable(layer) and layer.built:
             weights = prunable_weights(layer)
             inside.update(id(sub) for sub in keras_private.flatten_layers(layer))
@@ -156,19 +169,14 @@ def sparsity(model, *, per_weight=False):
             if per_weight:
                 prefix = layer.path + "/"
                 rows.extend(
-                    _row(
-                        w.path if w.path.startswith(prefix) else f"{layer.name}/{w.name}",
-                        [w],
-                        [w],
-                        False,
-                    )
+                    (w.path if w.path.startswith(prefix) else f"{layer.name}/{w.name}", [w], False)
                     for w in weights
                 )
             else:
-                rows.append(_row(layer.name, weights, weights, False))
+                rows.append((layer.name, weights, False))
     if not rows:
         raise ValueError(
             f"Model '{model.name}' has no prunable layers (Dense, convolutions, Embedding, "
             "attention, RNN) to report on, or it is not built yet."
         )
-    return SparsityReport(tuple(rows))
+    return SparsityReport(tuple(_rows(model, rows)))

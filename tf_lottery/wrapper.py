@@ -528,12 +528,15 @@ class RewindWrapper(keras.layers.Wrapper):
         if self.keep == "rewind":
             self.rewind_epoch.assign(-1)
 
-    def check_rewind(self, to=None):
+    def check_rewind(self, to=None, *, rewind_epoch=None):
         """Raises a ValueError, naming `wrap`'s `keep`, if the layer cannot rewind `to`.
 
         Args:
             to: `"initial"`, `"rewind_point"`, or `None` to ask only whether the
                 wrapper keeps a copy at all (a rewind point is saved later).
+            rewind_epoch: The value of `self.rewind_epoch` where the caller has
+                read it already (`tf_lottery.rewind` reads every wrapper's in one
+                call), or `None` to read it here.
         """
         name = self.target_name
         if self.keep == "masks":
@@ -543,16 +546,21 @@ class RewindWrapper(keras.layers.Wrapper):
                 "keep='rewind') (the default) to rewind, or train without rewinding "
                 "(IterativePruning(rewind=None), GradualPruning)."
             )
-        # An unbuilt wrapper (a subclassed model before its first call) holds θ0 once built.
-        if to == "initial" and self.keep == "rewind" and self.built and self.has_rewind_point:
-            epoch = int(ops.convert_to_numpy(self.rewind_epoch.value))
+        if to is None:
+            return
+        if rewind_epoch is None and (to == "rewind_point" or self.keep == "rewind"):
+            if not self.built:  # an unbuilt wrapper (a subclassed model) holds θ0 once built
+                rewind_epoch = -1
+            else:
+                rewind_epoch = int(ops.convert_to_numpy(self.rewind_epoch.value))
+        if to == "initial" and self.keep == "rewind" and rewind_epoch >= 0:
             raise ValueError(
                 f"Layer '{name}' no longer holds θ0: with keep='rewind' the wrapper keeps one "
-                f"copy, and the rewind point saved at epoch {epoch} replaced θ0. Rewind "
+                f"copy, and the rewind point saved at epoch {rewind_epoch} replaced θ0. Rewind "
                 "to='rewind_point', or wrap the model with tf_lottery.wrap(model, "
                 "keep='both') to keep θ0 and a rewind point."
             )
-        if to == "rewind_point" and not self.has_rewind_point:
+        if to == "rewind_point" and rewind_epoch < 0:
             raise ValueError(
                 f"Layer '{name}' has no rewind point saved yet; call "
                 "save_rewind_point(epoch) first, or rewind to='initial'."
@@ -580,11 +588,19 @@ class RewindWrapper(keras.layers.Wrapper):
             raise ValueError(f"Expected to='initial' or 'rewind_point'. Received: to={to!r}")
         self.check_rewind(to)
         for saved in self._saved:
-            value = getattr(saved, to).value
-            if saved.mask is None:
-                assign_copy(saved.variable, value)
-            else:  # the product is a new buffer already: no copy
-                saved.variable.assign(ops.multiply(value, ops.cast(saved.mask.value, value.dtype)))
+            mask = None if saved.mask is None else saved.mask.value
+            saved.variable.assign(rewound(getattr(saved, to).value, mask))
+
+
+def rewound(value, mask):
+    """What a rewind writes from a saved copy: the copy masked, or a copy of it.
+
+    The masked product is a new buffer already; an unmasked value is copied (see
+    `assign_copy`).
+    """
+    if mask is None:
+        return ops.copy(value)
+    return ops.multiply(value, ops.cast(mask, value.dtype))
 
 
 @keras.saving.register_keras_serializable(package="tf_lottery")

@@ -6,7 +6,9 @@ import warnings
 import zlib
 
 import keras
+import numpy as np
 
+from tf_lottery import batched
 from tf_lottery import pruning
 from tf_lottery.callbacks import freezing
 from tf_lottery.callbacks.drop_rule import DropRule
@@ -22,7 +24,6 @@ from tf_lottery.validators import check_fraction
 from tf_lottery.validators import check_int
 from tf_lottery.validators import check_per_layer
 from tf_lottery.validators import is_int
-from tf_lottery.wrapper import assign_copy
 
 # Modules whose classes moved, by their new name: a criterion's stage key names the
 # module it was defined in, and stages saved before the move keep their keys.
@@ -209,9 +210,11 @@ class IterativePruning(keras.callbacks.Callback):
         self._rewound = [w for w in pruning.rewindable(self.model) if w not in frozen]
         if self.rewind is not None:
             # Before training: a model wrapped without the copy fails now, not at round 1.
+            epochs = pruning.rewind_epochs(self.model, self._rewound)
             try:
                 for wrapper in self._rewound:
-                    wrapper.check_rewind("initial" if self.rewind == "init" else None)
+                    to = "initial" if self.rewind == "init" else None
+                    wrapper.check_rewind(to, rewind_epoch=epochs.get(wrapper, -1))
             except ValueError as error:
                 raise ValueError(f"IterativePruning(rewind={self.rewind!r}): {error}") from None
         self.drop_rule.reset()
@@ -261,7 +264,8 @@ class IterativePruning(keras.callbacks.Callback):
     @property
     def rounds_done(self):
         """Number of pruning rounds this model has been through, in every stage."""
-        return max(int(keras.ops.convert_to_numpy(w.pruning_round.value)) for w in self._wrappers)
+        counts = batched.read(self.model, "rounds", [w.pruning_round for w in self._wrappers])
+        return max(int(count) for count in counts)
 
     @property
     def stage_rounds(self):
@@ -298,14 +302,20 @@ class IterativePruning(keras.callbacks.Callback):
         epoch = self._first_epoch
         key = self._stage_key()
         stored_key, stored_before = (
-            int(v) for v in keras.ops.convert_to_numpy(self._wrappers[0].pruning_stage.value)
+            int(v) for v in batched.read(self.model, "stage", [self._wrappers[0].pruning_stage])[0]
         )
         # A stage from before stages were recorded (key 0) resumes with absolute rounds.
         resumes = epoch > 0 and stored_key in (key, 0)
         self._rounds_before = stored_before if resumes else self.rounds_done
-        stage = keras.ops.convert_to_tensor([key, self._rounds_before], dtype="int32")
-        for wrapper in self._wrappers:
-            assign_copy(wrapper.pruning_stage, stage)
+        stages = [w.pruning_stage for w in self._wrappers]
+        batched.run(
+            self.model,
+            "stage",
+            [],
+            stages,
+            lambda _, inputs: [keras.ops.copy(inputs[0]) for _ in stages],
+            (np.array([key, self._rounds_before], "int32"),),
+        )
         if self.verbose and self.rounds is not None and self.stage_rounds >= self.rounds:
             print(
                 f"IterativePruning resumes at epoch {epoch + 1} a stage whose {self.rounds} "
@@ -324,7 +334,8 @@ class IterativePruning(keras.callbacks.Callback):
         due, _ = self.schedule(epoch + 1)
         if not due or self.drop_rule.stopped:
             return
-        state = f"round {self.stage_rounds} ({self._logs.report.sparsity:.2%} sparse)"
+        rounds = self.stage_rounds  # read once: a read of the wrappers' counters
+        state = f"round {rounds} ({self._logs.report.sparsity:.2%} sparse)"
         if not self.drop_rule.allows(self.model, epoch, logs, state):
             if self.drop_rule.restore_best:
                 self._reset_optimizer()
@@ -332,7 +343,7 @@ class IterativePruning(keras.callbacks.Callback):
             if self.verbose:
                 print(self.drop_rule.stopped + ".")
             return
-        if self._should_prune():
+        if self._should_prune(rounds):
             self._prune_round(epoch)
 
     def _layers_to_prune(self):
@@ -351,8 +362,8 @@ class IterativePruning(keras.callbacks.Callback):
             names.append(name)
         return names
 
-    def _should_prune(self):
-        if self.rounds is not None and self.stage_rounds >= self.rounds:
+    def _should_prune(self, rounds):
+        if self.rounds is not None and rounds >= self.rounds:
             return False
         if self.target_sparsity is not None and self._logs.report.sparsity >= self.target_sparsity:
             return False
@@ -370,11 +381,8 @@ class IterativePruning(keras.callbacks.Callback):
 
     def _prune_round(self, epoch):
         if is_int(self.rewind):
-            missing = [
-                w.target_name
-                for w in self._rewound
-                if int(keras.ops.convert_to_numpy(w.rewind_epoch.value)) != self.rewind
-            ]
+            epochs = pruning.rewind_epochs(self.model, self._rewound)
+            missing = [w.target_name for w in self._rewound if epochs.get(w) != self.rewind]
             if missing:
                 raise ValueError(
                     f"rewind={self.rewind}, but layers {missing} hold no rewind point from "
