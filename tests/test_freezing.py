@@ -64,7 +64,7 @@ def test_freezing_again_after_a_crash_holds_the_values_of_the_new_fit():
     before = out.kernel.numpy().copy()
     model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[frozen()])
     np.testing.assert_array_equal(out.kernel.numpy(), before)
-    assert isinstance(out.kernel.constraint, tl.wrapper.MaskConstraint)
+    assert isinstance(out.kernel.constraint, tl.masking.MaskConstraint)
 
 
 def test_frozen_patterns_are_checked():

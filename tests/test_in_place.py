@@ -146,7 +146,7 @@ def test_strip_in_place_takes_the_state_off_the_model_itself(tmp_path):
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
     for layer in model._flatten_layers():
         for variable in layer.weights:
-            assert not isinstance(variable.constraint, tl.wrapper.MaskConstraint)
+            assert not isinstance(variable.constraint, tl.masking.MaskConstraint)
     model.save(tmp_path / "plain.keras")
     assert not tl.find_wrappers(tl.load_model(tmp_path / "plain.keras", compile=False))
 

@@ -238,7 +238,7 @@ def test_weights_h5_round_trip(tmp_path):
 def test_no_threshold_reads_as_nan_but_no_variable_holds_nan():
     # Multi-process JAX refuses to put a NaN on its devices (NaN != NaN in its
     # same-value-in-every-process check), so "no threshold" is stored as -inf.
-    from tf_lottery.wrapper import read_threshold
+    from tf_lottery.masking import read_threshold
 
     wrapped = tl.wrap(mlp())
     thresholds = [m.threshold for w in tl.find_wrappers(wrapped) for m in w.masked_weights]

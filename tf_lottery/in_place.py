@@ -36,7 +36,7 @@ from tf_lottery.registry import prunable_weights
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import STATE_ATTRIBUTE
 from tf_lottery.wrapper import RewindWrapper
-from tf_lottery.wrapper import remember_step_masks
+from tf_lottery.masking import remember_step_masks
 
 _ATTACHED_ATTRIBUTE = "_tf_lottery_attached"
 # The layout JSON of a saved PruningState. 1: paths and kinds, wrappers of

@@ -16,16 +16,16 @@ from tf_lottery import keras_private
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.criteria import check_criterion as check_criterion_type
 from tf_lottery.selection import erk_sparsities
-from tf_lottery.wrapper import _IN_PLACE
-from tf_lottery.wrapper import _multiply_in_place
+from tf_lottery.masking import IN_PLACE
+from tf_lottery.masking import multiply_in_place
 from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.registry import input_axes
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.wrapper import NO_THRESHOLD
-from tf_lottery.wrapper import read_threshold
+from tf_lottery.masking import NO_THRESHOLD
+from tf_lottery.masking import read_threshold
 from tf_lottery.wrapper import rewound
-from tf_lottery.wrapper import write_threshold
+from tf_lottery.masking import write_threshold
 
 
 def require_wrappers(model, caller):
@@ -235,13 +235,13 @@ def write_masks(model, wrappers, layers, targets, masks, unit_masks):
         mask = keras.ops.convert_to_tensor(mask)  # converted once, used twice
         weight.mask.assign(mask)
         write_threshold(weight.threshold, threshold)
-        if values or not _IN_PLACE:
+        if values or not IN_PLACE:
             survivors = keras.ops.convert_to_tensor(values[0]) if values else weight.variable.value
             weight.variable.assign(keras.ops.multiply(survivors, mask))
         else:
             # PyTorch: in place, without a new tensor and its copy into the
             # variable (4 of the 7 ms a million weights took on a 2-core CPU).
-            _multiply_in_place(weight.variable.value, mask)
+            multiply_in_place(weight.variable.value, mask)
         thresholds[f"{target.layer}/{target.name}"] = threshold
     for wrapper in find_rewind_wrappers(model):
         if wrapper.target_name in unit_masks:

@@ -13,7 +13,7 @@ from tf_lottery.validators import check_choice
 from tf_lottery.wrapper import KEEP
 from tf_lottery.wrapper import PruneWrapper
 from tf_lottery.wrapper import RewindWrapper
-from tf_lottery.wrapper import assign_copy
+from tf_lottery.masking import assign_copy
 from tf_lottery.wrapper import constructing_unwrapped
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers

@@ -1,7 +1,7 @@
 """The sparsity figures a pruning callback adds to each epoch's logs."""
 
 from tf_lottery.report import sparsity
-from tf_lottery.wrapper import read_threshold
+from tf_lottery.masking import read_threshold
 
 
 class SparsityLogs:

@@ -20,7 +20,7 @@ from tf_lottery.files import write_once
 from tf_lottery.pruning import apply_masks
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.wrapper import read_threshold
+from tf_lottery.masking import read_threshold
 
 
 def describe_layers(model):

@@ -25,7 +25,7 @@ import numpy as np
 from tf_lottery import keras_private
 from tf_lottery.files import save_figure
 from tf_lottery.validators import check_int
-from tf_lottery.wrapper import assign_copy
+from tf_lottery.masking import assign_copy
 from tf_lottery.wrapper import find_wrappers
 
 

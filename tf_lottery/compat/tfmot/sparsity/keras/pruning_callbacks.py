@@ -8,7 +8,7 @@ import numpy as np
 from tf_lottery.callbacks.scheduled_masks import ScheduledMasks
 from tf_lottery.compat.tfmot.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.wrapper import read_threshold
+from tf_lottery.masking import read_threshold
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
