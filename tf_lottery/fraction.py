@@ -15,6 +15,7 @@ from tf_lottery.criteria import Criterion
 from tf_lottery.criteria import _check_rate
 from tf_lottery.criteria import _read
 from tf_lottery.criteria import _with_sparsity
+from tf_lottery.init_criteria import InitCriterion
 from tf_lottery.selection import count_to_drop
 from tf_lottery.selection import drop_smallest
 from tf_lottery.selection import drop_smallest_across
@@ -31,8 +32,6 @@ from tf_lottery.validators import check_per_layer
 def _check_scorer(scorer):
     if scorer is None:
         return None
-    from tf_lottery.init_criteria import InitCriterion  # it builds on this module
-
     return check_instance(
         scorer,
         "scorer",

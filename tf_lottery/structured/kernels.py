@@ -66,7 +66,9 @@ class _Channels:
         return kernel[..., index % per_group, columns], columns
 
     def foldable(self, layer):
-        return layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
+        # A layer of one's own without these attributes folds nothing: its padding is unknown.
+        padding, size = getattr(layer, "padding", None), getattr(layer, "kernel_size", None)
+        return padding == "valid" or (size is not None and all(k == 1 for k in size))
 
     def kept(self, layer, kernel, keep):
         """Per group of a grouped convolution: its kept rows, its block of columns."""
