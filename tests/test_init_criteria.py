@@ -235,3 +235,40 @@ def test_a_scorer_follows_a_schedule_of_gradual_pruning():
     )
     for wrapper in tl.find_wrappers(model):
         assert keras.ops.convert_to_numpy(wrapper.masks["kernel"]).mean() == 0.5
+
+
+def test_a_scorer_takes_the_dict_inputs_of_a_keras_hub_model():
+    keras_hub = pytest.importorskip("keras_hub")
+    from hub_models import SEQ
+
+    keras.utils.set_random_seed(0)
+    # No dropout: SNIP's gradients are taken in training mode, and dropout would draw
+    # other units for the scores compared here than for those prune ranks by.
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=SEQ,
+        dropout=0.0,
+    )
+    model = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=2, preprocessor=None, dropout=0.0
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = {
+        "token_ids": rng.integers(1, 50, (16, SEQ)).astype("int32"),
+        "segment_ids": np.zeros((16, SEQ), "int32"),
+        "padding_mask": np.ones((16, SEQ), "int32"),
+    }
+    y = rng.integers(0, 2, 16)
+    with pytest.warns(UserWarning, match="prunes no weight of 'position_embedding'"):
+        model = tl.wrap(model, keep="masks")
+    snip = tl.SNIP(data=(x, y), batches=2)  # the dict is cut into batches input by input
+    expected = scores(snip, model)
+    tl.prune(model, tl.PruneFraction(0.5, output_rate=0.5, scorer=snip))
+    for target, score in zip(prune_targets(tl.find_wrappers(model)), expected):
+        mask = keras.ops.convert_to_numpy(target.mask) > 0
+        np.testing.assert_array_equal(mask, top(score, round(0.5 * score.size)))

@@ -151,11 +151,17 @@ def _model_loss(model, loss, name):
 
 
 def _batches(data, batches, name):
-    """`batches` (x, y) batches of `data`: equal parts of arrays, or a dataset's first ones."""
+    """`batches` (x, y) batches of `data`: equal parts of arrays, or a dataset's first ones.
+
+    `x` may be one array or, for a model of several inputs (a KerasHub model's
+    dict of `token_ids`, `padding_mask`, ...), a dict or list of arrays.
+    """
     if isinstance(data, tuple):
-        x, y = (np.asarray(a) for a in data)
-        parts = np.array_split(np.arange(len(x)), batches)
-        return [(x[p], y[p]) for p in parts if p.size]
+        x, y = (keras.tree.map_structure(np.asarray, a) for a in data)
+        parts = np.array_split(np.arange(len(y)), batches)
+        return [
+            (keras.tree.map_structure(lambda a, p=p: a[p], x), y[p]) for p in parts if p.size
+        ]
     taken = []
     for batch in data:
         taken.append((batch[0], batch[1]))
