@@ -27,15 +27,25 @@ MASK_DTYPE = "uint8"
 NO_THRESHOLD = float("-inf")
 
 
+def threshold_of(stored):
+    """The threshold that a stored value stands for: NaN for `NO_THRESHOLD`."""
+    value = float(stored)
+    return math.nan if value == NO_THRESHOLD else value
+
+
+def stored_threshold(threshold):
+    """What a threshold variable stores for `threshold` (a float, NaN for none)."""
+    return NO_THRESHOLD if math.isnan(threshold) else threshold
+
+
 def read_threshold(variable):
     """The threshold a `MaskedWeight.threshold` variable holds, NaN where there is none."""
-    value = float(ops.convert_to_numpy(variable.value))
-    return math.nan if value == NO_THRESHOLD else value
+    return threshold_of(ops.convert_to_numpy(variable.value))
 
 
 def write_threshold(variable, threshold):
     """Stores `threshold` (a float, NaN for none) in a `MaskedWeight.threshold` variable."""
-    variable.assign(NO_THRESHOLD if math.isnan(threshold) else threshold)
+    variable.assign(stored_threshold(threshold))
 
 
 def assign_copy(variable, value):

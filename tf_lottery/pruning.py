@@ -4,7 +4,6 @@
 custom training loop or an experiment runner can do the same steps itself.
 """
 
-import math
 import weakref
 
 import keras
@@ -12,20 +11,20 @@ import numpy as np
 
 from tf_lottery import batched
 from tf_lottery import keras_private
-
 from tf_lottery.criteria import PruneTarget
 from tf_lottery.criteria import check_criterion as check_criterion_type
-from tf_lottery.selection import erk_sparsities
 from tf_lottery.masking import IN_PLACE
 from tf_lottery.masking import multiply_in_place
-from tf_lottery.wrapper import REWIND_TARGETS
+from tf_lottery.masking import read_threshold
+from tf_lottery.masking import stored_threshold
+from tf_lottery.masking import threshold_of
+from tf_lottery.masking import write_threshold
 from tf_lottery.registry import input_axes
+from tf_lottery.selection import erk_sparsities
+from tf_lottery.wrapper import REWIND_TARGETS
 from tf_lottery.wrapper import find_rewind_wrappers
 from tf_lottery.wrapper import find_wrappers
-from tf_lottery.masking import NO_THRESHOLD
-from tf_lottery.masking import read_threshold
 from tf_lottery.wrapper import rewound
-from tf_lottery.masking import write_threshold
 
 
 def require_wrappers(model, caller):
@@ -62,11 +61,11 @@ def prune_targets(wrappers, layers=None, *, owner=None, values=False):
         flat = batched.read(owner, "weights, masks and thresholds", flat + thresholds)
         count = len(thresholds)
         weights = list(zip(flat[: 2 * count : 2], flat[1 : 2 * count : 2]))
-        thresholds = [_threshold(t) for t in flat[2 * count :]]
+        thresholds = [threshold_of(t) for t in flat[2 * count :]]
     elif owner is None:
         thresholds = [read_threshold(t) for t in thresholds]
     else:
-        thresholds = [_threshold(t) for t in batched.read(owner, "thresholds", thresholds)]
+        thresholds = [threshold_of(t) for t in batched.read(owner, "thresholds", thresholds)]
     return [
         PruneTarget(
             layer=wrapper.target_name,
@@ -80,11 +79,6 @@ def prune_targets(wrappers, layers=None, *, owner=None, values=False):
         )
         for (index, wrapper, masked), (weight, mask), threshold in zip(chosen, weights, thresholds)
     ]
-
-
-def _threshold(value):
-    value = float(value)
-    return math.nan if value == NO_THRESHOLD else value
 
 
 def check_criterion(criterion, wrappers):
@@ -190,7 +184,7 @@ def _write_masks_together(model, wrappers, layers, targets, masks):
     if any(len(result) > 2 for result in results):  # it moves the survivors too
         return write_masks(model, wrappers, layers, targets, results, {})
     thresholds = [threshold for _, threshold in results]
-    stored = [NO_THRESHOLD if math.isnan(t) else t for t in thresholds]
+    stored = [stored_threshold(t) for t in thresholds]
     counters = [w.pruning_round for w in chosen]
     weights = [m.variable for m in masked]
     batched.run(
