@@ -138,7 +138,6 @@ class PruneFraction(Criterion):
     ):
         super().__init__(block, block_pooling)
         self.scorer = _check_scorer(scorer)
-        self._given = {}  # (layer, weight name) -> the scorer's scores, during a round
         self.rate = _check_rate(rate, "rate")
         self.scope = check_choice(scope, "scope", ("layer", "global", "erk"))
         self.normalize = check_choice(
@@ -226,18 +225,16 @@ class PruneFraction(Criterion):
         self.check(targets)
         masks = [_read(t.mask) for t in targets]
         scores = self.scorer.checked_scores(model, targets, masks)
-        self._given = {(t.layer, t.name): s for t, s in zip(targets, scores)}
-        try:
-            yield from self._masks(targets)
-        finally:
-            self._given = {}
+        # Each target carries its scorer's scores per weight; `_with_units` pools them.
+        yield from self._masks([dataclasses.replace(t, scores=s) for t, s in zip(targets, scores)])
 
     def _with_units(self, target):
         unit = super()._with_units(target)
-        given = self._given.get((target.layer, target.name))
-        if given is None:
+        if self.scorer is None:
             return unit
-        return dataclasses.replace(unit, scores=_pooled(given, unit.block, self.block_pooling))
+        return dataclasses.replace(
+            unit, scores=_pooled(target.scores, unit.block, self.block_pooling)
+        )
 
     def _masks(self, targets):
         if self.scope == "erk" and targets and targets[0].sparsity is None:
