@@ -159,9 +159,7 @@ def _batches(data, batches, name):
     if isinstance(data, tuple):
         x, y = (keras.tree.map_structure(np.asarray, a) for a in data)
         parts = np.array_split(np.arange(len(y)), batches)
-        return [
-            (keras.tree.map_structure(lambda a, p=p: a[p], x), y[p]) for p in parts if p.size
-        ]
+        return [(keras.tree.map_structure(lambda a, p=p: a[p], x), y[p]) for p in parts if p.size]
     taken = []
     for batch in data:
         taken.append((batch[0], batch[1]))
