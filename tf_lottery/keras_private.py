@@ -4,6 +4,7 @@ Each has no public equivalent in Keras 3.15. Keeping them here means a Keras
 upgrade that moves one breaks this module only, and the tests say where.
 """
 
+from keras.src.backend.common import global_state
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 from keras.src.applications.convnext import LayerScale
 from keras.src.models.functional import Functional
@@ -15,6 +16,8 @@ __all__ = [
     "graph_inputs",
     "graph_nodes",
     "graph_outputs",
+    "build_unallocated",
+    "initialize_deferred",
     "flatten_layers",
     "get_stateless_scope",
     "input_shape_arg",
@@ -81,6 +84,42 @@ def optimizer_model_variables(optimizer):
     optimizer only keeps them privately.
     """
     return list(optimizer._trainable_variables)
+
+
+def build_unallocated(optimizer, variables):
+    """Builds `optimizer` for `variables` without allocating its slots.
+
+    The build runs in a `keras.StatelessScope`, where Keras defers each variable's
+    initializer; the deferred variables are then taken off Keras' list of
+    variables to initialize later, so they never hold memory.
+
+    Returns:
+        One entry per variable of `optimizer`, in order: the initializer of a
+        deferred variable, or `None` for one that already holds a value (made
+        before the build, such as the iteration count).
+
+    Raises:
+        ValueError: where the build creates a variable from a value (Nadam's
+            `u_product`, Adafactor's), which a stateless scope refuses. Nothing
+            is left registered; the caller builds a fresh optimizer for real.
+    """
+    import keras
+
+    key = "uninitialized_variables"
+    before = list(global_state.get_global_attribute(key, None) or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            optimizer.build(variables)
+    finally:
+        known = {id(v) for v in before}
+        after = global_state.get_global_attribute(key, None) or []
+        global_state.set_global_attribute(key, [v for v in after if id(v) in known])
+    return [v._initializer if v._value is None else None for v in optimizer.variables]
+
+
+def initialize_deferred(variable):
+    """Allocates a variable that `build_unallocated` deferred, from its initializer."""
+    variable._deferred_initialize()
 
 
 def graph_nodes(model):
