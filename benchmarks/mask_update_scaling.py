@@ -11,8 +11,12 @@ n log n for a sort): the per-weight time column says whether it does.
 
 A second table, per size, times what a lottery round adds to the prune: the
 rewind to θ0 and the optimizer reset (Adam, built), in ms per million prunable
-weights, and gives the resident memory that `wrap` added (default keep, one
-saved copy and a uint8 mask per weight) in copies of the prunable weights.
+weights, and gives the resident memory that `wrap` added in copies of the prunable
+weights: with the default keep it copies the model and adds one saved copy and a
+uint8 mask per weight, 2.25 copies while the original model lives (1.25 once it is
+dropped). Resident memory also holds what the allocator keeps after a free; with
+`MALLOC_MMAP_THRESHOLD_=65536` glibc returns large blocks at once, so the rise is
+what was live.
 
     python benchmarks/mask_update_scaling.py [--sizes=1,10,50,100 --repeats=3]
     python benchmarks/mask_update_scaling.py --sizes=50 --criteria=global
@@ -68,6 +72,10 @@ def model_with(million, width):
     for i in range(layers):
         x = keras.layers.Dense(width, name=f"fc{i}")(x)
     model = keras.Model(inputs, x)
+    # Keras imports TensorFlow, where it is installed, at the first get_config of
+    # a layer on any backend (serialization checks for tf.TensorShape): 0.7-1.5 GB
+    # of resident memory on JAX and PyTorch that is not wrap's. Imported first.
+    model.layers[-1].get_config()
     with PeakResident() as resident:
         model = tf_lottery.wrap(model)
     return model, layers * width * width, resident.peak - resident.start

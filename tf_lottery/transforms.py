@@ -323,18 +323,17 @@ def wrap(model, *, exclude=(), in_place=None, keep="rewind"):
 
     def clone_function(layer):
         copy = fresh_copy(layer)
-        if copy is not layer and isinstance(layer, keras.layers.Layer):
-            pairs.append((layer, copy))
-        if (
-            copy is layer
-            or not isinstance(layer, keras.layers.Layer)
-            or not layer.trainable
-            or not layer.weights  # Dropout's seed state is a variable, not a weight
-        ):
+        if copy is layer or not isinstance(layer, keras.layers.Layer):
+            return copy
+        if not layer.trainable or not layer.weights:  # Dropout's seed is a variable, not a weight
+            pairs.append((layer, copy))  # built as the clone runs; weights copied after
             return copy
         # Built like the original, so layers whose build takes more than one
-        # shape (MultiHeadAttention) are ready before the wrapper builds.
+        # shape (MultiHeadAttention) are ready before the wrapper builds, and
+        # given the original's weights at once: the copy's random ones are then
+        # freed layer by layer, not all held until the whole model is cloned.
         copy.build_from_config(layer.get_build_config())
+        _copy_pairs(model, [(layer, copy)], masked=False)
         if layer.name in to_prune:
             return PruneWrapper(copy, keep=keep)
         return RewindWrapper(copy, keep=keep)
