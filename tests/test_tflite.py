@@ -52,6 +52,36 @@ def test_float_block_sparse_export_loads_matches_and_is_not_densified(tmp_path):
     assert "block-sparse" in str(report) and "accepted" in str(report)
 
 
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_the_sparse_conversion_runs_only_where_a_constant_could_be_stored_sparse(
+    tmp_path, monkeypatch, quantize
+):
+    from tf_lottery.export.encoding import sparse_candidates
+
+    calls = []
+    real = tflite.convert_saved
+    monkeypatch.setattr(tflite, "convert_saved", lambda *args: calls.append(args[3]) or real(*args))
+    unpruned = pruned_mlp("tflite-float", rounds=0)
+    path = os.path.join(tmp_path, "m.tflite")
+    report = tl.export_tflite(
+        unpruned, path, quantize=quantize, representative_data=inputs(), shrink=False
+    )
+    assert calls == [False]  # the dense conversion only
+    with open(path, "rb") as f:
+        assert not sparse_candidates(f.read())
+    assert report.delegate_ok and all(t.encoding == "dense" for t in report.tensors)
+    np.testing.assert_allclose(
+        tl.run_tflite(path, inputs(8)),
+        unpruned.predict(inputs(8), verbose=0),
+        atol=1e-4 if quantize is None else 0.5,
+    )
+    calls.clear()
+    pruned = pruned_mlp("tflite-float" if quantize is None else "tflite-int8", rounds=2)
+    report = tl.export_tflite(pruned, path, quantize=quantize, representative_data=inputs())
+    assert calls == [False, True]
+    assert any(t.encoding == "block-sparse" for t in report.tensors)
+
+
 def test_int8_block_sparse_export_is_small_and_right(tmp_path):
     model = pruned_mlp("tflite-int8", sizes=(64, 40, 24, 10), rounds=2)  # 40, 24: partial 16-blocks
     report = tl.export_tflite(

@@ -193,6 +193,27 @@ def _refusal(report, quantize, problem, keras_weights):
     )
 
 
+# The converter's sparsity pass (TensorFlow's DenseToSparse, MLIR) keeps every
+# constant below 30% zeros dense: `kMinSparsityLevel = 0.3`, judged on the values
+# as stored, after quantization. With a margin, for a file of no constant this
+# sparse the sparse conversion gives the dense bytes and is not run.
+_SPARSE_CANDIDATE_ZEROS = 0.25
+
+
+def sparse_candidates(content):
+    """Whether any constant of the dense file `content` is sparse enough for the
+    converter's sparsity pass to store it sparse (at least 25% zeros as stored)."""
+    model = flatbuffer.read(content)
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        if data is None or tensor.shape is None or len(tensor.shape) < 2:
+            continue
+        values = flatbuffer.dense_values(tensor, data)[0]
+        if values.size and np.mean(values == 0) >= _SPARSE_CANDIDATE_ZEROS:
+            return True
+    return False
+
+
 def pick_encoding(plain, sparse, dense, inputs, quantize, fallback):
     """Runs both encodings on `inputs` and picks the one to write.
 
