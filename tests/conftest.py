@@ -1,3 +1,4 @@
+import gc
 import os
 import warnings
 
@@ -35,6 +36,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         elif "once" in item.keywords:
             item.add_marker(once)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _freeze_what_earlier_modules_left():
+    """Moves the objects alive at a module's start out of the garbage collector's sight.
+
+    TensorFlow's TFLite converter calls `gc.collect()` in every conversion, and a
+    full collection walks every live object: the models earlier tests left alive
+    made each export of test_tflite 2-4x slower in a full run than alone (0.75 s
+    per collection). Frozen objects are never collected; what a module leaves as
+    garbage is collected first, at the next module's start.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
 
 
 @pytest.fixture(autouse=True)
