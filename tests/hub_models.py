@@ -10,7 +10,10 @@ H = keras_hub.models
 SEQ = 8  # the sequence length of the models with a position embedding
 
 
-def bert():
+def bert(dropout=None):
+    """A two-block BertTextClassifier; `dropout` for both the backbone and the head
+    (`None`: KerasHub's defaults)."""
+    rate = {} if dropout is None else {"dropout": dropout}
     backbone = H.BertBackbone(
         vocabulary_size=50,
         num_layers=2,
@@ -18,8 +21,9 @@ def bert():
         hidden_dim=16,
         intermediate_dim=32,
         max_sequence_length=SEQ,
+        **rate,
     )
-    return H.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+    return H.BertTextClassifier(backbone, num_classes=2, preprocessor=None, **rate)
 
 
 def gpt2():

@@ -238,24 +238,14 @@ def test_a_scorer_follows_a_schedule_of_gradual_pruning():
 
 
 def test_a_scorer_takes_the_dict_inputs_of_a_keras_hub_model():
-    keras_hub = pytest.importorskip("keras_hub")
+    pytest.importorskip("keras_hub")
     from hub_models import SEQ
+    from hub_models import bert
 
     keras.utils.set_random_seed(0)
     # No dropout: SNIP's gradients are taken in training mode, and dropout would draw
     # other units for the scores compared here than for those prune ranks by.
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQ,
-        dropout=0.0,
-    )
-    model = keras_hub.models.BertTextClassifier(
-        backbone, num_classes=2, preprocessor=None, dropout=0.0
-    )
+    model = bert(dropout=0.0)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x = {
