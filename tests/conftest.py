@@ -44,8 +44,8 @@ def _freeze_what_earlier_modules_left():
 
     TensorFlow's TFLite converter calls `gc.collect()` in every conversion, and a
     full collection walks every live object: the models earlier tests left alive
-    made each export of test_tflite 2-4x slower in a full run than alone (0.75 s
-    per collection). Frozen objects are never collected; what a module leaves as
+    made test_tflite 2-4.5x slower in a full run than alone (0.75 s per
+    collection). Frozen objects are never collected; what a module leaves as
     garbage is collected first, at the next module's start.
     """
     gc.collect()

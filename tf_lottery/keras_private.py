@@ -11,15 +11,15 @@ from keras.src.models.functional import Functional
 
 __all__ = [
     "LayerScale",
+    "build_unallocated",
     "call_arguments",
     "direct_sublayers",
     "graph_inputs",
     "graph_nodes",
     "graph_outputs",
-    "build_unallocated",
-    "initialize_deferred",
     "flatten_layers",
     "get_stateless_scope",
+    "initialize_deferred",
     "input_shape_arg",
     "is_graph_model",
     "is_plain_graph_model",

@@ -195,14 +195,18 @@ def _refusal(report, quantize, problem, keras_weights):
 
 # The converter's sparsity pass (TensorFlow's DenseToSparse, MLIR) keeps every
 # constant below 30% zeros dense: `kMinSparsityLevel = 0.3`, judged on the values
-# as stored, after quantization. With a margin, for a file of no constant this
-# sparse the sparse conversion gives the dense bytes and is not run.
+# as stored, after quantization. With a margin: for a file with no constant this
+# sparse, the sparse conversion stores the same tensors, and is not run.
 _SPARSE_CANDIDATE_ZEROS = 0.25
 
 
 def sparse_candidates(content):
     """Whether any constant of the dense file `content` is sparse enough for the
-    converter's sparsity pass to store it sparse (at least 25% zeros as stored)."""
+    converter's sparsity pass to store it sparse (at least 25% zeros as stored).
+
+    Integer constants (PAD's paddings, shapes) count too, unlike in
+    `flatbuffer.constant_weights`: the skip was checked with them counted.
+    """
     model = flatbuffer.read(content)
     for tensor in model.subgraphs[0].tensors:
         data = model.buffers[tensor.buffer].data
