@@ -49,7 +49,7 @@ setup(
         "reference": REFERENCE,
         # tensorboard: keras.callbacks.TensorBoard (and so tfmot's PruningSummaries) needs
         # it to write metrics, and TensorFlow no longer installs it. pytest-xdist: the README's
-        # `-n 2` (two processes: 22 -> 14 minutes for the three backends on two cores).
+        # `-n 2` (two processes: 22 -> 13-14 minutes for the three backends on two cores).
         "test": EXAMPLES
         + REFERENCE
         + HUB
