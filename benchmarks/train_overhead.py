@@ -26,6 +26,7 @@ ms per million prunable weights.
     python benchmarks/train_overhead.py --backends=tensorflow,jax,torch
     python benchmarks/train_overhead.py --models=lenet --repeats=9
     python benchmarks/train_overhead.py --models=lenet --variants=every1,round
+    python benchmarks/train_overhead.py --backends=tensorflow --jit_compile=true
 """
 
 import os
@@ -63,6 +64,13 @@ flags.DEFINE_list(
     "variants",
     list(VARIANTS),
     "Variants to time: " + ", ".join(VARIANTS) + " (round: one round alone, split in parts).",
+)
+flags.DEFINE_enum(
+    "jit_compile",
+    "auto",
+    ["auto", "true", "false"],
+    "`jit_compile` of both models' compile: auto is Keras' default (XLA on JAX, and on TensorFlow "
+    "only with a GPU); true compiles TensorFlow's step with XLA on the CPU too.",
 )
 flags.DEFINE_boolean("rows_only", False, "Print table rows only (used by --backends).")
 FLAGS = flags.FLAGS
@@ -102,6 +110,7 @@ def keras3_model(name, wrap=None):
     model.compile(
         keras.optimizers.Adam(1e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
     )
     return model
 
@@ -265,7 +274,7 @@ def run_backend():
 def header():
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
-        f"{FLAGS.repeats} alternating pairs per variant; median CPU-time ratio with its "
+        f"{FLAGS.repeats} alternating pairs per variant; jit_compile={FLAGS.jit_compile}; median CPU-time ratio with its "
         "95% interval, the median wall-time ratio, and the 1-minute load average after the row."
     )
     print(

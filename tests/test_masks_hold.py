@@ -172,3 +172,24 @@ def test_custom_training_loop_of_this_backend_keeps_masks():
     after = [_numpy(v) for v in model.trainable_variables]
     assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "nothing trained"
     _assert_pruned_weights_are_zero(model, "after the custom loop")
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch compiles with torch.compile, not XLA")
+def test_an_xla_compiled_step_keeps_masks_and_sees_each_round():
+    # TensorFlow compiles `fit` with XLA by default on a GPU (`jit_compile="auto"`),
+    # and JAX always does; a round's new masks must reach that step as state.
+    model = tl.wrap(mlp())
+    tl.prune(model, tl.PruneFraction(0.5))
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    x, y = data()
+    check = _CheckEveryBatch()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), rewind=None, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[pruning, check])
+    assert check.batches == 12 and pruning.rounds_done == 4
+    _assert_pruned_weights_are_zero(model, "after fit")
+    first = tl.find_wrappers(model)[0].masked_weights[0]
+    assert np.mean(_numpy(first.mask)) == pytest.approx(0.5**4, abs=0.01)  # every round's cut
