@@ -193,3 +193,34 @@ def test_an_xla_compiled_step_keeps_masks_and_sees_each_round():
     _assert_pruned_weights_are_zero(model, "after fit")
     first = tl.find_wrappers(model)[0].masked_weights[0]
     assert np.mean(_numpy(first.mask)) == pytest.approx(0.5**4, abs=0.01)  # every round's cut
+
+
+def test_the_train_step_carries_the_masks_but_no_saved_copy_on_jax(tmp_path):
+    # JAX's compiled step gives back every variable it is handed, so what it is
+    # handed is written again at every step: θ0, the thresholds and the counters
+    # stay out of it there; everything is still a weight, and saved.
+    model = tl.wrap(mlp())
+    wrappers = tl.find_wrappers(model)
+    masks = {id(m) for w in wrappers for m in w.masks.values()}
+    masks |= {id(w.unit_mask) for w in wrappers if w.unit_mask is not None}
+    copies = {id(s.initial) for w in wrappers for s in w.saved_weights}
+    counters = {id(w.pruning_round) for w in wrappers}
+    state = {id(v) for v in model.non_trainable_variables}
+    assert masks <= state
+    if BACKEND == "jax":
+        assert not (copies | counters) & state
+        assert state == masks
+    else:
+        assert copies | counters <= state
+    assert masks | copies | counters <= {id(v) for v in model.weights}
+
+    compile_model(model)
+    x, y = data()
+    pruning = tl.IterativePruning(tl.PruneFraction(0.5), rewind="init", verbose=0)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[pruning])
+    model.save(tmp_path / "m.keras")
+    loaded = tl.load_model(tmp_path / "m.keras")
+    for a, b in zip(tl.find_wrappers(model), tl.find_wrappers(loaded)):
+        for sa, sb in zip(a.saved_weights, b.saved_weights):
+            np.testing.assert_array_equal(_numpy(sa.initial), _numpy(sb.initial))
+        assert int(_numpy(b.pruning_round)) == int(_numpy(a.pruning_round)) == 2
